@@ -1,0 +1,43 @@
+# Every target calls the one CLI; override any variable: make train DATA=my_data PATIENT=grandpa
+PYTHON     ?= python3
+VENV       ?= .venv
+BIN        := $(VENV)/bin
+EXTRAS     ?= dev
+DATA       ?= resonance/demo_data/take1
+EVAL_DATA  ?=
+PATIENT    ?= demo
+BASE_MODEL ?= openai/whisper-small
+ADAPTER    ?= adapters/$(PATIENT)
+BUNDLE     ?= bundles/$(PATIENT)
+QUANTIZE   ?= none
+CONFIG     ?= pc-cpu
+MODELS     ?= bundles
+TRAIN_ARGS ?=
+
+.PHONY: install train export serve test demo lint clean
+
+install:            ## create .venv and install everything (train + export + runtime + tests)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -U pip
+	$(BIN)/pip install -q -c constraints.txt -e ".[$(EXTRAS)]"
+
+train:              ## fine-tune a LoRA adapter for one patient
+	$(BIN)/resonance train --data $(DATA) $(if $(EVAL_DATA),--eval-data $(EVAL_DATA)) --out $(ADAPTER) --base-model $(BASE_MODEL) $(TRAIN_ARGS)
+
+export:             ## merge + export the adapter to an ONNX bundle for the device
+	$(BIN)/resonance export --base-model $(BASE_MODEL) --adapter $(ADAPTER) --out $(BUNDLE) --quantize $(QUANTIZE)
+
+serve:              ## serve every bundle in $(MODELS) on the LAN
+	$(BIN)/resonance serve --config $(CONFIG) --models $(MODELS)
+
+demo:               ## the whole chain on the built-in clips, offline
+	$(BIN)/resonance demo
+
+test:               ## the test suite (what CI runs)
+	$(BIN)/python -m pytest -q
+
+lint:
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+clean:
+	rm -rf build *.egg-info .pytest_cache .ruff_cache

