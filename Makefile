@@ -6,7 +6,8 @@ EXTRAS     ?= dev
 DATA       ?= resonance/demo_data/take1
 EVAL_DATA  ?=
 PATIENT    ?= demo
-BASE_MODEL ?= openai/whisper-small
+# BASE_MODEL empty: train uses openai/whisper-small, export reads the adapter's train_config.json
+BASE_MODEL ?=
 ADAPTER    ?= adapters/$(PATIENT)
 BUNDLE     ?= bundles/$(PATIENT)
 QUANTIZE   ?= none
@@ -16,24 +17,29 @@ TRAIN_ARGS ?=
 
 .PHONY: install train export serve test demo lint clean
 
-install:            ## create .venv and install everything (train + export + runtime + tests)
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -U pip
-	$(BIN)/pip install -q -c constraints.txt -e ".[$(EXTRAS)]"
+STAMP      := $(VENV)/.installed-$(EXTRAS)
 
-train:              ## fine-tune a LoRA adapter for one patient
-	$(BIN)/resonance train --data $(DATA) $(if $(EVAL_DATA),--eval-data $(EVAL_DATA)) --out $(ADAPTER) --base-model $(BASE_MODEL) $(TRAIN_ARGS)
+install: $(STAMP)   ## create .venv and install everything (train + export + runtime + tests)
 
-export:             ## merge + export the adapter to an ONNX bundle for the device
-	$(BIN)/resonance export --base-model $(BASE_MODEL) --adapter $(ADAPTER) --out $(BUNDLE) --quantize $(QUANTIZE)
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -U pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[$(EXTRAS)]"
+	touch $@
 
-serve:              ## serve every bundle in $(MODELS) on the LAN
+train: $(STAMP)     ## fine-tune a LoRA adapter for one patient
+	$(BIN)/resonance train --data $(DATA) $(if $(EVAL_DATA),--eval-data $(EVAL_DATA)) --out $(ADAPTER) $(if $(BASE_MODEL),--base-model $(BASE_MODEL)) $(TRAIN_ARGS)
+
+export: $(STAMP)    ## merge + export the adapter to an ONNX bundle for the device
+	$(BIN)/resonance export $(if $(BASE_MODEL),--base-model $(BASE_MODEL)) --adapter $(ADAPTER) --out $(BUNDLE) --quantize $(QUANTIZE)
+
+serve: $(STAMP)     ## serve every bundle in $(MODELS) on the LAN
 	$(BIN)/resonance serve --config $(CONFIG) --models $(MODELS)
 
-demo:               ## the whole chain on the built-in clips, offline
+demo: $(STAMP)      ## the whole chain on the built-in clips, offline
 	$(BIN)/resonance demo
 
-test:               ## the test suite (what CI runs)
+test: $(STAMP)      ## the test suite (what CI runs)
 	$(BIN)/python -m pytest -q
 
 lint:

@@ -10,4 +10,4 @@ Layers, each importable on its own:
 __version__ = "0.1.0"
 __all__ = ["ResonanceError", "__version__"]
 
-from resonance.errors import ResonanceError  # noqa: E402
+from resonance.errors import ResonanceError

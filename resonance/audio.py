@@ -18,7 +18,9 @@ SAMPLE_RATE = 16000  # Whisper's input rate
 AudioSource = Union[str, Path, bytes, bytearray, np.ndarray]
 
 
-def load_audio(source: AudioSource, sample_rate: int = SAMPLE_RATE, source_rate: int | None = None) -> np.ndarray:
+def load_audio(
+    source: AudioSource, sample_rate: int = SAMPLE_RATE, source_rate: int | None = None
+) -> np.ndarray:
     """Decode ``source`` to float32 mono at ``sample_rate``.
 
     ``source`` is a path, the bytes of an audio file, or an array of samples (then ``source_rate`` is its rate,
@@ -30,7 +32,9 @@ def load_audio(source: AudioSource, sample_rate: int = SAMPLE_RATE, source_rate:
         audio, rate = _decode(source)
     audio = to_mono_float32(audio)
     if not np.all(np.isfinite(audio)):
-        raise AudioError("the audio contains NaN or infinite samples", "re-export the recording as 16-bit PCM WAV")
+        raise AudioError(
+            "the audio contains NaN or infinite samples", "re-export the recording as 16-bit PCM WAV"
+        )
     return resample(audio, rate, sample_rate)
 
 
@@ -64,7 +68,9 @@ def _decode(source: str | Path | bytes | bytearray) -> tuple[np.ndarray, int]:
     if not is_bytes and not Path(source).is_file():
         raise AudioError(f"audio file not found: {source}", "check the path")
     try:
-        data, rate = sf.read(io.BytesIO(source) if is_bytes else str(source), dtype="float32", always_2d=False)
+        data, rate = sf.read(
+            io.BytesIO(source) if is_bytes else str(source), dtype="float32", always_2d=False
+        )
         return data, rate
     except Exception as sf_error:  # libsndfile raises several types; try PyAV before giving up
         try:

@@ -48,7 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_command(
-    sub: argparse._SubParsersAction, name: str, help: str, examples: str, run: Callable[[argparse.Namespace], int]
+    sub: argparse._SubParsersAction,
+    name: str,
+    help: str,
+    examples: str,
+    run: Callable[[argparse.Namespace], int],
 ) -> argparse.ArgumentParser:
     """Add a subcommand whose --help ends with worked examples."""
     parser = sub.add_parser(

@@ -53,6 +53,7 @@ def atomic_directory(final: Path, force: bool = False, what: str = "output") -> 
     refuse_to_overwrite(final, force, what)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; the result should be an ordinary folder
     try:
         yield tmp
     except BaseException:
@@ -65,3 +66,9 @@ def atomic_directory(final: Path, force: bool = False, what: str = "output") -> 
     os.replace(tmp, final)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -3,7 +3,109 @@
 from __future__ import annotations
 
 import argparse
+import json
+
+from resonance.cli import add_command
+
+CHECK_EXAMPLES = """\
+  resonance data check my_data/            # table of problems + summary; exit 1 if any error
+  resonance data check my_data/ --json     # the same, machine-readable
+"""
+
+CONVERT_EXAMPLES = """\
+  resonance data convert phone_recordings/ my_data/      # mp3/m4a/ogg/flac/wav -> 16 kHz mono WAV
+  resonance data convert my_data/ my_data-16k/ --force   # replace an earlier conversion
+  # without labels.json, texts come from file names: 001_我想喝水.m4a -> "我想喝水"
+"""
+
+RECORD_EXAMPLES = """\
+  resonance data record --phrases phrases.txt --out my_data/             # one phrase per line
+  resonance data record --phrases phrases.txt --out my_data/ --device 2 --seconds 6
+  python -m sounddevice                                                  # list the device numbers
+  # run the same command again to continue an interrupted session
+"""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    pass
+    data = sub.add_parser(
+        "data",
+        help="check, convert or record a person's recordings (audio/*.wav + labels.json)",
+        description="Tools for the recordings in the guide's layout: a folder with audio/*.wav "
+        '(16 kHz mono) and labels.json = [{"audio": "audio/001_我想喝水.wav", "text": "我想喝水"}, ...].',
+    )
+    data.set_defaults(run=lambda args: _print_help(data))
+    data_sub = data.add_subparsers(dest="data_command", metavar="<data command>")
+
+    check = add_command(
+        data_sub, "check", "find problems in a dataset before training", CHECK_EXAMPLES, run_check
+    )
+    check.add_argument("data_dir", metavar="DIR", help="folder with labels.json and audio/")
+    check.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    convert = add_command(
+        data_sub,
+        "convert",
+        "convert recordings (any format, rate, channels) into a new 16 kHz mono WAV dataset",
+        CONVERT_EXAMPLES,
+        run_convert,
+    )
+    convert.add_argument("src", metavar="SRC", help="folder with the recordings (never modified)")
+    convert.add_argument("dst", metavar="DST", help="new folder to write (must not exist or be empty)")
+    convert.add_argument("--force", action="store_true", help="replace DST if it already holds files")
+
+    record = add_command(
+        data_sub,
+        "record",
+        "record phrases with a microphone, one take at a time",
+        RECORD_EXAMPLES,
+        run_record,
+    )
+    record.add_argument("--phrases", required=True, help="text file, one phrase per line")
+    record.add_argument("--out", required=True, help="dataset folder to add the recordings to")
+    record.add_argument("--device", help="input device number or name (default: the system's microphone)")
+    record.add_argument("--seconds", type=float, default=4.0, help="length of each take (default: 4)")
+
+
+def _print_help(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 1
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from resonance.data.check import format_report, inspect_dataset
+
+    report = inspect_dataset(args.data_dir)
+    if args.json:
+        print(json.dumps(report.to_json(), ensure_ascii=False, indent=2))
+    else:
+        print(format_report(report))
+    return 1 if report.errors else 0
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    from resonance.data.convert import convert_dataset
+
+    result = convert_dataset(args.src, args.dst, force=args.force)
+    print(
+        f"converted {result.converted} recordings to {result.dst} (16 kHz mono 16-bit WAV), "
+        f"{result.utterances} entries in labels.json"
+    )
+    if result.labels_from_names:
+        print(
+            f"{args.src} had no labels.json: the texts were taken from the file names (NNN_text.ext -> text)"
+        )
+    if result.skipped:
+        shown = ", ".join(result.skipped[:5]) + (" …" if len(result.skipped) > 5 else "")
+        print(f"not converted, because labels.json does not list them: {shown}")
+    print(f"next: resonance data check {result.dst}")
+    return 0
+
+
+def run_record(args: argparse.Namespace) -> int:
+    from resonance.data.record import microphone, read_phrases, record_session
+
+    phrases = read_phrases(args.phrases)
+    device = int(args.device) if args.device and args.device.isdigit() else args.device
+    recorder = microphone(device)
+    record_session(phrases, args.out, recorder, seconds=args.seconds)
+    return 0

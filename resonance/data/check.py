@@ -1,0 +1,432 @@
+"""`resonance data check`: find every problem in a dataset before training does, and say how to fix it.
+
+Errors are things training must not see (wrong sample rate, silence, missing files, empty labels);
+warnings are worth a look but fine to train on (a long clip, a repeated phrase, few recordings).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shlex
+import shutil
+import unicodedata
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Set, Tuple, Union
+
+import numpy as np
+
+from resonance.data.labels import (
+    AUDIO_DIR,
+    AUDIO_EXTENSIONS,
+    LABELS_FILE,
+    Utterance,
+    parse_labels,
+    read_labels_json,
+    referenced_paths,
+)
+from resonance.data.quality import level_findings, measure
+from resonance.errors import AudioError, ResonanceError
+
+TARGET_RATE = 16000
+FEW_UTTERANCES = 30  # below this LoRA has too little to learn from; the guide asks for 50-100
+_SEVERITY_ORDER = {"error": 0, "warning": 1}
+_NAME_WITH_TEXT = re.compile(r"^\d+[_\- ](.+?)(?:[_\- ]\d+)?$")  # 001_我想喝水 (a trailing _2 = take number)
+_CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
+
+
+@dataclass(frozen=True)
+class Problem:
+    severity: str  # "error" (fix before training) or "warning" (worth a look)
+    item: str  # the audio path as in labels.json, "labels.json[3]", "labels.json" or "dataset"
+    code: str  # stable identifier, e.g. "sample-rate", "silent", "duplicate-text"
+    message: str
+    fix: str  # what to do about it
+
+
+@dataclass
+class CheckReport:
+    data_dir: Path
+    problems: List[Problem] = field(default_factory=list)
+    utterances: int = 0  # valid entries in labels.json
+    total_seconds: float = 0.0  # audio that could be read, each file once
+
+    @property
+    def errors(self) -> List[Problem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+    @property
+    def warnings(self) -> List[Problem]:
+        return [p for p in self.problems if p.severity == "warning"]
+
+    def to_json(self) -> Dict[str, Any]:
+        return {
+            "data_dir": str(self.data_dir),
+            "utterances": self.utterances,
+            "total_seconds": round(self.total_seconds, 2),
+            "errors": len(self.errors),
+            "warnings": len(self.warnings),
+            "problems": [asdict(p) for p in self.problems],
+        }
+
+
+def check_dataset(data_dir: Union[str, Path]) -> List[Problem]:
+    """Every problem in the dataset at ``data_dir``, errors first."""
+    return inspect_dataset(data_dir).problems
+
+
+def inspect_dataset(data_dir: Union[str, Path]) -> CheckReport:
+    """Check labels.json and every audio file; a folder that does not exist is a ResonanceError."""
+    data_dir = Path(data_dir)
+    report = CheckReport(data_dir)
+    try:
+        raw = read_labels_json(data_dir)
+    except ResonanceError as exc:
+        if not data_dir.is_dir():
+            raise
+        report.problems.append(Problem("error", LABELS_FILE, "labels-unreadable", exc.message, exc.hint))
+        return report
+    utterances, issues = parse_labels(data_dir, raw)
+    problems = [Problem("error", i.item, i.code, i.message, i.fix) for i in issues]
+    if not isinstance(raw, list):  # nothing else can be checked against it
+        report.problems = problems
+        return report
+    report.utterances = len(utterances)
+    if utterances or not issues:  # "no usable entries" would only repeat the entries' errors
+        problems += _count_problems(len(utterances))
+    problems += _duplicate_reference_problems(utterances)
+    problems += _duplicate_text_problems(utterances)
+    file_problems, seconds = _file_problems(data_dir, utterances)
+    problems += file_problems
+    report.total_seconds = seconds
+    problems += _unlabelled_problems(data_dir, referenced_paths(data_dir, raw))
+    report.problems = sorted(problems, key=lambda p: _SEVERITY_ORDER.get(p.severity, 9))
+    return report
+
+
+def _count_problems(count: int) -> List[Problem]:
+    if count == 0:
+        return [
+            Problem(
+                "error", LABELS_FILE, "no-utterances", "no entries: nothing to train on", "add recordings"
+            )
+        ]
+    if count < FEW_UTTERANCES:
+        return [
+            Problem(
+                "warning",
+                "dataset",
+                "few-utterances",
+                f"only {count} utterances; training works best with 50-100",
+                "record more phrases (`resonance data record`), the phrases the person uses most",
+            )
+        ]
+    return []
+
+
+def _duplicate_reference_problems(utterances: List[Utterance]) -> List[Problem]:
+    by_file: Dict[Path, List[int]] = defaultdict(list)
+    for index, utterance in enumerate(utterances):
+        by_file[utterance.audio].append(index)
+    problems = []
+    for indices in by_file.values():
+        if len(indices) > 1:
+            texts = ", ".join(repr(utterances[i].text) for i in indices)
+            problems.append(
+                Problem(
+                    "error",
+                    utterances[indices[0]].rel,
+                    "duplicate-audio",
+                    f"one file is listed {len(indices)} times (texts: {texts})",
+                    "keep one entry per recording; a second take needs its own file",
+                )
+            )
+    return problems
+
+
+def _duplicate_text_problems(utterances: List[Utterance]) -> List[Problem]:
+    by_text: Dict[str, List[Utterance]] = defaultdict(list)
+    for utterance in utterances:
+        by_text[utterance.text].append(utterance)
+    problems = []
+    for text, group in by_text.items():
+        files = {u.audio for u in group}
+        if len(files) > 1:
+            names = ", ".join(u.rel for u in group[:4]) + (" …" if len(group) > 4 else "")
+            problems.append(
+                Problem(
+                    "warning",
+                    f'"{text}"',
+                    "duplicate-text",
+                    f"{len(files)} recordings of the same phrase ({names})",
+                    "fine if they are separate takes; make sure each label matches its recording",
+                )
+            )
+    return problems
+
+
+def _file_problems(data_dir: Path, utterances: List[Utterance]) -> Tuple[List[Problem], float]:
+    problems: List[Problem] = []
+    total = 0.0
+    seen: Dict[Path, str] = {}  # checked file -> its rel, so a file listed twice is checked once
+    by_hash: Dict[str, str] = {}
+    for utterance in utterances:
+        if utterance.audio in seen:
+            continue
+        seen[utterance.audio] = utterance.rel
+        findings, seconds, digest = _inspect_file(data_dir, utterance)
+        problems += findings
+        total += seconds
+        if digest is not None:
+            if digest in by_hash:
+                problems.append(
+                    Problem(
+                        "warning",
+                        utterance.rel,
+                        "identical-audio",
+                        f"byte-for-byte the same recording as {by_hash[digest]}",
+                        "a copied file: point this entry at its own recording, or remove it",
+                    )
+                )
+            else:
+                by_hash[digest] = utterance.rel
+    return problems, total
+
+
+def _inspect_file(data_dir: Path, utterance: Utterance) -> Tuple[List[Problem], float, Optional[str]]:
+    """Problems of one audio file, its duration, and the hash of its bytes (None when unreadable)."""
+    import soundfile as sf
+
+    rel, path = utterance.rel, utterance.audio
+    convert = f"resonance data convert {shlex.quote(str(data_dir))} {shlex.quote(str(data_dir) + '-16k')}"
+    if not path.is_file():
+        fix = "fix the path in labels.json, or copy the recording there"
+        return [Problem("error", rel, "missing-file", "audio file not found", fix)], 0.0, None
+    try:
+        content = path.read_bytes()
+        info = sf.info(str(path))
+        samples, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as exc:  # libsndfile raises several types; any of them means "not usable as it is"
+        return [_unreadable(path, rel, exc, convert)], 0.0, None
+    problems = [
+        Problem("error", rel, code, message, fix) for code, message, fix in _format_errors(info, convert)
+    ]
+    problems += _truncation_problems(path, rel, info)
+    if info.subtype != "PCM_16":
+        problems.append(
+            Problem(
+                "warning",
+                rel,
+                "bit-depth",
+                f"sample format is {info.subtype}, not 16-bit PCM",
+                f"convert: {convert}",
+            )
+        )
+    mono = samples.mean(axis=1)
+    if not np.all(np.isfinite(mono)):
+        problems.append(
+            Problem("error", rel, "not-finite", "contains NaN or infinite samples", f"convert: {convert}")
+        )
+        return problems, len(mono) / rate, None
+    for finding in level_findings(measure(mono, rate)):
+        problems.append(Problem(finding.severity, rel, finding.code, finding.message, finding.fix))
+    problems += _name_mismatch(utterance)
+    return problems, len(mono) / rate, hashlib.sha256(content).hexdigest()
+
+
+def _unreadable(path: Path, rel: str, exc: Exception, convert: str) -> Problem:
+    from resonance.audio import load_audio
+
+    try:  # readable by the fallback decoder (PyAV): an MP3/M4A with a .wav name, say
+        load_audio(path)
+    except (AudioError, OSError):
+        reason = str(exc).replace(str(path), rel)
+        return Problem(
+            "error",
+            rel,
+            "unreadable",
+            f"cannot be read as audio ({reason})",
+            "re-export or re-record it as 16 kHz mono WAV, or remove the entry",
+        )
+    return Problem("error", rel, "not-wav", "not a WAV file (another audio format)", f"convert: {convert}")
+
+
+def _format_errors(info: Any, convert: str) -> List[Tuple[str, str, str]]:
+    errors = []
+    if info.format not in ("WAV", "WAVEX"):  # WAVEX: the "extensible" WAV header many recorders write
+        errors.append(("format", f"is {info.format}, not WAV", f"convert: {convert}"))
+    if info.samplerate != TARGET_RATE:
+        errors.append(
+            ("sample-rate", f"sample rate is {info.samplerate} Hz, not 16000 Hz", f"convert: {convert}")
+        )
+    if info.channels != 1:
+        errors.append(("channels", f"has {info.channels} channels, not 1 (mono)", f"convert: {convert}"))
+    return errors
+
+
+_BYTES_PER_SAMPLE = {"PCM_U8": 1, "PCM_S8": 1, "PCM_16": 2, "PCM_24": 3, "PCM_32": 4, "FLOAT": 4, "DOUBLE": 8}
+
+
+def _truncation_problems(path: Path, rel: str, info: Any) -> List[Problem]:
+    """libsndfile quietly reads what is there; compare with the length the WAV header announces."""
+    shortfall = wav_data_shortfall(path)
+    if shortfall is None:
+        return []
+    declared, present = shortfall
+    frame_bytes = _BYTES_PER_SAMPLE.get(info.subtype, 2) * max(1, info.channels)
+    message = (
+        f"truncated: the header announces {declared / frame_bytes / info.samplerate:.2f} s, "
+        f"the file holds {present / frame_bytes / info.samplerate:.2f} s"
+    )
+    return [Problem("error", rel, "truncated", message, "copy the file again, or re-record it")]
+
+
+def wav_data_shortfall(path: Path) -> Optional[Tuple[int, int]]:
+    """(declared, present) bytes of a RIFF WAV 'data' chunk when the file is shorter than declared."""
+    with open(path, "rb") as fh:
+        head = fh.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        size = fh.seek(0, 2)
+        position = 12
+        while position + 8 <= size:
+            fh.seek(position)
+            chunk = fh.read(8)
+            length = int.from_bytes(chunk[4:8], "little")
+            if chunk[:4] == b"data":
+                present = size - position - 8
+                # 0 / 0xFFFFFFFF: written by a stream that never went back to fill in the length
+                if length in (0, 0xFFFFFFFF) or length <= present:
+                    return None
+                return length, present
+            position += 8 + length + (length & 1)  # chunks are padded to even sizes
+    return None
+
+
+def _name_key(text: str) -> str:
+    kept = (ch for ch in unicodedata.normalize("NFKC", text) if unicodedata.category(ch)[0] in "LN")
+    return "".join(kept).lower()
+
+
+def _name_mismatch(utterance: Utterance) -> List[Problem]:
+    """`001_我想喝水.wav` labelled "我想吃饭" usually means labels shifted by one entry."""
+    match = _NAME_WITH_TEXT.match(utterance.audio.stem)
+    if not match or not _CJK.search(match.group(1)):
+        return []
+    named, labelled = _name_key(match.group(1)), _name_key(utterance.text)
+    if not named or named == labelled:
+        return []
+    return [
+        Problem(
+            "warning",
+            utterance.rel,
+            "name-mismatch",
+            f"file name says '{match.group(1)}' but the label says '{utterance.text}'",
+            "check that this label belongs to this recording (labels shifted by one entry?)",
+        )
+    ]
+
+
+def _unlabelled_problems(data_dir: Path, referenced: Set[Path]) -> List[Problem]:
+    audio_dir = data_dir / AUDIO_DIR
+    if not audio_dir.is_dir():
+        return []
+    root = data_dir.resolve()
+    problems = []
+    for path in sorted(audio_dir.rglob("*")):
+        if path.name.startswith(".") or path.suffix.lower() not in AUDIO_EXTENSIONS or not path.is_file():
+            continue
+        if root / path.relative_to(data_dir).as_posix() not in referenced:
+            problems.append(
+                Problem(
+                    "warning",
+                    path.relative_to(data_dir).as_posix(),
+                    "unlabelled-audio",
+                    "audio file not listed in labels.json (training will not use it)",
+                    "add an entry with its text to labels.json, or move the file out of audio/",
+                )
+            )
+    return problems
+
+
+# --- output for people -----------------------------------------------------------------------------------
+
+
+def format_report(report: CheckReport, width: Optional[int] = None) -> str:
+    """A table (severity, item, problem, what to do) and a summary line."""
+    width = width or shutil.get_terminal_size((120, 24)).columns
+    lines = []
+    if report.problems:
+        lines += _table(report.problems, max(width, 80))
+        lines.append("")
+    lines.append(summary_line(report))
+    return "\n".join(lines)
+
+
+def summary_line(report: CheckReport) -> str:
+    errors, warnings = len(report.errors), len(report.warnings)
+    verdict = "fix the errors before training" if errors else "ready for training"
+    return (
+        f"{report.data_dir}: {report.utterances} utterances, {report.total_seconds / 60:.1f} minutes of audio, "
+        f"{errors} error{'s' * (errors != 1)}, {warnings} warning{'s' * (warnings != 1)} — {verdict}"
+    )
+
+
+def _cells(text: str) -> int:
+    """Terminal columns taken by text (CJK characters are two wide)."""
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+
+
+def _pad(text: str, width: int) -> str:
+    return text + " " * max(0, width - _cells(text))
+
+
+def _clip(text: str, width: int) -> str:
+    while _cells(text) > width:
+        text = "…" + text[2:]
+    return text
+
+
+def _wrap(text: str, width: int) -> List[str]:
+    """Greedy word wrap by terminal columns (textwrap counts a CJK character as one column, not two)."""
+    lines, line = [], ""
+    for word in text.split():
+        while _cells(word) > width:  # a long path or a Chinese phrase: break it anywhere
+            room = width - _cells(line) - (1 if line else 0)
+            cut = next((i for i in range(len(word), 0, -1) if _cells(word[:i]) <= room), 0)
+            if cut == 0:
+                lines.append(line)
+                line = ""
+                continue
+            lines.append(f"{line} {word[:cut]}" if line else word[:cut])
+            line, word = "", word[cut:]
+        if line and _cells(line) + 1 + _cells(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}" if line else word
+    return [*lines, line] if line else lines or [""]
+
+
+def _table(problems: List[Problem], width: int) -> List[str]:
+    headers = ("SEVERITY", "ITEM", "PROBLEM", "WHAT TO DO")
+    sev_w = len(headers[0])
+    item_w = min(40, max(_cells(headers[1]), *(_cells(p.item) for p in problems)))
+    rest = max(40, width - sev_w - item_w - 6)  # 6: three two-space gutters
+    problem_w = min(rest // 2, max(_cells(p.message) for p in problems))
+    fix_w = rest - problem_w
+    rows = [[headers[0]], [headers[1]], [headers[2]], [headers[3]]]
+    lines = [_row(rows, (sev_w, item_w, problem_w))]
+    for p in problems:
+        cells = [[p.severity], [_clip(p.item, item_w)], _wrap(p.message, problem_w), _wrap(p.fix, fix_w)]
+        for row in range(max(len(c) for c in cells)):
+            lines.append(_row([c[row : row + 1] for c in cells], (sev_w, item_w, problem_w)))
+    return lines
+
+
+def _row(cells: List[List[str]], widths: Tuple[int, ...]) -> str:
+    texts = [c[0] if c else "" for c in cells]
+    padded = [_pad(text, w) for text, w in zip(texts, widths)] + texts[len(widths) :]
+    return "  ".join(padded).rstrip()

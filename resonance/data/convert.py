@@ -1,0 +1,190 @@
+"""`resonance data convert SRC DST`: any recordings -> the guide's layout (16 kHz mono 16-bit WAV + labels.json).
+
+SRC is only read. DST is built in a temporary folder and renamed into place at the end, so a bad file
+stops the conversion with nothing written, never a half-converted dataset.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Tuple, Union
+
+import numpy as np
+
+from resonance.data.check import wav_data_shortfall
+from resonance.data.labels import (
+    AUDIO_DIR,
+    AUDIO_EXTENSIONS,
+    LABELS_FILE,
+    load_labels,
+    read_labels_json,
+    referenced_paths,
+    save_labels,
+)
+from resonance.errors import AudioError, ResonanceError
+from resonance.fsutil import atomic_directory
+
+log = logging.getLogger(__name__)
+SAMPLE_RATE = 16000
+_NUMBER_PREFIX = re.compile(r"^\d+[_\-. ]*")  # "001_我想喝水" -> "我想喝水"
+
+
+@dataclass(frozen=True)
+class ConvertResult:
+    dst: Path
+    converted: int  # audio files written
+    utterances: int  # entries in DST/labels.json
+    labels_from_names: bool  # True when SRC had no labels.json and texts come from file names
+    skipped: List[str] = field(default_factory=list)  # SRC audio files not in its labels.json
+
+
+@dataclass(frozen=True)
+class _Job:
+    source: Path
+    rel: str  # how to name the source in messages
+    text: str
+    name: str  # output file name under DST/audio/
+
+
+def convert_dataset(src: Union[str, Path], dst: Union[str, Path], force: bool = False) -> ConvertResult:
+    """Convert every recording of ``src`` into a new dataset at ``dst``; ``src`` is never modified."""
+    src, dst = Path(src), Path(dst)
+    _check_paths(src, dst)
+    has_labels = (src / LABELS_FILE).exists()
+    if has_labels:
+        jobs, skipped = _jobs_from_labels(src), _unlabelled(src)
+    else:
+        jobs, skipped = _jobs_from_names(src), []
+    written: Dict[str, Path] = {}
+    with atomic_directory(dst, force=force, what="output folder") as tmp:
+        (tmp / AUDIO_DIR).mkdir()
+        for job in jobs:
+            if job.name not in written:
+                convert_file(job.source, tmp / AUDIO_DIR / job.name, job.rel)
+                written[job.name] = job.source
+        save_labels(tmp, [{"audio": f"{AUDIO_DIR}/{job.name}", "text": job.text} for job in jobs])
+    return ConvertResult(dst, len(written), len(jobs), not has_labels, skipped)
+
+
+def convert_file(source: Path, out: Path, rel: str = "") -> None:
+    """Decode ``source`` (any rate, channels, depth, format) and write 16 kHz mono 16-bit WAV to ``out``."""
+    import soundfile as sf
+
+    from resonance.audio import load_audio
+
+    name = rel or str(source)
+    if source.stat().st_size == 0:
+        raise ResonanceError(
+            f"could not convert '{name}': the file is empty (0 bytes)",
+            "copy it again or re-record it, or remove it (and its labels.json entry), then run the command again",
+        )
+    if wav_data_shortfall(source) is not None:  # decodes fine, but the end of the phrase is missing
+        raise ResonanceError(
+            f"'{name}' is truncated: the file is shorter than its header says",
+            "copy the file again from the recorder, or re-record it, then run the command again",
+        )
+    try:
+        samples = load_audio(source)
+    except AudioError as exc:
+        raise ResonanceError(
+            f"could not convert '{name}': {exc.message}",
+            "replace or remove that file and run the command again (nothing was written)",
+        ) from exc
+    if samples.size == 0:
+        raise ResonanceError(
+            f"could not convert '{name}': it holds no audio",
+            "re-record it, or remove it (and its labels.json entry) and run the command again",
+        )
+    # Resampling can overshoot a full-scale signal slightly; clip rather than wrap around in int16.
+    sf.write(str(out), np.clip(samples, -1.0, 1.0), SAMPLE_RATE, subtype="PCM_16")
+    log.debug("converted %s -> %s", name, out)
+
+
+def _check_paths(src: Path, dst: Path) -> None:
+    if not src.is_dir():
+        raise ResonanceError(f"source folder '{src}' not found", "pass the folder that holds the recordings")
+    src_real, dst_real = src.resolve(), dst.resolve()
+    if dst_real == src_real or src_real in dst_real.parents:
+        raise ResonanceError(
+            f"the output folder '{dst}' is the source folder or inside it",
+            "choose an output folder outside the source, e.g. resonance data convert my_data my_data-16k",
+        )
+    if dst_real in src_real.parents:  # with --force, replacing DST would delete SRC with it
+        raise ResonanceError(
+            f"the source folder '{src}' is inside the output folder '{dst}'",
+            "choose an output folder that does not contain the source",
+        )
+
+
+def _jobs_from_labels(src: Path) -> List[_Job]:
+    jobs, names = [], {}
+    for utterance in load_labels(src):
+        name = utterance.audio.stem + ".wav"
+        _claim(names, name, utterance.audio, utterance.rel)
+        jobs.append(_Job(utterance.audio, utterance.rel, utterance.text, name))
+    return jobs
+
+
+def _unlabelled(src: Path) -> List[str]:
+    referenced = referenced_paths(src, read_labels_json(src))
+    root = src.resolve()
+    return [
+        path.relative_to(src).as_posix()
+        for path in _audio_files(src / AUDIO_DIR)
+        if root / path.relative_to(src).as_posix() not in referenced
+    ]
+
+
+def _jobs_from_names(src: Path) -> List[_Job]:
+    folder = src / AUDIO_DIR if (src / AUDIO_DIR).is_dir() else src
+    files = _audio_files(folder)
+    if not files:
+        raise ResonanceError(
+            f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) and no labels.json in '{folder}'",
+            "pass the folder that holds the recordings",
+        )
+    jobs, names, nameless = [], {}, []
+    for path in files:
+        rel = path.relative_to(src).as_posix()
+        text = text_from_file_name(path.stem)
+        if not text:
+            nameless.append(rel)
+            continue
+        _claim(names, path.stem + ".wav", path, rel)
+        jobs.append(_Job(path, rel, text, path.stem + ".wav"))
+    if nameless:
+        raise ResonanceError(
+            f"there is no labels.json, and {len(nameless)} file name(s) do not say what is spoken: "
+            + ", ".join(nameless[:5])
+            + (" …" if len(nameless) > 5 else ""),
+            "rename them NNN_<what is said>.wav (e.g. 001_我想喝水.wav), or write a labels.json",
+        )
+    return jobs
+
+
+def text_from_file_name(stem: str) -> str:
+    """'001_我想喝水' -> '我想喝水'; underscores stand for the spaces `record` replaced."""
+    return _NUMBER_PREFIX.sub("", stem).replace("_", " ").strip()
+
+
+def _audio_files(folder: Path) -> List[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in AUDIO_EXTENSIONS
+    )
+
+
+def _claim(names: Dict[str, Tuple[Path, str]], name: str, source: Path, rel: str) -> None:
+    """Two different sources must not become the same output file (a.mp3 and a.wav -> a.wav)."""
+    if name in names and names[name][0] != source:
+        raise ResonanceError(
+            f"'{names[name][1]}' and '{rel}' would both become {AUDIO_DIR}/{name}",
+            "rename one of them so their names (without extension) differ",
+        )
+    names[name] = (source, rel)

@@ -1,0 +1,209 @@
+"""labels.json in the guide's layout: ``[{"audio": "audio/001_我想喝水.wav", "text": "我想喝水"}, ...]``.
+
+``load_labels`` is what training calls: strict, small and fast (it reads no audio). ``parse_labels`` returns
+every schema problem instead of stopping at the first, for ``resonance data check``.
+"""
+
+from __future__ import annotations
+
+import json
+import ntpath
+import posixpath
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, List, Mapping, Set, Tuple, Union
+
+from resonance.errors import ResonanceError
+from resonance.fsutil import write_json_atomic
+
+LABELS_FILE = "labels.json"
+AUDIO_DIR = "audio"
+# Extensions `convert` reads and `check` looks for among unlabelled files.
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".mp4", ".webm", ".wma")
+_SHOW_MISSING = 5  # how many missing files an error lists before "… and N more"
+
+LABELS_HINT = (
+    'labels.json must be a list like [{"audio": "audio/001_我想喝水.wav", "text": "我想喝水"}, ...] '
+    "with paths relative to the data folder; `resonance data check DIR` lists every problem"
+)
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """One recording and what was said in it."""
+
+    audio: Path  # absolute path of the audio file
+    text: str  # the transcript, surrounding whitespace removed
+    rel: str  # the path exactly as written in labels.json
+
+
+@dataclass(frozen=True)
+class LabelIssue:
+    """A schema problem in labels.json: which entry, what is wrong, what to do."""
+
+    item: str  # "labels.json" or "labels.json[3]" (0-based entry index)
+    code: str
+    message: str
+    fix: str
+
+
+def load_labels(data_dir: Union[str, Path], check_files: bool = True) -> List[Utterance]:
+    """Read ``data_dir/labels.json``; raise ResonanceError on the first problem (with a hint).
+
+    With ``check_files`` every referenced audio file must exist; the error lists the first few missing.
+    """
+    data_dir = _existing_dir(data_dir)
+    utterances, issues = parse_labels(data_dir, _read_json(data_dir / LABELS_FILE))
+    if issues:
+        first = issues[0]
+        more = f" (and {len(issues) - 1} more problems)" if len(issues) > 1 else ""
+        raise ResonanceError(f"{first.item}: {first.message}{more}", first.fix)
+    if not utterances:
+        raise ResonanceError(f"{data_dir / LABELS_FILE} has no entries", "add your recordings to labels.json")
+    if check_files:
+        missing = [u.rel for u in utterances if not u.audio.is_file()]
+        if missing:
+            shown = ", ".join(missing[:_SHOW_MISSING])
+            more = f" … and {len(missing) - _SHOW_MISSING} more" if len(missing) > _SHOW_MISSING else ""
+            raise ResonanceError(
+                f"{len(missing)} audio file(s) listed in {data_dir / LABELS_FILE} do not exist: {shown}{more}",
+                "fix the paths in labels.json or copy the files into the data folder; "
+                "`resonance data check DIR` lists every problem",
+            )
+    return utterances
+
+
+def read_labels_json(data_dir: Union[str, Path]) -> Any:
+    """The parsed JSON of ``data_dir/labels.json`` (any shape), or ResonanceError if it cannot be read."""
+    return _read_json(_existing_dir(data_dir) / LABELS_FILE)
+
+
+def parse_labels(data_dir: Path, data: Any) -> Tuple[List[Utterance], List[LabelIssue]]:
+    """Validate the JSON of labels.json; return the valid entries and a list of every problem found."""
+    if not isinstance(data, list):
+        issue = LabelIssue(
+            LABELS_FILE, "labels-not-list", f"is a JSON {_json_type(data)}, not a list", LABELS_HINT
+        )
+        return [], [issue]
+    root = Path(data_dir).resolve()
+    utterances, issues = [], []
+    for index, entry in enumerate(data):
+        item = f"{LABELS_FILE}[{index}]"
+        try:
+            utterances.append(_parse_entry(root, entry))
+        except _EntryError as exc:
+            issues.append(LabelIssue(item, exc.code, exc.message, exc.fix))
+    return utterances, issues
+
+
+def referenced_paths(data_dir: Union[str, Path], data: Any) -> Set[Path]:
+    """Every audio path labels.json mentions, valid entry or not (so a bad entry's file is not 'unlabelled')."""
+    root = Path(data_dir).resolve()
+    paths = set()
+    for entry in data if isinstance(data, list) else []:
+        if isinstance(entry, dict) and isinstance(entry.get("audio"), str):
+            try:
+                paths.add(root / _safe_relative_path(entry["audio"]))
+            except _EntryError:
+                continue
+    return paths
+
+
+def save_labels(data_dir: Union[str, Path], entries: Iterable[Union[Utterance, Mapping[str, Any]]]) -> Path:
+    """Write ``data_dir/labels.json`` atomically from Utterances or ``{"audio", "text"}`` dicts."""
+    rows = []
+    for entry in entries:
+        if isinstance(entry, Utterance):
+            rows.append({"audio": entry.rel, "text": entry.text})
+        else:
+            rows.append({"audio": str(entry["audio"]).replace("\\", "/"), "text": str(entry["text"])})
+    path = Path(data_dir) / LABELS_FILE
+    write_json_atomic(path, rows)
+    return path
+
+
+def _safe_relative_path(rel: str) -> str:
+    """Normalise a labels.json path (``\\`` allowed, as Windows users write them); refuse absolute or ``..``."""
+    if ntpath.isabs(rel) or posixpath.isabs(rel) or ntpath.splitdrive(rel)[0]:
+        raise _EntryError(
+            "absolute-path",
+            f"audio path '{rel}' is absolute",
+            "write paths relative to the data folder, e.g. audio/001_我想喝水.wav",
+        )
+    norm = posixpath.normpath(rel.replace("\\", "/"))
+    if norm == ".." or norm.startswith("../") or norm == ".":
+        raise _EntryError(
+            "path-outside-folder",
+            f"audio path '{rel}' points outside the data folder",
+            "keep the audio files inside the data folder (audio/...) and write paths without '..'",
+        )
+    return norm
+
+
+class _EntryError(Exception):
+    def __init__(self, code: str, message: str, fix: str) -> None:
+        super().__init__(message)
+        self.code, self.message, self.fix = code, message, fix
+
+
+def _parse_entry(root: Path, entry: Any) -> Utterance:
+    if not isinstance(entry, dict):
+        raise _EntryError("entry-not-object", f"is a JSON {_json_type(entry)}, not an object", LABELS_HINT)
+    missing = [key for key in ("audio", "text") if key not in entry]
+    if missing:
+        raise _EntryError("missing-key", f"has no {' or '.join(repr(k) for k in missing)} key", LABELS_HINT)
+    rel, text = entry["audio"], entry["text"]
+    if not isinstance(rel, str) or not rel.strip():
+        raise _EntryError("bad-audio-path", f"'audio' must be a non-empty string, got {rel!r}", LABELS_HINT)
+    if not isinstance(text, str):
+        raise _EntryError(
+            "bad-text", f"'text' must be a string, got {_json_type(text)} {text!r}", LABELS_HINT
+        )
+    if not text.strip():
+        raise _EntryError(
+            "empty-text",
+            f"text of '{rel}' is empty",
+            "write what is said in the recording, or remove the entry",
+        )
+    return Utterance(audio=root / _safe_relative_path(rel), text=text.strip(), rel=rel)
+
+
+def _existing_dir(data_dir: Union[str, Path]) -> Path:
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise ResonanceError(
+            f"data folder '{data_dir}' does not exist"
+            if not data_dir.exists()
+            else f"'{data_dir}' is not a folder",
+            "pass the folder that holds labels.json and audio/",
+        )
+    return data_dir
+
+
+def _read_json(path: Path) -> Any:
+    if not path.is_file():
+        raise ResonanceError(
+            f"{path} not found",
+            "put a labels.json next to audio/ (see the guide), or make one from file names: "
+            "resonance data convert SRC DST",
+        )
+    try:
+        # utf-8-sig: Windows Notepad saves UTF-8 with a byte-order mark.
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ResonanceError(
+            f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})",
+            "save labels.json as UTF-8 (in Notepad: Save as… → Encoding: UTF-8)",
+        ) from exc
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ResonanceError(
+            f"{path} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}",
+            "fix the JSON there (a missing comma or quote, or a trailing comma, is typical); " + LABELS_HINT,
+        ) from exc
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "object", list: "list", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)

@@ -1,0 +1,94 @@
+"""Training examples: audio loaded once, features per batch (with optional augmentation), padded labels."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import numpy as np
+
+from resonance.audio import SAMPLE_RATE, load_audio
+from resonance.data.labels import Utterance
+
+
+@dataclass
+class Example:
+    text: str
+    audio: np.ndarray  # float32 mono 16 kHz
+    label_ids: list[int]  # <|zh|><|transcribe|><|notimestamps|> text <|endoftext|>, without the leading SOT
+    rel: str = ""
+
+    @property
+    def seconds(self) -> float:
+        return len(self.audio) / SAMPLE_RATE
+
+
+def load_examples(utterances: list[Utterance], tokenizer) -> list[Example]:
+    examples = []
+    for utt in utterances:
+        ids = tokenizer(utt.text).input_ids  # SOT sequence (prefix tokens set by the caller) ... EOT
+        examples.append(Example(utt.text, load_audio(utt.audio), ids[1:], utt.rel))
+    return examples
+
+
+def split_examples(
+    examples: list[Example], val_fraction: float, seed: int
+) -> tuple[list[Example], list[Example]]:
+    """Hold out whole phrases (every take of a text), so validation measures phrases the model never heard."""
+    if val_fraction <= 0:
+        return examples, []
+    texts = sorted({e.text for e in examples})
+    random.Random(seed).shuffle(texts)
+    n_val = max(1, round(len(texts) * val_fraction))
+    held = set(texts[:n_val])
+    return [e for e in examples if e.text not in held], [e for e in examples if e.text in held]
+
+
+PREFIX_TOKENS = 3  # <|zh|> <|transcribe|> <|notimestamps|> follow SOT in every label
+
+
+class Augmenter:
+    """Waveform perturbations suited to one speaker's few clips: speed, gain and background noise."""
+
+    def __init__(self, seed: int, speeds=(0.9, 1.0, 1.1), gain_db=6.0, snr_db=(15.0, 40.0), noise_prob=0.5):
+        self.rng = np.random.default_rng(seed)
+        self.speeds, self.gain_db, self.snr_db, self.noise_prob = speeds, gain_db, snr_db, noise_prob
+
+    def __call__(self, audio: np.ndarray) -> np.ndarray:
+        import soxr
+
+        speed = self.rng.choice(self.speeds)
+        if speed != 1.0:  # resampling changes tempo and pitch together, like Kaldi's speed perturbation
+            audio = soxr.resample(audio, SAMPLE_RATE * speed, SAMPLE_RATE).astype(np.float32)
+        audio = audio * np.float32(10 ** (self.rng.uniform(-self.gain_db, self.gain_db) / 20))
+        if self.rng.random() < self.noise_prob and audio.size:
+            power = float(np.mean(audio**2)) + 1e-12
+            snr = self.rng.uniform(*self.snr_db)
+            noise = self.rng.standard_normal(audio.size).astype(np.float32)
+            audio = audio + noise * np.float32(np.sqrt(power / 10 ** (snr / 10)))
+        return np.clip(audio, -1.0, 1.0)
+
+
+def collate(
+    batch: list[Example], feature_extractor, window_seconds: float, sot_id: int, pad_id: int, augment=None
+):
+    """-> input_features (B, mels, frames), decoder_input_ids (B, T), labels (B, T) with -100 on padding/prefix."""
+    import torch
+
+    n_samples = int(window_seconds * SAMPLE_RATE)
+    audios = [augment(e.audio) if augment else e.audio for e in batch]
+    audios = [a[:n_samples] for a in audios]
+    features = feature_extractor(
+        audios, sampling_rate=SAMPLE_RATE, return_tensors="pt", padding="max_length", max_length=n_samples
+    ).input_features
+    longest = max(len(e.label_ids) for e in batch)
+    decoder_input = torch.full((len(batch), longest), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), longest), -100, dtype=torch.long)
+    for row, example in enumerate(batch):
+        ids = example.label_ids
+        decoder_input[row, : len(ids)] = torch.tensor([sot_id, *ids[:-1]])  # teacher forcing: shifted right
+        labels[row, : len(ids)] = torch.tensor(ids)
+        labels[
+            row, :PREFIX_TOKENS
+        ] = -100  # language/task/notimestamps are forced at inference: no loss there
+    return features, decoder_input, labels

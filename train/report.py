@@ -1,0 +1,99 @@
+"""The training report: report.json for machines, report.txt in plain words, report.png with the curves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from resonance.fsutil import write_json_atomic, write_text_atomic
+
+FEW_RECORDINGS = 30  # below this the guide expects little gain
+GOOD_RECORDINGS = 50
+
+
+def verdict(report: dict) -> tuple[str, list[str]]:
+    """One sentence on whether the model got better, and the warnings a person should read."""
+    before, after = report["cer_before"], report["cer_after"]
+    acc_before, acc_after = 100 * (1 - before), 100 * (1 - after)
+    if after < before:
+        line = (
+            f"The personalised model is better: character accuracy {acc_before:.0f}% -> {acc_after:.0f}% "
+            f"({acc_after - acc_before:+.0f} points) on {report['n_eval']} evaluation recordings."
+        )
+    else:
+        line = (
+            f"The personalised model is NOT better (character accuracy {acc_before:.0f}% -> {acc_after:.0f}%). "
+            "Do not deploy it: `resonance export` refuses it unless you pass --force."
+        )
+    warnings = []
+    n = report["n_train"] + report["n_validation"]
+    if n < FEW_RECORDINGS:
+        warnings.append(f"Only {n} recordings: record at least {GOOD_RECORDINGS} (better 100) short phrases.")
+    if report["n_eval"] < 5:
+        warnings.append(
+            f"Only {report['n_eval']} evaluation recordings: the accuracy above is a rough guess. "
+            "Record a second take of the phrases and pass it as --eval-data."
+        )
+    if len(report["train_texts"]) < max(3, report["n_train"] // 4):
+        warnings.append("Few distinct phrases: the model may only learn these. Vary the phrases.")
+    val = report["history"].get("val", [])
+    if len(val) >= 2 and val[-1][1] > min(v for _, v in val) + 0.05:
+        warnings.append(
+            f"Validation CER rose after step {report['best_step']} (over-fitting); the best step was kept."
+        )
+    return line, warnings
+
+
+def write_report(folder: Path, report: dict) -> None:
+    line, warnings = verdict(report)
+    report = {**report, "verdict": line, "warnings": warnings}
+    write_json_atomic(Path(folder) / "report.json", report)
+    write_text_atomic(Path(folder) / "report.txt", render_text(report))
+    plot(report, Path(folder) / "report.png")
+
+
+def render_text(report: dict) -> str:
+    lines = [
+        "Resonance training report",
+        "=" * 25,
+        report["verdict"],
+        "",
+        *(f"WARNING: {w}" for w in report["warnings"]),
+        "",
+        f"character error rate (CER): generic {report['cer_before']:.3f} -> personalised {report['cer_after']:.3f}",
+        f"evaluated on: {report['eval_source']} ({report['n_eval']} recordings)",
+        f"trained on {report['n_train']} recordings ({report['data_seconds']} s of audio), "
+        f"{report['steps']} steps (best {report['best_step']}), {report['train_seconds']} s on {report['device']} "
+        f"({report['samples_per_second']} samples/s), audio window {report['window_seconds']:.0f} s",
+        "",
+        "per recording: reference | generic | personalised",
+    ]
+    for row in report["utterances"]:
+        lines.append(f"  {row['reference']} | {row['before']} | {row['hypothesis']}")
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, loss_ax = plt.subplots(figsize=(7, 4))
+    losses = report["history"]["loss"]
+    if losses:
+        loss_ax.plot(*zip(*losses), color="tab:blue", label="training loss")
+    loss_ax.set_xlabel("step")
+    loss_ax.set_ylabel("training loss", color="tab:blue")
+    val = report["history"].get("val", [])
+    if val:
+        cer_ax = loss_ax.twinx()
+        cer_ax.plot(*zip(*val), "o-", color="tab:red", label="validation CER")
+        cer_ax.axhline(report["cer_before"], color="gray", linestyle="--", label="generic CER (eval)")
+        cer_ax.set_ylabel("CER", color="tab:red")
+        cer_ax.legend(loc="upper right")
+    loss_ax.set_title(f"CER {report['cer_before']:.2f} -> {report['cer_after']:.2f}")
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)

@@ -1,0 +1,307 @@
+"""Fine-tune a LoRA adapter on one person's recordings. Read top to bottom: this is the whole recipe.
+
+config -> data (+ held-out phrases) -> generic CER -> LoRA -> epochs with validation CER,
+best epoch kept, early stop -> CER of the adapted model -> adapter folder + report
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+
+from resonance.errors import ResonanceError
+from resonance.fsutil import atomic_directory, refuse_to_overwrite, write_json_atomic
+from resonance.train.config import WINDOW_CHOICES, TrainConfig
+from resonance.train.data import Augmenter, Example, collate, load_examples, split_examples
+from resonance.train.evaluate import as_rows, score, transcribe_batch
+from resonance.train.window import choose_window, shorten_audio_window
+
+log = logging.getLogger("resonance.train")
+FULL_WINDOW = 30.0
+
+
+def train(config: TrainConfig) -> dict:
+    """Train, evaluate and save an adapter; returns the report (also written to <out>/report.json)."""
+    import torch
+    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+    from transformers import WhisperFeatureExtractor
+
+    from resonance.data.labels import load_labels
+    from resonance.train.base_model import load_whisper
+    from resonance.train.report import write_report
+
+    out = Path(config.out)
+    checkpoint_path = out.with_name(out.name + ".partial") / "checkpoint.pt"
+    if not (config.resume and checkpoint_path.exists()):
+        refuse_to_overwrite(out, config.force, "adapter")
+    _seed_everything(config.seed)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = _pick_device(config.device)
+
+    # --- data: labels checked before the (slow) model load; every clip loaded once
+    utterances = load_labels(config.data)[: config.max_train_samples]
+    eval_utterances = load_labels(config.eval_data) if config.eval_data else []
+    processor, model = load_whisper(config.base_model)
+    tokenizer = processor.tokenizer
+    tokenizer.set_prefix_tokens(language=config.language, task=config.task, predict_timestamps=False)
+    examples = load_examples(utterances, tokenizer)
+    train_set, val_set = split_examples(examples, config.val_fraction, config.seed)
+    eval_set = load_examples(eval_utterances, tokenizer) if config.eval_data else val_set
+    if len(train_set) < 1:
+        raise ResonanceError("no training utterances left after the validation split", "add recordings")
+    window = config.window_seconds or choose_window(max(e.seconds for e in train_set), WINDOW_CHOICES)
+    if not math.isfinite(window):
+        raise ResonanceError("a training clip is longer than 30 s", "cut recordings into short phrases")
+    log.info(
+        "%d train / %d validation / %d eval utterances, %.0f s window, device %s",
+        len(train_set),
+        len(val_set),
+        len(eval_set),
+        window,
+        device,
+    )
+
+    # --- the generic model's CER: what the person gets without Resonance (full 30 s window)
+    model.to(device)
+    full_fe = WhisperFeatureExtractor(feature_size=model.config.num_mel_bins)
+    before_hyps = _transcribe(model, full_fe, tokenizer, eval_set, FULL_WINDOW, config)
+    cer_before, rows_before = score(eval_set, before_hyps)
+    log.info("generic model CER on eval: %.3f", cer_before)
+
+    # --- LoRA on a model cut to the training window
+    shorten_audio_window(model, window)
+    feature_extractor = WhisperFeatureExtractor(
+        feature_size=model.config.num_mel_bins, chunk_length=int(window)
+    )
+    if config.augment:  # SpecAugment inside the encoder (active in train mode only)
+        model.config.apply_spec_augment, model.config.mask_time_prob, model.config.mask_feature_prob = (
+            True,
+            0.05,
+            0.05,
+        )
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=list(config.target_modules),
+        bias="none",
+    )
+    model = get_peft_model(model, lora)
+    model.to(device)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    log.info("LoRA trains %d of %d parameters (%.2f%%)", trainable, total, 100 * trainable / total)
+
+    steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
+    max_steps = config.max_steps or max(1, round(config.epochs * steps_per_epoch))
+    eval_every = max(1, round(steps_per_epoch / config.evals_per_epoch))
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad],
+        lr=config.learning_rate,
+        weight_decay=config.weight_decay,
+    )
+    warmup = max(1, round(config.warmup_fraction * max_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_then_linear_decay(warmup, max_steps))
+    autocast_dtype = _autocast_dtype(config.precision, device)
+    scaler = torch.amp.GradScaler("cuda", enabled=autocast_dtype == torch.float16)
+    augment = Augmenter(config.seed) if config.augment else None
+    pad_id, sot_id = tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|startoftranscript|>")
+
+    history: dict[str, list] = {"loss": [], "val": []}
+    best = {"cer": math.inf, "step": 0, "state": None}
+    step, bad_evals = 0, 0
+    if config.resume and checkpoint_path.exists():
+        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        set_peft_model_state_dict(model, state["lora"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step, history, best, bad_evals = state["step"], state["history"], state["best"], state["bad_evals"]
+        log.info("resumed from step %d of %d", step, max_steps)
+
+    # --- the loop
+    order = random.Random(config.seed)
+    progress = _progress(max_steps, step)
+    started, samples_seen = time.perf_counter(), 0
+    while step < max_steps:
+        batch_order = order.sample(train_set, len(train_set))
+        for start in range(0, len(batch_order), config.batch_size):
+            if step >= max_steps:
+                break
+            batch = batch_order[start : start + config.batch_size]
+            features, decoder_input, labels = collate(
+                batch, feature_extractor, window, sot_id, pad_id, augment
+            )
+            model.train()
+            with torch.autocast(
+                device_type=device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None
+            ):
+                loss = model(
+                    input_features=features.to(device),
+                    decoder_input_ids=decoder_input.to(device),
+                    labels=labels.to(device),
+                ).loss
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            step += 1
+            samples_seen += len(batch)
+            history["loss"].append([step, float(loss)])
+            progress.update(1)
+            progress.set_postfix(loss=f"{float(loss):.3f}", best_val_cer=_fmt(best["cer"]))
+
+            if val_set and (step % eval_every == 0 or step == max_steps):
+                val_cer, _ = score(
+                    val_set, _transcribe(model, feature_extractor, tokenizer, val_set, window, config)
+                )
+                history["val"].append([step, val_cer])
+                if val_cer < best["cer"] - 1e-9:
+                    best = {
+                        "cer": val_cer,
+                        "step": step,
+                        "state": _cpu_copy(get_peft_model_state_dict(model)),
+                    }
+                    bad_evals = 0
+                else:
+                    bad_evals += 1
+                checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
+                torch.save(
+                    {
+                        "lora": get_peft_model_state_dict(model),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "step": step,
+                        "history": history,
+                        "best": best,
+                        "bad_evals": bad_evals,
+                    },
+                    checkpoint_path,
+                )
+                if config.patience and bad_evals >= config.patience:
+                    log.info(
+                        "validation CER has not improved for %d evaluations: stopping at step %d",
+                        bad_evals,
+                        step,
+                    )
+                    max_steps = step
+    progress.close()
+    train_seconds = time.perf_counter() - started
+
+    # --- keep the best epoch, measure the adapted model on the eval data
+    if best["state"] is not None:
+        set_peft_model_state_dict(model, best["state"])
+    after_hyps = _transcribe(model, feature_extractor, tokenizer, eval_set, window, config)
+    cer_after, rows_after = score(eval_set, after_hyps)
+    log.info("adapted model CER on eval: %.3f (generic %.3f)", cer_after, cer_before)
+
+    report = {
+        "cer_before": cer_before,
+        "cer_after": cer_after,
+        "improved": cer_after < cer_before,
+        "eval_source": config.eval_data or "held-out phrases of --data",
+        "n_train": len(train_set),
+        "n_validation": len(val_set),
+        "n_eval": len(eval_set),
+        "train_texts": sorted({e.text for e in train_set}),
+        "window_seconds": window,
+        "steps": step,
+        "best_step": best["step"],
+        "best_val_cer": None if best["state"] is None else best["cer"],
+        "train_seconds": round(train_seconds, 1),
+        "samples_per_second": round(samples_seen / train_seconds, 2) if train_seconds > 0 else None,
+        "device": str(device),
+        "trainable_parameters": trainable,
+        "history": history,
+        "utterances": [
+            {**a, "before": b["hypothesis"], "cer_before": b["cer"]}
+            for a, b in zip(as_rows(rows_after), as_rows(rows_before))
+        ],
+        "data_seconds": round(sum(e.seconds for e in train_set), 1),
+    }
+    with atomic_directory(out, force=True, what="adapter") as tmp:  # refused earlier unless --force/--resume
+        model.save_pretrained(tmp)
+        processor.feature_extractor = feature_extractor
+        processor.save_pretrained(tmp)
+        write_json_atomic(tmp / "train_config.json", {**config.to_json(), "window_seconds": window})
+        write_report(tmp, report)
+    checkpoint_path.unlink(missing_ok=True)
+    _remove_empty(checkpoint_path.parent)
+    return report
+
+
+def _transcribe(
+    model, feature_extractor, tokenizer, examples: list[Example], window: float, config
+) -> list[str]:
+    if not examples:
+        return []
+    return transcribe_batch(
+        model, feature_extractor, tokenizer, examples, window, config.language, config.task
+    )
+
+
+def _warmup_then_linear_decay(warmup: int, total: int):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return factor
+
+
+def _pick_device(name: str):
+    import torch
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ResonanceError(
+            "--device cuda was asked for, but torch sees no CUDA GPU",
+            "use --device cpu, or install a CUDA build of torch on the GPU machine",
+        )
+    return torch.device(name)
+
+
+def _autocast_dtype(precision: str, device):
+    import torch
+
+    if device.type != "cuda" or precision == "fp32":
+        return None
+    if precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
+def _seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _cpu_copy(state: dict) -> dict:
+    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+
+
+def _progress(total: int, initial: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="training", unit="step", dynamic_ncols=True)
+
+
+def _fmt(value: float) -> str:
+    return "-" if math.isinf(value) else f"{value:.3f}"
+
+
+def _remove_empty(folder: Path) -> None:
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
