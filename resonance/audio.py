@@ -63,10 +63,10 @@ def _decode(source: str | Path | bytes | bytearray) -> tuple[np.ndarray, int]:
     import soundfile as sf
 
     is_bytes = isinstance(source, (bytes, bytearray))
-    if is_bytes and len(source) == 0:
-        raise AudioError("the audio file is empty (0 bytes)", "send the recorded file, not an empty upload")
     if not is_bytes and not Path(source).is_file():
         raise AudioError(f"audio file not found: {source}", "check the path")
+    if (len(source) if is_bytes else Path(source).stat().st_size) == 0:
+        raise AudioError("the audio file is empty (0 bytes)", "send the recorded file, not an empty one")
     try:
         data, rate = sf.read(
             io.BytesIO(source) if is_bytes else str(source), dtype="float32", always_2d=False
@@ -76,12 +76,12 @@ def _decode(source: str | Path | bytes | bytearray) -> tuple[np.ndarray, int]:
         try:
             return _decode_with_av(source)
         except ImportError:
-            cause = sf_error
+            cause: Exception = sf_error
         except Exception as av_error:
             cause = av_error
     name = "the uploaded audio" if is_bytes else f"'{source}'"
     raise AudioError(
-        f"could not decode {name}: {cause}",
+        f"could not decode {name}: not a recognised audio format, or a damaged file",
         "use a WAV/FLAC/OGG/MP3 file (install 'av' for M4A/AAC), or convert it: resonance data convert",
     ) from cause
 
@@ -90,6 +90,8 @@ def _decode_with_av(source: str | Path | bytes | bytearray) -> tuple[np.ndarray,
     import av  # optional: M4A/AAC and anything else FFmpeg reads
 
     with av.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else str(source)) as container:
+        if not container.streams.audio:
+            raise ValueError("the file has no audio stream")
         stream = container.streams.audio[0]
         resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
         chunks = [

@@ -28,6 +28,7 @@ the pipeline, in order (each step's --help has examples):
 def build_parser() -> argparse.ArgumentParser:
     from resonance import demo
     from resonance.data import cli as data_cli
+    from resonance.export import bench_cli
     from resonance.export import cli as export_cli
     from resonance.runtime import cli as runtime_cli
     from resonance.train import cli as train_cli
@@ -42,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"resonance {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="<command>")
-    for module in (data_cli, train_cli, export_cli, runtime_cli, demo):
+    for module in (data_cli, train_cli, export_cli, bench_cli, runtime_cli, demo):
         module.register(sub)
     return parser
 

@@ -25,7 +25,8 @@ manifest.json (format_version 1)::
      "files": {"encoder": {"path": "encoder.onnx", "sha256": "…", "bytes": 123},
                "decoder": {...}, "tokenizer": {...}},
      "metrics": {"cer_before": 0.8, "cer_after": 0.2, ...} | {},
-     "phrases": ["我想喝水", ...]}
+     "phrases": ["我想喝水", ...],
+     "parity": {"passed": true, "precision": "fp32", "clips": 3, "tokens_identical": 3, "cer": 0.0, ...}}
 
 ``window_seconds`` is the audio context the model was exported (and trained) for; with ``dynamic_window``
 true the encoder accepts fewer frames and the runtime encodes only the audio's length (rounded up to a bucket).
@@ -101,6 +102,9 @@ class Manifest:
     adapter: Optional[str] = None
     metrics: Dict[str, Any] = field(default_factory=dict)
     phrases: List[str] = field(default_factory=list)
+    parity: Dict[str, Any] = field(
+        default_factory=dict
+    )  # export's PyTorch-vs-runtime check (export/parity.py)
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
 
@@ -164,9 +168,12 @@ def load_manifest(bundle_dir: Path, verify: bool = True) -> Manifest:
     for role, entry in manifest.files.items():
         file = bundle_dir / entry["path"]
         if not file.is_file():
-            raise BundleError(f"bundle '{bundle_dir}' is missing its {role} file {entry['path']}", "copy it again")
+            raise BundleError(
+                f"bundle '{bundle_dir}' is missing its {role} file {entry['path']}", "copy it again"
+            )
         if verify and sha256_file(file) != entry["sha256"]:
             raise BundleError(
-                f"bundle file {file} is corrupt (sha256 mismatch)", "copy the bundle again from the export machine"
+                f"bundle file {file} is corrupt (sha256 mismatch)",
+                "copy the bundle again from the export machine",
             )
     return manifest

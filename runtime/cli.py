@@ -1,9 +1,265 @@
-"""Subcommands of this layer (registration only: heavy imports happen when a command runs)."""
+"""`resonance serve`, `install-service`, `transcribe`, `listen`, `loadtest` (registration only: heavy imports
+happen in `run`)."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from pathlib import Path
+
+from resonance.cli import add_command
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    pass
+    p = add_command(
+        sub,
+        "serve",
+        "serve every patient's bundle to the caregiver app over the LAN (HTTP, offline)",
+        "  resonance serve --config pc-cpu --models bundles/            # prints the URL to type into the app\n"
+        "  resonance serve --config jetson-orin-nano --models /data/bundles --auth   # token printed once\n"
+        "  resonance serve --config my-box.yaml --models bundles/ --host 127.0.0.1 --port 9000\n"
+        "  resonance serve --models bundles/ --retain ~/resonance-recordings   # keep audio + text (opt-in)\n"
+        "  curl -F file=@clip.wav http://127.0.0.1:8000/transcribe\n"
+        "  open http://127.0.0.1:8000/ in a browser: the caregiver's record-and-read page\n",
+        _run_serve,
+    )
+    _add_config_option(p)
+    p.add_argument(
+        "--models", required=True, help="folder with one bundle folder per patient (folder = patient id)"
+    )
+    p.add_argument("--host", help="interface to listen on (default: the device config's, usually 0.0.0.0)")
+    p.add_argument("--port", type=int, help="TCP port (default: the device config's; 0 = any free port)")
+    p.add_argument(
+        "--auth", action="store_true", help="require a bearer token (made and printed at first start)"
+    )
+    p.add_argument(
+        "--token-file", help="where the token is kept (default ~/.config/resonance/token, mode 0600)"
+    )
+    p.add_argument(
+        "--reload-interval",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="check the models folder every S seconds for new or re-exported bundles (0 = only at start)",
+    )
+    p.add_argument(
+        "--log-transcripts", action="store_true", help="log full transcripts (default: lengths only)"
+    )
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument(
+        "--retain",
+        metavar="DIR",
+        help="keep each transcribed recording (16 kHz WAV) and its result (JSON) under DIR/<patient>/, "
+        "private to this user (default: nothing is written to disk)",
+    )
+
+    p = add_command(
+        sub,
+        "install-service",
+        "write a systemd unit that starts `resonance serve` at boot (does not run systemctl)",
+        "  sudo $(which resonance) install-service --models /home/care/bundles --config jetson-orin-nano --user care\n"
+        "  resonance install-service --models bundles/ --auth --dry-run     # only print the unit\n"
+        "  sudo systemctl daemon-reload && sudo systemctl enable --now resonance   # then start it\n",
+        _run_install_service,
+    )
+    p.add_argument("--models", default="bundles", help="folder of patient bundles (default ./bundles)")
+    _add_config_option(p)
+    p.add_argument("--user", help="account the server runs as (default: you; under sudo, the sudo user)")
+    p.add_argument(
+        "--unit-dir", default="/etc/systemd/system", help="where the unit goes (default %(default)s)"
+    )
+    p.add_argument("--auth", action="store_true", help="serve with --auth (token in the user's ~/.config)")
+    p.add_argument("--retain", metavar="DIR", help="serve with --retain DIR (keep recordings + transcripts)")
+    p.add_argument("--dry-run", action="store_true", help="print the unit instead of writing it")
+    p.add_argument("--force", action="store_true", help="replace an existing resonance.service")
+
+    p = add_command(
+        sub,
+        "transcribe",
+        "transcribe audio files with a bundle, offline (no server)",
+        "  resonance transcribe --bundle bundles/grandpa clip1.wav clip2.m4a\n"
+        "  resonance transcribe --bundle bundles/grandpa --config pc-cuda --json my_data/audio/*.wav\n",
+        _run_transcribe,
+    )
+    p.add_argument("--bundle", required=True, help="a bundle folder made by `resonance export`")
+    _add_config_option(p)
+    p.add_argument("files", nargs="+", metavar="FILE", help="audio files (WAV/FLAC/OGG/MP3, any rate)")
+    p.add_argument("--json", action="store_true", help="one JSON object per file (text, latency, timings)")
+
+    p = add_command(
+        sub,
+        "listen",
+        "live captions: transcribe what a microphone hears, utterance by utterance, offline",
+        "  resonance listen --bundle bundles/grandpa                  # default microphone, Ctrl+C stops\n"
+        "  resonance listen --bundle bundles/grandpa --device 2 --end-silence 1.5   # slower speaker\n"
+        "  python -m sounddevice                                      # list the device numbers\n",
+        _run_listen,
+    )
+    p.add_argument("--bundle", required=True, help="a bundle folder made by `resonance export`")
+    _add_config_option(p)
+    p.add_argument("--device", help="input device number or name (default: the system's default microphone)")
+    p.add_argument(
+        "--end-silence",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="silence that ends an utterance (default 1.0 s)",
+    )
+    p.add_argument("--json", action="store_true", help="one JSON object per utterance")
+
+    p = add_command(
+        sub,
+        "loadtest",
+        "hammer a running server with good and bad clips; report throughput, latency and any 5xx",
+        "  resonance loadtest http://127.0.0.1:8000 --clients 8 --requests 1000\n"
+        "  resonance loadtest http://127.0.0.1:8000 --audio my_data/audio --patient grandpa --server-pid 4242\n"
+        "  resonance loadtest http://192.168.1.20:8000 --allow-remote --token $(cat ~/.config/resonance/token)\n",
+        _run_loadtest,
+    )
+    p.add_argument("url", help="the server's base URL, e.g. http://127.0.0.1:8000")
+    p.add_argument("--clients", type=int, default=8, help="parallel connections (default 8)")
+    p.add_argument("--requests", type=int, default=1000, help="total requests (default 1000)")
+    p.add_argument("--max-seconds", type=float, default=120.0, help="stop after this long (default 120)")
+    p.add_argument("--patient", help="patient id to send (default: the server's only patient)")
+    p.add_argument("--audio", help="folder of real clips (*.wav/*.flac) to use as the good requests")
+    p.add_argument(
+        "--bad-fraction", type=float, default=0.25, help="share of deliberately bad uploads (0.25)"
+    )
+    p.add_argument("--token", help="bearer token, for a server started with --auth")
+    p.add_argument("--server-pid", type=int, help="read the server's memory from /proc/PID (same machine)")
+    p.add_argument("--allow-remote", action="store_true", help="allow a non-loopback server address")
+    p.add_argument("--seed", type=int, default=0, help="seed of the generated clips and their order")
+
+
+def _add_config_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config",
+        default="pc-cpu",
+        help="device config: pc-cpu, pc-cuda, jetson-orin-nano, jetson-agx-orin, or a YAML path (default pc-cpu)",
+    )
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from resonance.errors import ResonanceError
+    from resonance.runtime.device_config import load_device_config
+    from resonance.runtime.server import ServerSettings, default_token_path, load_or_create_token, serve
+
+    config = load_device_config(args.config)
+    if args.host is not None:
+        config = config.replace(host=args.host)  # re-validated like the YAML value
+    if args.port is not None and not 0 <= args.port <= 65535:
+        raise ResonanceError(f"--port {args.port} is out of range", "use 1-65535, or 0 for any free port")
+    token, note = None, ""
+    if args.auth:
+        path = Path(args.token_file).expanduser() if args.token_file else default_token_path()
+        token, created = load_or_create_token(path)
+        note = f"New token (shown once; kept in {path}):\n  {token}" if created else f"Token in {path}."
+    settings = ServerSettings(
+        auth_token=token,
+        log_transcripts=args.log_transcripts,
+        log_level=args.log_level,
+        reload_interval_s=max(0.0, args.reload_interval),
+        retain_dir=Path(args.retain).expanduser() if args.retain else None,
+    )
+    serve(Path(args.models), config, settings, port=args.port, token_note=note)
+    return 0
+
+
+def _run_install_service(args: argparse.Namespace) -> int:
+    from resonance.runtime.service import (
+        ENABLE_COMMAND,
+        UNIT_NAME,
+        ServiceOptions,
+        default_user,
+        home_of,
+        install_service,
+        resolve_config,
+    )
+
+    user = args.user or default_user()
+    models = Path(args.models).expanduser().absolute()
+    options = ServiceOptions(
+        models=models,
+        config=resolve_config(args.config),
+        user=user,
+        home=home_of(user),
+        auth=args.auth,
+        retain=Path(args.retain).expanduser().absolute() if args.retain else None,
+    )
+    text = install_service(options, Path(args.unit_dir), force=args.force, dry_run=args.dry_run)
+    if args.dry_run:
+        print(text, end="")
+        return 0
+    print(f"Wrote {Path(args.unit_dir) / UNIT_NAME}: `resonance serve` as user '{user}', started at boot.")
+    if user == "root":
+        print("note: the server will run as root; pass --user <account> to run it unprivileged.")
+    if not models.is_dir():
+        print(f"note: {models} does not exist yet: copy the patients' bundle folders there.")
+    print("Start it now and at every boot with:")
+    print(f"  {ENABLE_COMMAND}")
+    print("Watch it with:  journalctl -u resonance -f")
+    return 0
+
+
+def _run_transcribe(args: argparse.Namespace) -> int:
+    from resonance.errors import AudioError
+    from resonance.runtime.device_config import load_device_config
+    from resonance.runtime.models import default_transcriber_factory, warn_on_precision
+
+    config = load_device_config(args.config)
+    transcriber = default_transcriber_factory(Path(args.bundle), config)
+    warn_on_precision(Path(args.bundle).name, transcriber.manifest.precision, config)
+    failures = 0
+    for file in args.files:
+        try:
+            result = transcriber.transcribe(file)
+        except AudioError as exc:  # one unreadable file must not hide the others' results
+            failures += 1
+            print(f"{file}: error: {exc}", file=sys.stderr)
+            continue
+        latency = result.timings.get("total_ms", 0.0)
+        if args.json:
+            record = {
+                "file": file,
+                "text": result.text,
+                "language": result.language,
+                "duration_s": round(result.duration_s, 3),
+                "latency_ms": round(latency, 1),
+                "timings": result.timings,
+            }
+            print(json.dumps(record, ensure_ascii=False), flush=True)
+        else:
+            print(f"{file}: {result.text}   [{latency:.0f} ms, {result.duration_s:.1f} s audio]", flush=True)
+    return 2 if failures else 0
+
+
+def _run_listen(args: argparse.Namespace) -> int:
+    from resonance.runtime.device_config import load_device_config
+    from resonance.runtime.listen import VadOptions, listen
+
+    device = int(args.device) if args.device and args.device.isdigit() else args.device
+    config = load_device_config(args.config)
+    listen(Path(args.bundle), config, device, VadOptions(end_silence_s=args.end_silence), as_json=args.json)
+    return 0
+
+
+def _run_loadtest(args: argparse.Namespace) -> int:
+    from resonance.runtime.loadtest import LoadtestSettings, run_loadtest
+
+    settings = LoadtestSettings(
+        url=args.url,
+        clients=args.clients,
+        requests=args.requests,
+        max_seconds=args.max_seconds,
+        patient=args.patient,
+        audio_dir=Path(args.audio) if args.audio else None,
+        bad_fraction=args.bad_fraction,
+        token=args.token,
+        server_pid=args.server_pid,
+        allow_remote=args.allow_remote,
+        seed=args.seed,
+    )
+    report = run_loadtest(settings)
+    print(report.summary(), flush=True)
+    return 0 if report.ok else 1

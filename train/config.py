@@ -13,7 +13,16 @@ from typing import Any
 from resonance.errors import ResonanceError
 
 DEFAULT_BASE_MODEL = "openai/whisper-small"
-WINDOW_CHOICES = (5.0, 10.0, 15.0, 30.0)  # encoder windows a model can be trained for (seconds)
+WINDOW_CHOICES = (5.0, 10.0, 15.0, 30.0)
+ALL_PROJECTIONS = (
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "out_proj",
+    "fc1",
+    "fc2",
+)  # attention + MLP, encoder and decoder
+GUIDE_TARGET_MODULES = ("q_proj", "v_proj")  # encoder windows a model can be trained for (seconds)
 
 
 @dataclass
@@ -33,19 +42,24 @@ class TrainConfig:
     window_seconds: float | None = (
         None  # encoder audio window; None = smallest of WINDOW_CHOICES fitting the data
     )
-    # --- LoRA (the guide's values are the starting point: r=16, alpha=32, q_proj/v_proj)
+    # --- LoRA. The guide's r=16/alpha=32 on q_proj,v_proj with lr 1e-3 was the starting point; measured on the
+    # development speaker (README, "Choosing the recipe"), adapting every attention and MLP projection of
+    # encoder and decoder at lr 5e-4 generalises far better from 50 clips (85 % vs 43 % on seen phrases).
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    target_modules: list[str] = field(default_factory=lambda: list(ALL_PROJECTIONS))  # modules that get LoRA
     # --- optimisation
-    learning_rate: float = 1e-3
+    learning_rate: float = 5e-4
     batch_size: int = 8
-    epochs: float = 10.0  # passes over the training split; max_steps overrides when set
+    epochs: float = 8.0  # passes over the training split; max_steps overrides when set
     max_steps: int | None = None
     warmup_fraction: float = 0.1
     weight_decay: float = 0.0
     patience: int = 3  # evaluations without improvement before stopping early (0 = never stop early)
+    # Validation holds out whole phrases, so it measures only never-heard phrases; more epochs still help the
+    # recorded ones. Keep the *latest* evaluation whose validation CER is within this of the best.
+    selection_tolerance: float = 0.05
     evals_per_epoch: float = 1.0
     augment: bool = False  # speed/gain/noise perturbation + SpecAugment
     # --- runtime

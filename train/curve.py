@@ -18,13 +18,13 @@ from resonance.train.config import TrainConfig
 def learning_curve(base: TrainConfig, sizes: list[int], out: Path) -> list[dict]:
     from resonance.train.trainer import train
 
-    rows = []
+    rows, generic_cache = [], {}
     for size in sizes:
         config = dataclasses.replace(
             base, max_train_samples=size, out=str(out / f"adapter-{size}"), force=True
         )
         started = time.perf_counter()
-        report = train(config)
+        report = train(config, generic_cache)
         rows.append({"size": size, "seconds": round(time.perf_counter() - started, 1), **summarise(report)})
         write_json_atomic(out / "curve.json", rows)  # after every size: an interrupted curve keeps its rows
     write_text_atomic(out / "curve.md", render_markdown(rows))

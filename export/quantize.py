@@ -1,0 +1,137 @@
+"""Write one ONNX file at a precision: fp32 (as exported), int8 (dynamic, weights only), fp16.
+
+Each file is converted on its own (sherpa-onnx does the same): the encoder and the decoder have different
+weight/activation profiles, and a failure names the file it happened in.
+
+* int8: ``onnxruntime.quantization.quantize_dynamic`` -- MatMul/Gemm weights stored as int8, activations
+  quantised on the fly. The merged decoder keeps its layers inside the two branches of an If node, so
+  ``EnableSubgraph`` must be on or the decoder would stay float (checked by ``count_ops`` in the tests).
+* fp16: ``onnxruntime.transformers.float16.convert_float_to_float16`` (the onnxconverter-common code that ships
+  inside onnxruntime). Inputs/outputs become float16 too: keeping them float32 (``keep_io_types``) produces an
+  invalid merged decoder (see ``convert_decoder``), and on a GPU a float16 KV cache halves the memory traffic
+  anyway. The runtime reads every input's dtype from its session, so it feeds either kind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Iterator
+
+from resonance.errors import ResonanceError
+
+log = logging.getLogger(__name__)
+
+SINGLE_FILE_LIMIT = 2**31 - 1  # protobuf's 2 GB limit: a bigger model would need external data files
+
+
+def convert_decoder(raw: Path, dst: Path, precision: str) -> None:
+    """Write the merged decoder at ``precision`` from Optimum's output folder ``raw``."""
+    if precision != "fp16":
+        convert(raw / "decoder_model_merged.onnx", dst, precision)
+        return
+    # float16's converter breaks an already merged graph (the If branches' outputs end up referring to the
+    # outer graph), so convert the two decoders and merge them afterwards, as Optimum merges fp32 ones.
+    # keep_io_types must be off for the merge (the inserted input casts collide between the branches):
+    # inputs/outputs are float16 and the runtime reads each input's dtype from the session.
+    from optimum.onnx import merge_decoders
+
+    first = to_fp16_model(raw / "decoder_model.onnx", keep_io_types=False)
+    with_past = to_fp16_model(raw / "decoder_with_past_model.onnx", keep_io_types=False)
+    merged = raw / "decoder_model_merged.fp16.onnx"
+    merge_decoders(first, with_past, save_path=str(merged), strict=False)
+    save_single_file(_load(merged), dst)
+    log.info("%s: fp16 (float16 inputs/outputs), %.1f MB", dst.name, dst.stat().st_size / 1e6)
+
+
+def convert(src: Path, dst: Path, precision: str) -> None:
+    """Write ``src`` to ``dst`` at ``precision`` ('fp32', 'int8' or 'fp16') as one self-contained file."""
+    if precision == "fp32":
+        save_single_file(_load(src), dst)
+    elif precision == "int8":
+        quantize_int8(src, dst)
+    elif precision == "fp16":
+        to_fp16(src, dst)
+    else:
+        raise ResonanceError(f"unknown precision {precision!r}", "use fp32, int8 or fp16")
+    log.info("%s: %s, %.1f MB", dst.name, precision, dst.stat().st_size / 1e6)
+
+
+def _load(path: Path):
+    import onnx
+
+    return onnx.load(str(path))  # also pulls in any external-data files Optimum wrote beside it
+
+
+def save_single_file(model, dst: Path) -> None:
+    """Save with the weights inside the .onnx (a bundle is exactly four files, easy to copy and hash)."""
+    import onnx
+
+    size = model.ByteSize()
+    if size > SINGLE_FILE_LIMIT:
+        raise ResonanceError(
+            f"{dst.name} would be {size / 1e9:.1f} GB, over ONNX's 2 GB single-file limit",
+            "export a smaller Whisper (base or small), or --quantize int8/fp16 to halve the weights",
+        )
+    onnx.save_model(model, str(dst), save_as_external_data=False)
+
+
+def quantize_int8(src: Path, dst: Path) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with _quiet_root_logger():
+        quantize_dynamic(
+            str(src),
+            str(dst),
+            op_types_to_quantize=["MatMul", "Gemm"],
+            weight_type=QuantType.QInt8,  # signed weights: the fast path on ARM (Jetson) and x86 VNNI alike
+            extra_options={"EnableSubgraph": True},
+        )
+    # quantize_dynamic writes one file for models under 2 GB; fold any external data back in if it did not.
+    external = [p for p in dst.parent.iterdir() if p.name.startswith(dst.name) and p != dst]
+    if external:
+        save_single_file(_load(dst), dst)
+        for path in external:
+            path.unlink()
+
+
+@contextlib.contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    """The quantiser logs through the root logger: a line per attention MatMul it skips ("non constant
+    B", activations times activations, expected) and a pre-processing tip. Keep the CLI output readable."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def to_fp16(src: Path, dst: Path) -> None:
+    # Float16 inputs/outputs like the decoder's: the encoder's output feeds the decoder without a cast.
+    save_single_file(to_fp16_model(src, keep_io_types=False), dst)
+
+
+def to_fp16_model(src: Path, keep_io_types: bool):
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    return convert_float_to_float16(_load(src), keep_io_types=keep_io_types)
+
+
+def walk_nodes(graph) -> Iterator:
+    """Every node of ``graph`` and of its subgraphs (If/Loop bodies), depth first."""
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            if attr.g is not None and attr.g.node:
+                yield from walk_nodes(attr.g)
+            for sub in attr.graphs:
+                yield from walk_nodes(sub)
+
+
+def count_ops(path: Path) -> Counter:
+    """Op types in a model file, subgraphs included."""
+    return Counter(node.op_type for node in walk_nodes(_load(path).graph))

@@ -1,0 +1,244 @@
+"""`resonance listen`: live captions from a microphone, offline, with one bundle.
+
+Audio arrives in fixed 100 ms blocks (sherpa-onnx's vad-with-non-streaming-asr does the same); an energy VAD
+with an adaptive noise floor cuts it into utterances, and each utterance is transcribed whole. The pauses in
+dysarthric speech are long, so an utterance ends only after a full second of silence by default.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import queue
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable, Deque, Iterable, Iterator, List, Optional, Union
+
+import numpy as np
+
+from resonance.errors import ResonanceError, require
+
+SAMPLE_RATE = 16000
+
+
+@dataclass(frozen=True)
+class VadOptions:
+    block_s: float = 0.1  # one block of audio (100 ms); every decision below is made per block
+    start_blocks: int = 2  # voiced blocks in a row that start an utterance (200 ms: a click does not)
+    end_silence_s: float = (
+        1.0  # silence that ends an utterance; generous, dysarthric speech pauses mid-phrase
+    )
+    pre_roll_s: float = 0.3  # audio kept from before the start, so soft onsets are not clipped
+    min_speech_s: float = 0.3  # utterances with less voiced audio are dropped (a cough, a knock)
+    max_utterance_s: float = 30.0  # cut here even while speech goes on (one Whisper window)
+    margin_db: float = 10.0  # voiced = block level this far above the noise floor …
+    min_level_dbfs: float = -50.0  # … and above this absolute level (a silent room is not speech)
+
+    def __post_init__(self) -> None:
+        if self.block_s <= 0 or self.start_blocks < 1 or self.end_silence_s <= 0 or self.max_utterance_s <= 0:
+            raise ResonanceError("VAD durations must be positive", "e.g. --end-silence 1.0")
+
+
+def level_dbfs(block: np.ndarray) -> float:
+    rms = float(np.sqrt(np.mean(np.square(block, dtype=np.float64)))) if block.size else 0.0
+    return 20.0 * math.log10(rms) if rms > 0 else -120.0
+
+
+class UtteranceSegmenter:
+    """Feed 100 ms blocks, get finished utterances (float32 arrays at 16 kHz) back."""
+
+    def __init__(self, options: Optional[VadOptions] = None, sample_rate: int = SAMPLE_RATE) -> None:
+        self.options = options or VadOptions()
+        self.sample_rate = sample_rate
+        pre_blocks = self.options.start_blocks + round(self.options.pre_roll_s / self.options.block_s)
+        self._before: Deque[np.ndarray] = deque(maxlen=pre_blocks)
+        self._current: List[np.ndarray] = []
+        self._floor: Optional[float] = None
+        self._voiced_run = 0
+        self._silent_run = 0
+        self._speech_blocks = 0
+
+    @property
+    def noise_floor_dbfs(self) -> Optional[float]:
+        return self._floor
+
+    def _voiced(self, level: float) -> bool:
+        floor = self._floor if self._floor is not None else level
+        return level > max(floor + self.options.margin_db, self.options.min_level_dbfs)
+
+    def _track_floor(self, level: float) -> None:
+        # Falls at once to a quieter level, rises slowly: speech that slips through barely moves it.
+        if self._floor is None or level < self._floor:
+            self._floor = level
+        else:
+            self._floor = 0.95 * self._floor + 0.05 * level
+
+    def feed(self, block: np.ndarray) -> List[np.ndarray]:
+        block = np.asarray(block, dtype=np.float32).reshape(-1)
+        level = level_dbfs(block)
+        voiced = self._voiced(level)
+        opts = self.options
+        if not self._current:
+            self._before.append(block)
+            self._voiced_run = self._voiced_run + 1 if voiced else 0
+            if not voiced:
+                self._track_floor(level)
+            if self._voiced_run >= opts.start_blocks:
+                self._current = list(self._before)
+                self._before.clear()
+                self._speech_blocks = self._voiced_run
+                self._silent_run = 0
+            return []
+        self._current.append(block)
+        if voiced:
+            self._speech_blocks += 1
+            self._silent_run = 0
+        else:
+            self._silent_run += 1
+        ended = self._silent_run * opts.block_s >= opts.end_silence_s - 1e-9
+        too_long = len(self._current) * opts.block_s >= opts.max_utterance_s - 1e-9
+        if ended or too_long:
+            done = self._finish()
+            return [done] if done is not None else []
+        return []
+
+    def flush(self) -> Optional[np.ndarray]:
+        """The utterance in progress (at the end of the input), if it has enough speech."""
+        return self._finish() if self._current else None
+
+    def _finish(self) -> Optional[np.ndarray]:
+        blocks = self._current
+        keep_silence = max(0, self._silent_run - round(0.3 / self.options.block_s))  # keep 300 ms of tail
+        if keep_silence:
+            blocks = blocks[:-keep_silence]
+        speech_s = self._speech_blocks * self.options.block_s
+        self._current, self._voiced_run, self._silent_run, self._speech_blocks = [], 0, 0, 0
+        if speech_s < self.options.min_speech_s - 1e-9:
+            return None
+        return np.concatenate(blocks).astype(np.float32, copy=False)
+
+
+def transcribe_utterances(
+    transcriber: Any,
+    blocks: Iterable[np.ndarray],
+    segmenter: UtteranceSegmenter,
+    emit: Callable[[Any, float], None],
+) -> int:
+    """Segment ``blocks`` and transcribe each utterance; ``emit(result, seconds)``. Returns the count.
+
+    Ctrl+C (KeyboardInterrupt) ends the loop cleanly, after transcribing the utterance in progress.
+    """
+    count = 0
+    try:
+        for block in blocks:
+            for utterance in segmenter.feed(block):
+                emit(transcriber.transcribe(utterance), utterance.size / SAMPLE_RATE)
+                count += 1
+    except KeyboardInterrupt:  # the way to stop listening: not an error
+        pass
+    tail = segmenter.flush()
+    if tail is not None:
+        emit(transcriber.transcribe(tail), tail.size / SAMPLE_RATE)
+        count += 1
+    return count
+
+
+@contextlib.contextmanager
+def microphone_blocks(
+    device: Optional[Union[int, str]] = None, block_s: float = 0.1
+) -> Iterator[Iterator[np.ndarray]]:
+    """Blocks of float32 mono 16 kHz audio from an input device, until the caller stops iterating."""
+    try:
+        sd = require("sounddevice", "mic", "listening to a microphone")
+    except OSError as exc:  # the module is there but the PortAudio C library is not
+        raise ResonanceError(
+            "listening needs the PortAudio library, which was not found: no microphone can be used",
+            "on Debian/Ubuntu/Jetson: sudo apt install libportaudio2; elsewhere: pip install --force-reinstall "
+            "sounddevice",
+        ) from exc
+    try:
+        info = sd.query_devices(device, kind="input")
+    except (ValueError, sd.PortAudioError) as exc:
+        raise ResonanceError(
+            f"no microphone found{f' for --device {device}' if device is not None else ''} ({exc})",
+            "plug in a microphone; list the devices with `python -m sounddevice` and pick one with --device N",
+        ) from exc
+    if int(info.get("max_input_channels", 0)) < 1:
+        raise ResonanceError(
+            f"device '{info.get('name')}' is not a microphone (it has no input channels)",
+            "list the devices with `python -m sounddevice` and pick an input with --device N",
+        )
+    native = int(info["default_samplerate"])
+    blocks = queue.Queue()  # float32 blocks from PortAudio's thread
+    # Not every card records at 16 kHz: capture at its own rate and resample as a stream (no seams per block).
+    import soxr
+
+    resampler = (
+        soxr.ResampleStream(native, SAMPLE_RATE, 1, dtype="float32") if native != SAMPLE_RATE else None
+    )
+
+    def callback(indata, frames, time_info, status) -> None:  # runs on PortAudio's thread: copy and return
+        blocks.put(indata[:, 0].copy())
+
+    stream = sd.InputStream(
+        device=device,
+        channels=1,
+        dtype="float32",
+        samplerate=native,
+        blocksize=round(native * block_s),
+        callback=callback,
+    )
+
+    size = round(SAMPLE_RATE * block_s)
+
+    def generate() -> Iterator[np.ndarray]:
+        # The resampler returns uneven chunks; re-cut them so every block is exactly block_s long.
+        buffer = np.zeros(0, np.float32)
+        while True:
+            chunk = blocks.get()
+            chunk = resampler.resample_chunk(chunk) if resampler is not None else chunk
+            buffer = np.concatenate([buffer, chunk])
+            while buffer.size >= size:
+                yield buffer[:size]
+                buffer = buffer[size:]
+
+    with stream:
+        yield generate()
+
+
+def listen(
+    bundle_dir: Any,
+    config: Any,
+    device: Optional[Union[int, str]] = None,
+    options: Optional[VadOptions] = None,
+    as_json: bool = False,
+    say: Callable[[str], Any] = print,
+) -> int:
+    """Caption the microphone with ``bundle_dir`` until Ctrl+C; returns the number of utterances."""
+    from dataclasses import replace
+
+    from resonance.runtime.models import default_transcriber_factory, warn_on_precision
+
+    transcriber = default_transcriber_factory(bundle_dir, config)
+    warn_on_precision(str(bundle_dir), transcriber.manifest.precision, config)
+    options = options or VadOptions()
+    options = replace(options, max_utterance_s=min(options.max_utterance_s, config.max_audio_seconds))
+
+    def emit(result: Any, seconds: float) -> None:
+        latency = result.timings.get("total_ms", 0.0)
+        if as_json:
+            record = {"time": time.strftime("%H:%M:%S"), "text": result.text, "duration_s": round(seconds, 2)}
+            record["latency_ms"] = round(latency, 1)
+            say(json.dumps(record, ensure_ascii=False))
+        else:
+            say(f"[{time.strftime('%H:%M:%S')}] {result.text}   ({seconds:.1f} s, {latency:.0f} ms)")
+
+    with microphone_blocks(device, options.block_s) as blocks:
+        say(
+            f"listening with '{transcriber.manifest.patient}' on {', '.join(transcriber.providers)}; Ctrl+C stops"
+        )
+        count = transcribe_utterances(transcriber, blocks, UtteranceSegmenter(options), emit)
+    say(f"stopped after {count} utterance(s)")
+    return count

@@ -1,0 +1,208 @@
+"""The runtime's one entry point: ``Transcriber(bundle).transcribe(audio) -> TranscriptionResult``.
+
+Loads a bundle once (manifest, two onnxruntime sessions, tokenizer); every call keeps its state local, so one
+Transcriber serves concurrent requests (onnxruntime's ``run`` is thread-safe).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from resonance.audio import SAMPLE_RATE, AudioSource, load_audio
+from resonance.runtime.bundle import Manifest, load_manifest
+from resonance.runtime.decoding import (
+    DecodeOutput,
+    DecodingOptions,
+    GreedyDecoder,
+    IOBindingStepRunner,
+    NumpyStepRunner,
+    StepRunner,
+)
+from resonance.runtime.features import frames_for, log_mel_spectrogram
+from resonance.runtime.sessions import DEFAULT_PROVIDERS, ProviderSpec, create_session, numpy_dtype
+from resonance.runtime.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+_GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+# The encoder's input length is rounded up to a multiple of this many mel frames when the bundle has a dynamic
+# window (1 s): few distinct shapes keep TensorRT/CUDA from re-planning for every clip length.
+DYNAMIC_BUCKET_FRAMES = 100
+
+
+@dataclass(frozen=True)
+class TranscriptionResult:
+    text: str
+    language: str
+    duration_s: float
+    tokens: Tuple[int, ...] = ()
+    # P(no speech) from the model; the lowest over the audio's windows. None when the model did not run
+    # (empty audio, digital silence).
+    no_speech_prob: Optional[float] = None
+    # features_ms, encoder_ms, decoder_ms, total_ms (wall clock of this call)
+    timings: Dict[str, float] = field(default_factory=dict)
+
+
+def dbfs(value: float) -> float:
+    """Amplitude (1.0 = full scale) in dB relative to full scale; -inf for 0."""
+    return 20.0 * math.log10(value) if value > 0 else -math.inf
+
+
+class Transcriber:
+    """Speech -> text with one exported bundle."""
+
+    def __init__(
+        self,
+        bundle_dir: Union[str, Path],
+        providers: Sequence[ProviderSpec] = DEFAULT_PROVIDERS,
+        threads: Optional[int] = None,
+        options: Union[DecodingOptions, Mapping[str, Any], None] = None,
+        verify: bool = True,
+        optimization: str = "all",
+    ) -> None:
+        self.bundle_dir = Path(bundle_dir)
+        self.manifest: Manifest = load_manifest(self.bundle_dir, verify=verify)
+        self.options = DecodingOptions.coerce(options)
+        files = self.manifest.files
+        self.encoder = create_session(
+            self.bundle_dir / files["encoder"]["path"], providers, threads, optimization
+        )
+        self.decoder = create_session(
+            self.bundle_dir / files["decoder"]["path"], providers, threads, optimization
+        )
+        if self.encoder.get_providers() != self.decoder.get_providers():
+            log.warning(
+                "encoder runs on %s but decoder on %s",
+                self.encoder.get_providers(),
+                self.decoder.get_providers(),
+            )
+        self.tokenizer = Tokenizer(self.bundle_dir / files["tokenizer"]["path"], self.manifest.tokens.eot)
+        self.greedy = GreedyDecoder(self.decoder, self.manifest.tokens, self.manifest.model)
+        self._encoder_in = self.encoder.get_inputs()[0]
+        self._encoder_out = self.encoder.get_outputs()[0].name
+        self._device_id = _device_id(providers)
+        audio = self.manifest.audio
+        self.window_samples = round(audio.window_seconds * audio.sample_rate)
+        self.window_frames = frames_for(audio.window_seconds, audio.sample_rate, audio.hop_length)
+
+    @property
+    def providers(self) -> List[str]:
+        """The execution providers onnxruntime really uses (after any fallback)."""
+        return list(self.encoder.get_providers())
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.decoder.get_providers()[0] in _GPU_PROVIDERS
+
+    def transcribe(
+        self,
+        audio: AudioSource,
+        options: Union[DecodingOptions, Mapping[str, Any], None] = None,
+        sample_rate: Optional[int] = None,
+    ) -> TranscriptionResult:
+        """Transcribe a path, the bytes of an audio file, or samples (``sample_rate`` is the array's rate).
+
+        Audio longer than the bundle's window is cut into window-sized pieces whose texts are joined; capping
+        the length (a server's request limit) is the caller's job.
+        """
+        opts = self.options if options is None else DecodingOptions.coerce(options)
+        start = time.perf_counter()
+        samples = load_audio(audio, SAMPLE_RATE, source_rate=sample_rate)
+        duration = samples.size / SAMPLE_RATE
+        timings = {"features_ms": 0.0, "encoder_ms": 0.0, "decoder_ms": 0.0}
+        tokens: List[int] = []
+        no_speech: List[float] = []
+        for offset in range(0, samples.size, self.window_samples):
+            window = samples[offset : offset + self.window_samples]
+            out = self._transcribe_window(window, opts, timings)
+            if out is not None:
+                tokens.extend(out.tokens)
+                no_speech.append(out.no_speech_prob)
+        text = self.tokenizer.decode(tokens)
+        if opts.to_simplified and text:
+            from resonance.text import to_simplified
+
+            text = to_simplified(text)
+        timings["total_ms"] = (time.perf_counter() - start) * 1000.0
+        return TranscriptionResult(
+            text=text,
+            language=self.manifest.language,
+            duration_s=duration,
+            tokens=tuple(tokens),
+            no_speech_prob=min(no_speech) if no_speech else None,
+            timings={k: round(v, 2) for k, v in timings.items()},
+        )
+
+    def _transcribe_window(
+        self, window: np.ndarray, opts: DecodingOptions, timings: Dict[str, float]
+    ) -> Optional[DecodeOutput]:
+        """Decode one window of at most ``window_seconds``; None when it is digital silence."""
+        peak = float(np.max(np.abs(window))) if window.size else 0.0
+        if window.size == 0 or (opts.silence_peak_dbfs is not None and dbfs(peak) < opts.silence_peak_dbfs):
+            return None
+        seconds = window.size / SAMPLE_RATE
+        t0 = time.perf_counter()
+        features = self.features(window)
+        t1 = time.perf_counter()
+        runner = self._runner()
+        hidden = self._encode(features)
+        t2 = time.perf_counter()
+        quiet = dbfs(float(np.sqrt(np.mean(np.square(window, dtype=np.float64))))) < opts.no_speech_rms_dbfs
+        out = self.greedy.decode(
+            hidden,
+            max_new_tokens=opts.token_budget(seconds),
+            suppress_blank=opts.suppress_blank,
+            stop_if_no_speech=opts.no_speech_threshold if quiet else None,
+            repetition_count=opts.repetition_count,
+            repetition_ngram=opts.repetition_ngram,
+            runner=runner,
+        )
+        t3 = time.perf_counter()
+        timings["features_ms"] += (t1 - t0) * 1000.0
+        timings["encoder_ms"] += (t2 - t1) * 1000.0
+        timings["decoder_ms"] += (t3 - t2) * 1000.0
+        if out.stopped_by == "repetition":
+            log.info("decoding stopped by the repetition guard after %d tokens", len(out.tokens))
+        return out
+
+    def features(self, window: np.ndarray) -> np.ndarray:
+        """(1, n_mels, frames) encoder input for one window of audio, in the encoder's dtype."""
+        audio = self.manifest.audio
+        seconds = audio.window_seconds
+        if audio.dynamic_window:
+            # Encode only the audio's length, rounded up to a bucket; the encoder slices its positions to match.
+            frames = frames_for(window.size / audio.sample_rate, audio.sample_rate, audio.hop_length)
+            buckets = -(-max(frames, 1) // DYNAMIC_BUCKET_FRAMES) * DYNAMIC_BUCKET_FRAMES
+            seconds = min(buckets, self.window_frames) * audio.hop_length / audio.sample_rate
+        mel = log_mel_spectrogram(
+            window, seconds, audio.n_mels, audio.sample_rate, audio.n_fft, audio.hop_length
+        )
+        return mel[np.newaxis].astype(numpy_dtype(self._encoder_in.type), copy=False)
+
+    def _encode(self, features: np.ndarray):
+        if not self.on_gpu:
+            return self.encoder.run([self._encoder_out], {self._encoder_in.name: features})[0]
+        binding = self.encoder.io_binding()
+        binding.bind_cpu_input(self._encoder_in.name, features)
+        binding.bind_output(self._encoder_out, "cuda", self._device_id)
+        self.encoder.run_with_iobinding(binding)
+        return binding.get_outputs()[0]  # an OrtValue on the GPU, bound straight into the decoder
+
+    def _runner(self) -> StepRunner:
+        if self.on_gpu:
+            return IOBindingStepRunner(self.decoder, "cuda", self._device_id)
+        return NumpyStepRunner(self.decoder)
+
+
+def _device_id(providers: Sequence[ProviderSpec]) -> int:
+    for spec in providers:
+        if not isinstance(spec, str) and spec[0] in _GPU_PROVIDERS:
+            return int(spec[1].get("device_id", 0))
+    return 0

@@ -1,0 +1,116 @@
+"""`resonance bench` on the tiny random Whisper: one row per engine, real measurements, the table and the files.
+
+Latency targets live in the benchmark's output, never here: these tests check that the bench measures what
+it says (each engine in its own process, the same clips, fixed decode lengths, the server end to end).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from resonance.errors import ResonanceError
+
+DEMO_TAKE2 = Path(__file__).resolve().parents[1] / "resonance" / "demo_data" / "take2"
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tiny_whisper, tmp_path_factory) -> Path:
+    from resonance.export.onnx_export import export_bundle
+
+    return export_bundle(str(tiny_whisper), tmp_path_factory.mktemp("bundles") / "tiny", quantize="none")
+
+
+def run_bench_cli(*argv) -> int:
+    """`resonance bench ...` through the command's own parser (its registration, defaults and run)."""
+    from resonance.export import bench_cli
+
+    parser = argparse.ArgumentParser(prog="resonance")
+    bench_cli.register(parser.add_subparsers())
+    args = parser.parse_args(["bench", *map(str, argv)])
+    return args.run(args)
+
+
+def test_bench_measures_every_engine_on_the_same_clips(tiny_whisper, tiny_bundle, tmp_path, capsys):
+    pytest.importorskip("faster_whisper", reason="faster-whisper (the [dev] extra) is not installed")
+    from resonance.train.evaluate import cer
+
+    engines = ["runtime", "pytorch", "faster-whisper-int8"]
+    out = tmp_path / "bench"
+    code = run_bench_cli(
+        "--bundle", tiny_bundle, "--base-model", tiny_whisper, "--data", DEMO_TAKE2, "--clips", 2,
+        "--threads", 1, "--warmup", 1, "--engines", ",".join(engines), "--server-requests", 2, "--out", out,
+    )  # fmt: skip
+    printed = capsys.readouterr().out
+    assert code == 0
+    report = json.loads((out / "bench.json").read_text(encoding="utf-8"))
+    rows = {row["engine"]: row for row in report["engines"]}
+    assert sorted(rows) == sorted(engines) and len(report["engines"]) == len(engines)
+    references = [clip["text"] for clip in report["clips"]]
+    assert len(references) == 2
+    for row in rows.values():
+        assert row["status"] == "ok", row.get("error")
+        assert len(row["latencies_ms"]) == 2 and min(row["latencies_ms"]) > 0
+        assert 0 < row["p50_ms"] <= row["p90_ms"]
+        assert row["rtf"] > 0 and row["peak_rss_mb"] > 0
+        # CER with training's normalisation, over exactly the timed clips
+        assert row["cer"] == round(cer(references, row["texts"]), 4)
+        assert row["label"] in printed
+    assert rows["pytorch"]["speedup_vs_pytorch"] == 1.0
+    assert rows["faster-whisper-int8"]["speedup_vs_fw_int8"] == 1.0
+    # Each engine's memory is its own: the runtime never loads torch, so it peaks below the PyTorch process.
+    assert rows["runtime"]["torch_loaded"] is False and rows["pytorch"]["torch_loaded"] is True
+    assert rows["runtime"]["peak_rss_mb"] < rows["pytorch"]["peak_rss_mb"]
+
+    (server,) = report["server"]
+    assert server["requests"] == 2 and server["http_p50_ms"] > 0 and server["in_process_p50_ms"] > 0
+    assert server["text"] == server["in_process_text"]  # the same bundle and WAV over HTTP and in-process
+    assert "POST /transcribe" in printed and "p50 ms" in printed
+    assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "table.txt").read_text(encoding="utf-8").startswith("resonance bench:")
+
+    with pytest.raises(ResonanceError, match="already exists"):
+        run_bench_cli("--bundle", tiny_bundle, "--out", out, "--engines", "runtime")
+
+
+def test_random_weights_decode_a_fixed_number_of_tokens(tiny_whisper, tiny_bundle, tmp_path, monkeypatch):
+    """--model-size small's mode, on the tiny size: every engine decodes exactly --decode-steps; no CER."""
+    pytest.importorskip("faster_whisper", reason="faster-whisper (the [dev] extra) is not installed")
+    from resonance.export.bench import BenchConfig, format_table, run_bench
+
+    monkeypatch.setenv("RESONANCE_CACHE", str(tmp_path / "cache"))  # the random model and its exports
+    engines = ("runtime", "pytorch", "optimum", "faster-whisper-int8")
+    config = BenchConfig(
+        bundles=(tiny_bundle,),
+        base_model=str(tiny_whisper),
+        clips=2,
+        threads=1,
+        warmup=1,
+        random_size="tiny",
+        decode_steps=5,
+        engines=engines,
+        server_requests=0,
+        out=tmp_path / "bench",
+    )
+    report = run_bench(config)
+    assert report["random_weights"] is True and report["server"] == []
+    assert [row["engine"] for row in report["engines"]] == list(engines)
+    for row in report["engines"]:
+        assert row["status"] == "ok", row.get("error")
+        assert row["tokens"] == [5, 5], row["label"]  # EOT can't end decoding early
+        assert row["cer"] is None
+    assert "RANDOM weights, 5 decode steps" in format_table(report)
+
+
+def test_bad_settings_are_refused_before_any_work(tmp_path):
+    from resonance.export.bench import BenchConfig
+
+    with pytest.raises(ResonanceError, match="unknown engine"):
+        BenchConfig(engines=("pytorch", "whisper.cpp"))
+    with pytest.raises(ResonanceError, match="needs a bundle"):
+        BenchConfig(engines=("runtime",))
+    with pytest.raises(ResonanceError, match="at least 1"):
+        BenchConfig(bundles=(tmp_path,), clips=0)

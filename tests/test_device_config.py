@@ -1,0 +1,144 @@
+"""Device configs: every packaged target obeys the one schema; bad files fail naming the key and the file."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import yaml
+
+from resonance.errors import ResonanceError
+from resonance.runtime.bundle import PRECISIONS
+from resonance.runtime.device_config import (
+    KNOWN_PROVIDERS,
+    SCHEMA,
+    DeviceConfig,
+    list_device_configs,
+    load_device_config,
+)
+
+PACKAGED = Path(__file__).resolve().parents[1] / "device_configs"
+TARGETS = ["pc-cpu", "pc-cuda", "jetson-orin-nano", "jetson-agx-orin"]
+
+
+def test_the_four_targets_are_packaged():
+    assert list_device_configs() == sorted(TARGETS)
+
+
+@pytest.mark.parametrize("name", TARGETS)
+class TestEveryTarget:
+    """The same checks for every device (STYLE 8)."""
+
+    def test_loads_by_name_and_by_path_to_the_same_config(self, name):
+        by_name = load_device_config(name)
+        by_path = load_device_config(PACKAGED / f"{name}.yaml")
+        assert isinstance(by_name, DeviceConfig)
+        assert by_name == by_path
+        assert by_name.name == name
+
+    def test_has_exactly_the_schema_keys_each_with_a_comment(self, name):
+        text = (PACKAGED / f"{name}.yaml").read_text(encoding="utf-8")
+        data = yaml.safe_load(text)
+        assert list(data) == list(SCHEMA)  # same keys, same order in every file
+        lines = text.splitlines()
+        for key in SCHEMA:
+            index = next(i for i, line in enumerate(lines) if line.startswith(f"{key}:"))
+            assert lines[index - 1].startswith("#"), f"{name}.yaml: no comment above '{key}'"
+
+    def test_values_are_sane_for_serving(self, name):
+        config = load_device_config(name)
+        assert config.providers[-1] == "CPUExecutionProvider"  # always a last resort
+        assert set(config.providers) <= set(KNOWN_PROVIDERS)
+        assert config.precision in PRECISIONS
+        assert config.intra_op_threads >= 0
+        assert 1 <= config.max_concurrent_requests <= 8
+        assert 0 < config.max_audio_seconds <= 30  # one Whisper window: what a phrase needs
+        # The upload cap must admit the longest allowed clip as 48 kHz stereo 32-bit float WAV.
+        assert config.max_upload_bytes >= config.max_audio_seconds * 48000 * 2 * 4
+        assert config.queue_timeout_s >= 0
+        assert 1 <= config.port <= 65535
+        assert config.host == "0.0.0.0"  # reachable from the caregiver's phone on the LAN
+        if "jetson" in name:
+            assert config.providers[0] == "TensorrtExecutionProvider"
+        if config.precision == "int8":
+            assert config.providers == ("CPUExecutionProvider",)  # int8 MatMuls have no CUDA kernels
+
+
+def _write(tmp_path: Path, changes: dict, drop: tuple = ()) -> Path:
+    data = yaml.safe_load((PACKAGED / "pc-cpu.yaml").read_text(encoding="utf-8"))
+    data.update(changes)
+    for key in drop:
+        del data[key]
+    path = tmp_path / "custom.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+def test_a_custom_file_with_the_same_schema_loads(tmp_path):
+    config = load_device_config(_write(tmp_path, {"name": "my-box", "port": 9000, "max_upload_mb": 10}))
+    assert (config.name, config.port, config.max_upload_bytes) == ("my-box", 9000, 10 * 1024 * 1024)
+    assert config.source.endswith("custom.yaml")
+
+
+@pytest.mark.parametrize(
+    ("changes", "drop", "key"),
+    [
+        ({"max_threads": 4}, (), "max_threads"),  # unknown key (a typo must not fall back to a default)
+        ({}, ("port",), "port"),  # missing key
+        ({"intra_op_threads": -1}, (), "intra_op_threads"),
+        ({"intra_op_threads": "4"}, (), "intra_op_threads"),  # a string, not an int
+        ({"intra_op_threads": 2.5}, (), "intra_op_threads"),
+        ({"max_concurrent_requests": 0}, (), "max_concurrent_requests"),
+        ({"max_concurrent_requests": True}, (), "max_concurrent_requests"),  # YAML bool is not a count
+        ({"providers": ["CudaExecutionProvider"]}, (), "providers"),  # misspelt provider
+        ({"providers": []}, (), "providers"),
+        ({"providers": "CPUExecutionProvider"}, (), "providers"),  # not a list
+        ({"providers": ["CPUExecutionProvider", "CPUExecutionProvider"]}, (), "providers"),
+        ({"precision": "int4"}, (), "precision"),
+        ({"port": 0}, (), "port"),
+        ({"port": 70000}, (), "port"),
+        ({"host": "my laptop"}, (), "host"),
+        ({"max_audio_seconds": 0}, (), "max_audio_seconds"),
+        ({"max_upload_mb": -5}, (), "max_upload_mb"),
+        ({"queue_timeout_s": -1}, (), "queue_timeout_s"),
+        ({"name": ""}, (), "name"),
+    ],
+)
+def test_bad_files_name_the_key_and_the_file(tmp_path, changes, drop, key):
+    path = _write(tmp_path, changes, drop)
+    with pytest.raises(ResonanceError) as info:
+        load_device_config(path)
+    message = str(info.value)
+    assert key in message
+    assert str(path) in message
+    assert info.value.hint
+
+
+def test_not_a_mapping_and_bad_yaml(tmp_path):
+    (tmp_path / "list.yaml").write_text("- a\n- b\n", encoding="utf-8")
+    (tmp_path / "broken.yaml").write_text("name: [unclosed\n", encoding="utf-8")
+    with pytest.raises(ResonanceError, match="mapping"):
+        load_device_config(tmp_path / "list.yaml")
+    with pytest.raises(ResonanceError, match="not valid YAML"):
+        load_device_config(tmp_path / "broken.yaml")
+
+
+def test_unknown_name_lists_the_packaged_configs():
+    with pytest.raises(ResonanceError) as info:
+        load_device_config("raspberry-pi")
+    assert "pc-cpu" in info.value.hint
+    with pytest.raises(ResonanceError, match="not found"):
+        load_device_config("missing/file.yaml")
+    with pytest.raises(ResonanceError, match="unknown device config"):
+        load_device_config("..")  # never a path outside the package by name
+
+
+def test_overrides_are_validated_like_the_file():
+    config = load_device_config("pc-cpu")
+    assert config.replace(port=9001).port == 9001
+    with pytest.raises(ResonanceError, match="port"):
+        config.replace(port=-1)
+    with pytest.raises(ResonanceError, match="host"):
+        config.replace(host="not an address")
+    assert dataclasses.replace(config, port=1) != config  # frozen dataclass semantics hold

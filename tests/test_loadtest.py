@@ -1,0 +1,110 @@
+"""`resonance loadtest` against a real tiny-model server: mixed good/bad uploads, zero unexpected 5xx."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import numpy as np
+import pytest
+from test_server import Server, tiny_bundle_dir, write_config
+
+from resonance.errors import ResonanceError
+from resonance.runtime.loadtest import LoadtestSettings, build_cases, run_loadtest
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory, tiny_whisper):
+    return tiny_bundle_dir(tmp_path_factory, tiny_whisper)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_bundle):
+    root = tmp_path_factory.mktemp("loadtest")
+    models = root / "bundles"
+    models.mkdir()
+    shutil.copytree(tiny_bundle, models / "p1")
+    srv = Server(models, write_config(root / "test.yaml", max_concurrent_requests=2, queue_timeout_s=30))
+    yield srv
+    srv.stop()
+
+
+def test_mixed_load_gets_no_unexpected_5xx(server):
+    settings = LoadtestSettings(
+        url=server.base, clients=2, requests=40, max_seconds=120, bad_fraction=0.4, server_pid=server.proc.pid
+    )
+    report = run_loadtest(settings)
+    summary = report.summary()
+    print(summary)
+    assert len(report.outcomes) == 40
+    assert report.unexpected_5xx == []
+    assert report.connection_errors == []
+    assert report.ok, summary
+    counts = report.status_counts
+    assert counts.get(200, 0) > 0  # good clips were transcribed …
+    assert counts.get(400, 0) + counts.get(415, 0) > 0  # … and bad ones refused with a 4xx
+    assert report.latency_ms(0.5) > 0
+    assert report.rss_before_mb > 10 and report.rss_after_mb > 10
+    assert server.alive
+
+
+def test_every_bad_case_is_refused_with_its_status(server):
+    """Each generated bad upload, once: the loadtest's expectations match what the server really does."""
+    settings = LoadtestSettings(url=server.base)
+    good, bad = build_cases(settings, np.random.default_rng(0))
+    import requests
+
+    for case in good + bad:
+        response = requests.post(
+            server.base + "/transcribe",
+            data=case.body,
+            headers={"Content-Type": case.content_type},
+            timeout=60,
+        )
+        assert response.status_code in case.expect, (case.name, response.text)
+
+
+def test_the_cli_prints_the_numbers_and_exits_0(server, run_cli):
+    proc = run_cli("loadtest", server.base, "--clients", "2", "--requests", "12", "--patient", "p1")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert re.search(r"requests: 12 in [\d.]+ s = [\d.]+ req/s", proc.stdout)
+    assert re.search(r"p50 [\d.]+ ms, p99 [\d.]+ ms", proc.stdout)
+    assert "unexpected 5xx: 0" in proc.stdout
+    assert "server RSS: before" in proc.stdout
+    assert "result: OK" in proc.stdout
+
+
+def test_a_wrong_expectation_fails_the_run(server):
+    """The report is not always OK: an unknown patient turns every good clip into a 404."""
+    report = run_loadtest(
+        LoadtestSettings(url=server.base, clients=1, requests=4, bad_fraction=0, patient="nobody")
+    )
+    assert not report.ok
+    assert report.status_counts == {404: 4}
+    assert "UNEXPECTED 404" in report.summary()
+
+
+def test_real_clips_from_a_folder(server, tmp_path, demo_data):
+    report = run_loadtest(
+        LoadtestSettings(
+            url=server.base, clients=2, requests=6, bad_fraction=0, audio_dir=demo_data / "audio"
+        )
+    )
+    assert report.status_counts == {200: 6}
+
+
+def test_remote_hosts_are_refused_unless_allowed():
+    with pytest.raises(ResonanceError, match="not this machine"):
+        run_loadtest(LoadtestSettings(url="http://192.168.1.20:8000"))
+    with pytest.raises(ResonanceError, match="http://"):
+        run_loadtest(LoadtestSettings(url="ftp://127.0.0.1"))
+    with pytest.raises(ResonanceError):
+        LoadtestSettings(url="http://127.0.0.1:1", clients=0)
+
+
+def test_bounded_in_time(server):
+    report = run_loadtest(LoadtestSettings(url=server.base, clients=1, requests=10_000, max_seconds=1.0))
+    assert 0 < len(report.outcomes) < 10_000
+    assert report.elapsed_s < 30
+    json.dumps(report.status_counts)  # plain data, printable

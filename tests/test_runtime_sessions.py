@@ -1,0 +1,101 @@
+"""onnxruntime sessions: provider fallback with one clear warning, thread/optimisation settings."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from resonance.errors import ResonanceError
+from resonance.runtime import sessions
+from resonance.runtime.sessions import create_session, resolve_providers, session_options
+
+ort = pytest.importorskip("onnxruntime")
+CUDA = "CUDAExecutionProvider"
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_whisper, tmp_path_factory) -> Path:
+    from resonance.export.onnx_export import export_bundle
+
+    return export_bundle(str(tiny_whisper), tmp_path_factory.mktemp("bundles") / "tiny")
+
+
+@pytest.fixture
+def cpu_only_build():
+    if CUDA in ort.get_available_providers():
+        pytest.skip("this onnxruntime build has CUDA: the fallback cannot be observed")
+
+
+def test_missing_provider_falls_back_to_cpu_with_one_warning(cpu_only_build, caplog):
+    with caplog.at_level(logging.WARNING, logger="resonance.runtime.sessions"):
+        chosen = resolve_providers(["TensorrtExecutionProvider", CUDA, "CPUExecutionProvider"])
+    assert chosen == ["CPUExecutionProvider"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2  # one line per missing provider
+    cuda_line = next(w for w in warnings if w.startswith(CUDA))
+    assert "not available in this onnxruntime build" in cuda_line
+    assert "onnxruntime-gpu" in cuda_line  # says how to get it
+    assert cuda_line.endswith("falling back to CPU")
+
+
+def test_transcriber_reports_the_providers_in_use(cpu_only_build, bundle, caplog):
+    from resonance.runtime.transcriber import Transcriber
+
+    with caplog.at_level(logging.WARNING):
+        transcriber = Transcriber(bundle, providers=(CUDA,))
+    assert transcriber.providers == ["CPUExecutionProvider"]
+    assert any("CUDAExecutionProvider not available" in r.getMessage() for r in caplog.records)
+    assert not transcriber.on_gpu
+
+
+def test_cpu_is_always_the_last_resort():
+    assert resolve_providers([]) == ["CPUExecutionProvider"]
+    options = {"arena_extend_strategy": "kSameAsRequested"}
+    assert resolve_providers([("CPUExecutionProvider", options)]) == [("CPUExecutionProvider", options)]
+
+
+def test_both_wheels_installed_gets_the_conflict_fix(monkeypatch):
+    monkeypatch.setattr(sessions, "_installed_distributions", lambda: ["onnxruntime", "onnxruntime-gpu"])
+    message = sessions.unavailable_message(CUDA)
+    assert "both onnxruntime and onnxruntime-gpu are installed" in message
+    assert "pip uninstall -y onnxruntime onnxruntime-gpu" in message
+
+
+def test_threads_and_optimisation_level(bundle):
+    options = session_options(threads=1, optimization="basic")
+    assert options.intra_op_num_threads == 1
+    assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    session = create_session(bundle / "encoder.onnx", threads=1, optimization="disable")
+    assert session.get_providers() == ["CPUExecutionProvider"]
+    with pytest.raises(ResonanceError, match="optimisation level"):
+        session_options(optimization="max")
+
+
+def test_unloadable_model_is_a_resonance_error(tmp_path):
+    bad = tmp_path / "encoder.onnx"
+    bad.write_bytes(b"not an onnx model")
+    with pytest.raises(ResonanceError, match="could not load"):
+        create_session(bad)
+
+
+@pytest.mark.gpu
+def test_cuda_iobinding_matches_cpu(bundle, tmp_path):
+    """On a GPU the decoder loop keeps the KV cache on the device (IOBinding); text must not change."""
+    from resonance.runtime.decoding import DecodingOptions
+    from resonance.runtime.transcriber import Transcriber
+
+    if CUDA not in ort.get_available_providers():
+        pytest.skip("onnxruntime has no CUDAExecutionProvider (pip install onnxruntime-gpu)")
+    copy = tmp_path / "b"
+    shutil.copytree(bundle, copy)
+    gpu = Transcriber(copy, providers=(CUDA, "CPUExecutionProvider"))
+    cpu = Transcriber(copy)
+    assert gpu.providers[0] == CUDA and gpu.on_gpu
+    t = np.arange(32000) / 16000
+    audio = (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+    options = DecodingOptions(repetition_count=0)
+    assert gpu.transcribe(audio, options=options).tokens == cpu.transcribe(audio, options=options).tokens

@@ -1,0 +1,189 @@
+"""Transcriber + greedy decoding on a real exported bundle (a tiny random Whisper cut to a 5 s window)."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from conftest import tone
+
+from resonance.errors import ResonanceError
+from resonance.runtime.bundle import BundleError, load_manifest
+from resonance.runtime.decoding import DecodingOptions, repeated_tail, suppress_mask
+from resonance.runtime.transcriber import Transcriber, TranscriptionResult
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_whisper, tmp_path_factory) -> Path:
+    """The tiny random Whisper with its window cut to 5 s (as training does), exported to a bundle."""
+    from transformers import WhisperForConditionalGeneration
+
+    from resonance.export.onnx_export import export_bundle
+    from resonance.train.window import shorten_audio_window
+
+    model_dir = tmp_path_factory.mktemp("tiny-5s")
+    shutil.copytree(tiny_whisper, model_dir, dirs_exist_ok=True)
+    model = WhisperForConditionalGeneration.from_pretrained(tiny_whisper)
+    shorten_audio_window(model, 5.0).save_pretrained(model_dir)
+    return export_bundle(str(model_dir), tmp_path_factory.mktemp("bundles") / "tiny5")
+
+
+@pytest.fixture(scope="module")
+def transcriber(bundle) -> Transcriber:
+    return Transcriber(bundle)
+
+
+def test_bundle_has_the_short_window(bundle, transcriber):
+    manifest = load_manifest(bundle)
+    assert manifest.audio.window_seconds == 5.0
+    assert manifest.model.max_source_positions == 250
+    assert transcriber.encoder.get_inputs()[0].shape[2] == 500  # mel frames
+    assert transcriber.window_samples == 80000
+
+
+def test_result_fields_and_timings(transcriber):
+    result = transcriber.transcribe(tone(2.0))
+    assert isinstance(result, TranscriptionResult)
+    assert result.language == "zh"
+    assert result.duration_s == pytest.approx(2.0)
+    assert len(result.tokens) >= 1
+    assert all(t < transcriber.manifest.tokens.eot for t in result.tokens)  # no special tokens in the text
+    assert 0.0 <= result.no_speech_prob <= 1.0
+    assert set(result.timings) == {"features_ms", "encoder_ms", "decoder_ms", "total_ms"}
+    assert result.timings["total_ms"] >= result.timings["encoder_ms"] > 0
+    from resonance.text import to_simplified
+
+    assert result.text == to_simplified(transcriber.tokenizer.decode(result.tokens))
+
+
+def test_token_budget_scales_with_audio_length(transcriber):
+    # A random model never says eot: only the length-scaled budget stops it (6 tokens/s + 8).
+    options = DecodingOptions(repetition_count=0)
+    assert len(transcriber.transcribe(tone(2.0), options=options).tokens) == 6 * 2 + 8
+    assert len(transcriber.transcribe(tone(0.5), options=options).tokens) == 3 + 8
+    capped = DecodingOptions(repetition_count=0, tokens_per_second=None, max_new_tokens=30)
+    assert len(transcriber.transcribe(tone(2.0), options=capped).tokens) == 30
+
+
+def test_repetition_guard_stops_a_loop(transcriber):
+    unguarded = transcriber.transcribe(tone(2.0), options=DecodingOptions(repetition_count=0)).tokens
+    guarded = transcriber.transcribe(tone(2.0), options=DecodingOptions(repetition_count=3)).tokens
+    assert len(guarded) < len(unguarded)
+    assert guarded == unguarded[: len(guarded)]  # same path, cut where the loop was detected
+
+
+def test_repeated_tail():
+    assert repeated_tail([1, 2, 7, 7, 7], count=3, max_ngram=4) == 2
+    assert repeated_tail([5, 1, 2, 1, 2, 1, 2], count=3, max_ngram=4) == 4
+    assert repeated_tail([1, 2, 3, 1, 2], count=2, max_ngram=4) == 0
+    assert repeated_tail([7, 7, 7], count=0, max_ngram=4) == 0
+
+
+def test_suppress_mask_covers_specials_and_the_list(transcriber):
+    tokens = transcriber.manifest.tokens
+    mask = suppress_mask(tokens, transcriber.manifest.model.vocab_size)
+    assert mask[tokens.suppress].all()
+    assert mask[tokens.eot + 1 :].all()  # sot, languages, tasks, no-speech, timestamps
+    assert not mask[tokens.eot]
+    assert mask.sum() < tokens.eot  # ordinary text tokens stay allowed
+
+
+def test_empty_audio_is_an_empty_result_without_the_model(transcriber):
+    for empty in (np.zeros(0, np.float32), np.zeros((0, 2), np.int16)):
+        result = transcriber.transcribe(empty)
+        assert result.text == ""
+        assert result.tokens == ()
+        assert result.duration_s == 0.0
+        assert result.no_speech_prob is None
+        assert result.timings["encoder_ms"] == 0.0
+
+
+def test_digital_silence_is_empty(transcriber):
+    result = transcriber.transcribe(np.zeros(32000, np.float32))
+    assert result.text == "" and result.tokens == ()
+    assert result.timings["encoder_ms"] == 0.0  # never reached the model
+    # With the shortcut off, the model runs (and this random model does produce tokens).
+    ran = transcriber.transcribe(np.zeros(32000, np.float32), options=DecodingOptions(silence_peak_dbfs=None))
+    assert ran.timings["encoder_ms"] > 0 and ran.no_speech_prob is not None
+
+
+def test_no_speech_rule_needs_quiet_audio_and_the_model_probability(transcriber):
+    rng = np.random.default_rng(0)
+    room_noise = (10 ** (-55 / 20) * rng.standard_normal(32000)).astype(np.float32)  # -55 dBFS RMS
+    always = DecodingOptions(no_speech_threshold=0.0)  # any probability counts as "no speech"
+    quiet = transcriber.transcribe(room_noise, options=always)
+    assert quiet.text == "" and quiet.tokens == ()
+    assert quiet.no_speech_prob is not None and quiet.timings["encoder_ms"] > 0
+    never = DecodingOptions(no_speech_threshold=1.0)
+    assert transcriber.transcribe(room_noise, options=never).tokens != ()
+    # Loud audio is decoded whatever the model says about speech.
+    assert transcriber.transcribe(tone(2.0, amp=0.3), options=always).tokens != ()
+
+
+def test_long_audio_is_split_into_windows(transcriber):
+    options = DecodingOptions(repetition_count=0)
+    result = transcriber.transcribe(tone(12.0), options=options)  # 5 s + 5 s + 2 s windows
+    assert result.duration_s == pytest.approx(12.0)
+    assert len(result.tokens) == (6 * 5 + 8) * 2 + (6 * 2 + 8)
+
+
+def test_inputs_path_bytes_and_resampled_array(transcriber, tmp_path):
+    audio = tone(1.5, rate=16000, freq=300)
+    path = tmp_path / "clip.wav"
+    sf.write(path, audio, 16000, subtype="FLOAT")
+    buffer = io.BytesIO()
+    sf.write(buffer, audio, 16000, format="WAV", subtype="FLOAT")
+    from_array = transcriber.transcribe(audio)
+    assert transcriber.transcribe(path).tokens == from_array.tokens
+    assert transcriber.transcribe(str(path)).tokens == from_array.tokens
+    assert transcriber.transcribe(buffer.getvalue()).tokens == from_array.tokens
+    at_8k = transcriber.transcribe(tone(1.5, rate=8000, freq=300), sample_rate=8000)
+    assert at_8k.duration_s == pytest.approx(1.5)
+
+
+def test_concurrent_calls_give_the_same_results(transcriber):
+    clips = [tone(1.0 + 0.5 * i, freq=200 + 50 * i) for i in range(4)]
+    expected = [transcriber.transcribe(c).tokens for c in clips]
+    results = [None] * 8
+    errors = []
+
+    def work(i):
+        try:
+            results[i] = transcriber.transcribe(clips[i % 4]).tokens
+        except Exception as exc:  # surfaced by the assert below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert results == expected * 2
+
+
+def test_decoding_options_validation_and_dicts(transcriber):
+    assert DecodingOptions.coerce(None) == DecodingOptions()
+    assert DecodingOptions.coerce({"max_new_tokens": 7}).max_new_tokens == 7
+    with pytest.raises(ResonanceError, match="unknown decoding option"):
+        DecodingOptions.coerce({"max_tokens": 7})
+    with pytest.raises(ResonanceError):
+        DecodingOptions(no_speech_threshold=1.5)
+    with pytest.raises(ResonanceError, match="beam_size"):
+        DecodingOptions(beam_size=5)
+    assert len(transcriber.transcribe(tone(2.0), options={"max_new_tokens": 3}).tokens) <= 3
+
+
+def test_corrupt_bundle_is_refused(bundle, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(bundle, broken)
+    with open(broken / "decoder.onnx", "r+b") as fh:
+        fh.seek(1000)
+        fh.write(b"\x00\x01\x02\x03")
+    with pytest.raises(BundleError, match="sha256"):
+        Transcriber(broken)

@@ -1,0 +1,495 @@
+"""The LAN server as the caregiver's app meets it: a real `resonance serve` process on loopback, real bundles.
+
+Also home of the helpers the other server tests import (`tiny_bundle_dir`, `Server`, `wav`, `write_config`).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+import pytest
+import requests
+import soundfile as sf
+import yaml
+from conftest import tone
+
+PACKAGED = Path(__file__).resolve().parents[1] / "device_configs"
+ERROR_KEYS = {"message", "hint", "code"}
+
+
+# -- helpers shared with test_server_*.py and test_loadtest.py ------------------------------------------------------
+
+
+def tiny_bundle_dir(tmp_path_factory, tiny_whisper: Path) -> Path:
+    """A real bundle of the tiny random Whisper (patient p1), exported once per test session."""
+    from resonance.export.onnx_export import export_bundle
+
+    bundle = tmp_path_factory.getbasetemp() / "shared-tiny-bundle" / "p1"
+    if not (bundle / "manifest.json").is_file():
+        export_bundle(str(tiny_whisper), bundle, patient="p1", force=True)
+    return bundle
+
+
+def copy_bundle(bundle: Path, models: Path, patient: str) -> Path:
+    """Copy ``bundle`` to ``models/patient`` with the manifest's patient id changed to match."""
+    dst = models / patient
+    shutil.copytree(bundle, dst)
+    manifest = json.loads((dst / "manifest.json").read_text(encoding="utf-8"))
+    manifest["patient"] = patient
+    (dst / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    return dst
+
+
+def write_config(path: Path, **changes) -> Path:
+    """A device config file: pc-cpu with ``changes`` (fp32 and 1 thread suit the tiny test bundle)."""
+    data = yaml.safe_load((PACKAGED / "pc-cpu.yaml").read_text(encoding="utf-8"))
+    data.update({"name": "test", "precision": "fp32", "intra_op_threads": 1, "host": "127.0.0.1"})
+    data.update(changes)
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+def wav(samples: np.ndarray, rate: int = 16000, subtype: str = "PCM_16") -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, samples, rate, format="WAV", subtype=subtype)
+    return buf.getvalue()
+
+
+class Server:
+    """`resonance serve` in a subprocess on 127.0.0.1 and a free port; output collected for assertions."""
+
+    def __init__(
+        self,
+        models: Optional[Path],
+        config: Optional[Path],
+        *extra: str,
+        timeout: float = 180.0,
+        command: Optional[List[str]] = None,
+        env: Optional[dict] = None,
+        cwd: Optional[Path] = None,
+    ) -> None:
+        """``command`` replaces `python -m resonance.cli serve --config C --models M` (e.g. a unit's ExecStart)."""
+        if command is None:
+            command = [sys.executable, "-m", "resonance.cli", "serve", "--config", str(config)]
+            command += ["--models", str(models)]
+        cmd = [*command, "--host", "127.0.0.1", "--port", "0", "--reload-interval", "0", *extra]
+        env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=cwd
+        )
+        self.lines: List[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.base = self._wait_for_url(timeout)
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def _wait_for_url(self, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            match = re.search(r"http://127\.0\.0\.1:(\d+)/transcribe", self.output)
+            if match and "Ctrl+C" in self.output:
+                base = f"http://127.0.0.1:{match.group(1)}"
+                requests.get(base + "/health", timeout=10).raise_for_status()
+                return base
+            if self.proc.poll() is not None:
+                self._reader.join(timeout=5)
+                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.output}")
+            time.sleep(0.1)
+        self.stop()
+        raise AssertionError(f"server did not start within {timeout} s:\n{self.output}")
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def post(self, path: str = "/transcribe", **kwargs) -> requests.Response:
+        return requests.post(self.base + path, timeout=120, **kwargs)
+
+    def get(self, path: str, **kwargs) -> requests.Response:
+        return requests.get(self.base + path, timeout=30, **kwargs)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._reader.join(timeout=5)
+
+
+def assert_error(response: requests.Response, status: int, code: Optional[str] = None) -> dict:
+    """A real HTTP status with the JSON error body {"error": {"message", "hint", "code"}}."""
+    assert response.status_code == status, response.text
+    assert response.headers["Content-Type"].startswith("application/json")
+    error = response.json()["error"]
+    assert set(error) >= ERROR_KEYS
+    assert error["message"]
+    if code is not None:
+        assert error["code"] == code, error
+    return error
+
+
+# -- fixtures --------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory, tiny_whisper) -> Path:
+    return tiny_bundle_dir(tmp_path_factory, tiny_whisper)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_bundle):
+    """p1 (good) beside a corrupt bundle, an incomplete one and an export in progress: only p1 serves."""
+    root = tmp_path_factory.mktemp("served")
+    models = root / "bundles"
+    models.mkdir()
+    shutil.copytree(tiny_bundle, models / "p1")
+    broken = copy_bundle(tiny_bundle, models, "broken")
+    with open(broken / "encoder.onnx", "r+b") as fh:  # a copy that stopped half way
+        fh.truncate(fh.seek(0, 2) // 2)
+    incomplete = copy_bundle(tiny_bundle, models, "incomplete")
+    (incomplete / "decoder.onnx").unlink()
+    shutil.copytree(tiny_bundle, models / ".p2.tmp-123")  # fsutil.atomic_directory's temp folder
+    config = write_config(root / "test.yaml", max_audio_seconds=5, max_upload_mb=1, max_concurrent_requests=2)
+    srv = Server(models, config)
+    yield srv
+    srv.stop()
+
+
+# -- the good path -----------------------------------------------------------------------------------------------------
+
+
+def test_health_says_ok_without_patient_data(server):
+    health = server.get("/health").json()
+    assert health["status"] == "ok"
+    assert health["version"]
+    assert health["providers"] == ["CPUExecutionProvider"]
+    assert health["patients"] == 1  # a count, never ids
+    assert health["rss_mb"] > 10
+
+
+def test_corrupt_and_incomplete_bundles_are_skipped_and_reported(server):
+    patients = server.get("/patients").json()
+    assert [p["id"] for p in patients] == ["p1"]
+    assert re.search(r"SKIPPED broken: .*sha256", server.output)
+    assert re.search(r"SKIPPED incomplete: .*decoder", server.output)
+    assert "p2" not in server.output  # the in-progress export folder is not even looked at
+
+
+def test_patients_describe_the_bundles(server):
+    (p1,) = server.get("/patients").json()
+    assert p1["base_model"] and p1["language"] and p1["created"]
+    assert p1["precision"] == "fp32"
+    assert isinstance(p1["metrics"], dict)
+    assert isinstance(p1["n_phrases"], int)
+
+
+def test_transcribe_the_guides_contract(server):
+    response = server.post(files={"file": ("clip.wav", wav(tone(1.0)), "audio/wav")})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert set(body) == {"text", "patient", "duration_s", "latency_ms"}
+    assert isinstance(body["text"], str)
+    assert body["patient"] == "p1"
+    assert body["duration_s"] == pytest.approx(1.0, abs=0.01)
+    assert body["latency_ms"] > 0
+    named = server.post(files={"file": ("clip.wav", wav(tone(1.0)), "audio/wav")}, data={"patient": "p1"})
+    assert named.status_code == 200
+    assert named.json()["text"] == body["text"]  # greedy decoding is deterministic
+
+
+def test_logs_carry_the_transcript_length_not_the_transcript(server):
+    text = ""
+    for freq in (180.0, 330.0, 520.0):  # a random model: find a clip whose transcript is long enough to spot
+        response = server.post(files={"file": ("c.wav", wav(tone(2.0, freq=freq)), "audio/wav")})
+        text = response.json()["text"]
+        if len(text.strip()) >= 4:
+            break
+    if len(text.strip()) < 4:
+        pytest.skip("the tiny random model produced no transcript long enough to look for in the log")
+    time.sleep(0.2)
+    assert f"text_len={len(text)}" in server.output
+    assert text.strip() not in server.output
+
+
+@pytest.mark.parametrize("fmt", ["json", "text", "verbose_json"])
+def test_openai_compatible_endpoint(server, fmt):
+    response = server.post(
+        "/v1/audio/transcriptions",
+        files={"file": ("clip.wav", wav(tone(1.0)), "audio/wav")},
+        data={"model": "whisper-1", "response_format": fmt, "language": "zh"},
+    )
+    assert response.status_code == 200, response.text
+    if fmt == "text":
+        assert response.headers["Content-Type"].startswith("text/plain")
+        assert response.text.endswith("\n")
+        return
+    body = response.json()
+    assert isinstance(body["text"], str)
+    if fmt == "verbose_json":
+        assert body["task"] == "transcribe"
+        assert body["duration"] == pytest.approx(1.0, abs=0.01)
+        assert body["language"]
+        (segment,) = body["segments"]
+        assert segment["text"] == body["text"]
+        assert segment["end"] == pytest.approx(1.0, abs=0.01)
+
+
+def test_openai_model_names_the_patient(server):
+    clip = {"file": ("clip.wav", wav(tone(1.0)), "audio/wav")}
+    assert server.post("/v1/audio/transcriptions", files=clip, data={"model": "p1"}).status_code == 200
+    assert server.post("/v1/audio/transcriptions", files=clip).status_code == 200  # no model: the only one
+    assert_error(server.post("/v1/audio/transcriptions", files=clip, data={"model": "nobody"}), 404)
+    bad = server.post("/v1/audio/transcriptions", files=clip, data={"response_format": "srt"})
+    assert_error(bad, 400, "unsupported_response_format")
+
+
+# -- the bad-input matrix ------------------------------------------------------------------------------------------
+
+
+def _samples(seconds: float, rate: int = 16000, channels: int = 1) -> np.ndarray:
+    mono = tone(seconds, rate=rate)
+    return np.stack([mono, mono * 0.5], axis=1) if channels == 2 else mono
+
+
+def _nan_wav() -> bytes:
+    samples = _samples(0.5)
+    samples[100:110] = np.nan
+    return wav(samples, subtype="FLOAT")
+
+
+def _truncated_data() -> bytes:
+    data = wav(_samples(1.0))
+    return data[: len(data) // 2]  # header promises 1 s, half of it arrived
+
+
+def _encoded(samples: np.ndarray, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, samples, 16000, format=fmt)
+    return buf.getvalue()
+
+
+UPLOADS = {
+    # case: (file bytes, expected status, expected error code or None for 200)
+    "8-bit WAV": (lambda: wav(_samples(1.0), subtype="PCM_U8"), 200, None),
+    "24-bit WAV": (lambda: wav(_samples(1.0), subtype="PCM_24"), 200, None),
+    "float WAV": (lambda: wav(_samples(1.0), subtype="FLOAT"), 200, None),
+    "44.1 kHz stereo": (lambda: wav(_samples(1.0, 44100, 2), 44100), 200, None),
+    "48 kHz stereo": (lambda: wav(_samples(1.0, 48000, 2), 48000), 200, None),
+    "0.05 s audio": (lambda: wav(_samples(0.05)), 200, None),
+    "0 s audio": (lambda: wav(np.zeros(0, np.float32)), 200, None),
+    "WAV cut in the data": (_truncated_data, 200, None),  # libsndfile reads the part that arrived
+    "WAV cut in the header": (lambda: wav(_samples(1.0))[:30], 400, "bad_audio"),
+    "empty file": (lambda: b"", 400, "bad_audio"),
+    "random bytes": (lambda: np.random.default_rng(0).bytes(30000), 400, "bad_audio"),
+    "PNG renamed .wav": (lambda: b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(2000), 400, "bad_audio"),
+    "NaN samples": (_nan_wav, 400, "bad_audio"),
+    "FLAC": (lambda: _encoded(_samples(1.0), "FLAC"), 200, None),
+    "OGG Vorbis": (lambda: _encoded(_samples(1.0), "OGG"), 200, None),
+    "longer than max_audio_seconds": (lambda: wav(_samples(6.0)), 413, "audio_too_long"),
+    "60 s of 8 kHz 8-bit (small file, long audio)": (
+        lambda: wav(_samples(60.0, 8000), 8000, "PCM_U8"),
+        413,
+        "audio_too_long",
+    ),
+    "body over max_upload_mb": (lambda: wav(_samples(40.0)), 413, "too_large"),
+}
+
+
+@pytest.mark.parametrize("case", list(UPLOADS))
+def test_bad_input_matrix_uploads(server, case):
+    make, status, code = UPLOADS[case]
+    response = server.post(files={"file": ("clip.wav", make(), "audio/wav")})
+    if status == 200:
+        assert response.status_code == 200, response.text
+        assert isinstance(response.json()["text"], str)
+    else:
+        assert_error(response, status, code)
+    print(f"MATRIX {case}: {response.status_code}")
+
+
+def test_zero_seconds_of_audio_is_an_empty_transcript(server):
+    response = server.post(files={"file": ("clip.wav", wav(np.zeros(0, np.float32)), "audio/wav")})
+    assert response.status_code == 200
+    assert response.json()["text"] == ""
+    assert response.json()["duration_s"] == 0
+
+
+def test_bad_requests_matrix(server):
+    clip = wav(tone(1.0))
+    base = server.base
+    cases = {
+        "empty body, no content type": (
+            requests.post(base + "/transcribe", timeout=30),
+            415,
+            "unsupported_media_type",
+        ),
+        "empty multipart body": (
+            requests.post(
+                base + "/transcribe",
+                data=b"",
+                headers={"Content-Type": "multipart/form-data; boundary=x"},
+                timeout=30,
+            ),
+            400,
+            "missing_file",
+        ),
+        "no file field": (server.post(files={"patient": (None, "p1")}), 400, "missing_file"),
+        "wrong field name": (
+            server.post(files={"audio": ("clip.wav", clip, "audio/wav")}),
+            400,
+            "missing_file",
+        ),
+        "raw WAV body (not multipart)": (
+            server.post(data=clip, headers={"Content-Type": "audio/wav"}),
+            415,
+            "unsupported_media_type",
+        ),
+        "urlencoded form": (server.post(data={"file": "abc"}), 415, "unsupported_media_type"),
+        "unknown patient": (
+            server.post(files={"file": ("c.wav", clip, "audio/wav")}, data={"patient": "nobody"}),
+            404,
+            "unknown_patient",
+        ),
+        "traversal patient ../x": (
+            server.post(files={"file": ("c.wav", clip, "audio/wav")}, data={"patient": "../x"}),
+            400,
+            "invalid_patient",
+        ),
+        "patient of a skipped bundle": (
+            server.post(files={"file": ("c.wav", clip, "audio/wav")}, data={"patient": "broken"}),
+            404,
+            "unknown_patient",
+        ),
+        "GET /transcribe": (server.get("/transcribe"), 405, None),
+        "unknown route": (server.get("/admin"), 404, None),
+    }
+    for name, (response, status, code) in cases.items():
+        error = assert_error(response, status, code)
+        print(f"MATRIX {name}: {response.status_code} {error['code']}")
+    wrong_field = cases["wrong field name"][0].json()["error"]
+    assert "audio" in wrong_field["message"]  # says what it got, so the app developer sees the typo
+
+
+def test_the_server_survived_everything(server):
+    # Runs after the matrix (pytest keeps file order): same process, still answering.
+    assert server.alive, server.output
+    assert server.get("/health").json()["status"] == "ok"
+    assert server.post(files={"file": ("clip.wav", wav(tone(1.0)), "audio/wav")}).status_code == 200
+    assert "Traceback" not in server.output
+
+
+# -- auth ------------------------------------------------------------------------------------------------------------
+
+
+def test_auth_token_made_once_stored_0600_and_required(tmp_path, tiny_bundle):
+    models = tmp_path / "bundles"
+    models.mkdir()
+    shutil.copytree(tiny_bundle, models / "p1")
+    config = write_config(tmp_path / "test.yaml")
+    token_file = tmp_path / "config" / "token"
+    srv = Server(models, config, "--auth", "--token-file", str(token_file))
+    try:
+        token = token_file.read_text(encoding="utf-8").strip()
+        assert len(token) >= 32
+        assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+        assert token in srv.output  # printed at the first start
+        clip = {"file": ("clip.wav", wav(tone(1.0)), "audio/wav")}
+        assert srv.get("/health").json()["patients"] == 1  # open: the app can probe; a count, no ids
+        response = srv.post(files=clip)
+        assert_error(response, 401, "unauthorized")
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+        assert_error(srv.post(files=clip, headers={"Authorization": "Bearer wrong"}), 401)
+        assert_error(srv.get("/patients"), 401)
+        good = {"Authorization": f"Bearer {token}"}
+        assert srv.post(files=clip, headers=good).status_code == 200
+        assert srv.post("/v1/audio/transcriptions", files=clip, headers=good).status_code == 200
+        assert srv.get("/patients", headers=good).json()[0]["id"] == "p1"
+    finally:
+        srv.stop()
+    again = Server(models, config, "--auth", "--token-file", str(token_file))
+    try:
+        assert token not in again.output  # shown once only
+        assert str(token_file) in again.output
+        clip = {"file": ("clip.wav", wav(tone(1.0)), "audio/wav")}
+        assert again.post(files=clip, headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    finally:
+        again.stop()
+
+
+# -- concurrency -------------------------------------------------------------------------------------------------------
+
+
+def test_busy_server_answers_503_with_retry_after(tmp_path, tiny_bundle):
+    """One slot, no queueing: of requests sent at the same instant, all but the first get 503 at once."""
+    models = tmp_path / "bundles"
+    models.mkdir()
+    shutil.copytree(tiny_bundle, models / "p1")
+    config = write_config(
+        tmp_path / "busy.yaml", max_concurrent_requests=1, queue_timeout_s=0, max_audio_seconds=30
+    )
+    srv = Server(models, config)
+    long_clip = wav(tone(28.0, freq=300.0))
+    statuses: List[int] = []
+    busy: List[requests.Response] = []
+    try:
+        for _ in range(5):  # a burst of 6 at a barrier; retried only if the scheduler serialised them all
+            barrier = threading.Barrier(6)
+            replies: List[requests.Response] = []
+
+            def send(
+                barrier: threading.Barrier = barrier, replies: List[requests.Response] = replies
+            ) -> None:
+                barrier.wait()
+                replies.append(srv.post(files={"file": ("long.wav", long_clip, "audio/wav")}))
+
+            threads = [threading.Thread(target=send) for _ in range(6)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            statuses += [r.status_code for r in replies]
+            busy = [r for r in replies if r.status_code == 503]
+            if busy:
+                break
+        assert set(statuses) <= {200, 503}, statuses
+        assert 200 in statuses
+        assert busy, f"no request was refused as busy: {statuses}"
+        assert_error(busy[0], 503, "busy")
+        assert int(busy[0].headers["Retry-After"]) >= 1
+        assert srv.get("/health").status_code == 200  # health is not behind the transcription slots
+    finally:
+        srv.stop()
+
+
+def test_no_usable_bundle_is_a_clear_startup_error(tmp_path, run_cli):
+    models = tmp_path / "bundles"
+    (models / "p1").mkdir(parents=True)  # a folder without a manifest
+    proc = run_cli("serve", "--config", write_config(tmp_path / "c.yaml"), "--models", models, "--port", "0")
+    assert proc.returncode == 2
+    assert "no usable bundle" in proc.stderr
+    missing = run_cli("serve", "--models", tmp_path / "nope", "--port", "0")
+    assert missing.returncode == 2
+    assert "models folder not found" in missing.stderr

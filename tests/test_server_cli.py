@@ -1,0 +1,78 @@
+"""`resonance transcribe` (offline, no server) and the runtime commands' help, run as a user would."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from conftest import tone
+from test_server import tiny_bundle_dir, wav
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory, tiny_whisper):
+    return tiny_bundle_dir(tmp_path_factory, tiny_whisper)
+
+
+@pytest.fixture
+def clips(tmp_path):
+    a = tmp_path / "a.wav"
+    b = tmp_path / "b.wav"
+    a.write_bytes(wav(tone(1.0)))
+    b.write_bytes(wav(tone(2.0, rate=44100, freq=330.0), rate=44100))
+    return a, b
+
+
+def test_transcribe_prints_text_and_latency_per_file(run_cli, tiny_bundle, clips):
+    proc = run_cli("transcribe", "--bundle", tiny_bundle, "--config", "pc-cpu", *clips)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 2
+    assert re.fullmatch(rf"{re.escape(str(clips[0]))}: .* +\[\d+ ms, 1\.0 s audio\]", lines[0])
+    assert re.fullmatch(rf"{re.escape(str(clips[1]))}: .* +\[\d+ ms, 2\.0 s audio\]", lines[1])
+    assert "is fp32 but device config 'pc-cpu' expects int8" in proc.stderr  # works, with a warning
+
+
+def test_transcribe_json_lines(run_cli, tiny_bundle, clips):
+    proc = run_cli("transcribe", "--bundle", tiny_bundle, "--json", *clips)
+    assert proc.returncode == 0, proc.stderr
+    records = [json.loads(line) for line in proc.stdout.strip().splitlines()]
+    assert [r["file"] for r in records] == [str(c) for c in clips]
+    for record, seconds in zip(records, (1.0, 2.0)):
+        assert isinstance(record["text"], str)
+        assert record["duration_s"] == pytest.approx(seconds, abs=0.01)
+        assert record["latency_ms"] > 0
+        assert record["timings"]["encoder_ms"] > 0
+
+
+def test_one_bad_file_does_not_hide_the_others(run_cli, tiny_bundle, clips, tmp_path):
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"not audio at all")
+    proc = run_cli("transcribe", "--bundle", tiny_bundle, bad, clips[0])
+    assert proc.returncode == 2
+    assert "bad.wav: error: could not decode" in proc.stderr
+    assert str(clips[0]) in proc.stdout
+
+
+def test_transcribe_reports_a_missing_bundle_and_config(run_cli, tmp_path, clips):
+    proc = run_cli("transcribe", "--bundle", tmp_path / "nothing", clips[0])
+    assert proc.returncode == 2
+    assert "manifest.json" in proc.stderr
+    proc = run_cli("transcribe", "--bundle", tmp_path, "--config", "toaster", clips[0])
+    assert proc.returncode == 2
+    assert "unknown device config 'toaster'" in proc.stderr
+
+
+@pytest.mark.parametrize("command", ["serve", "transcribe", "loadtest"])
+def test_help_ends_with_worked_examples(run_cli, command):
+    proc = run_cli(command, "--help")
+    assert proc.returncode == 0
+    examples = proc.stdout.split("examples:")[-1]
+    assert f"resonance {command} " in examples
+
+
+def test_serve_rejects_a_bad_port(run_cli, tmp_path):
+    proc = run_cli("serve", "--models", tmp_path, "--port", "70000")
+    assert proc.returncode == 2
+    assert "--port 70000" in proc.stderr

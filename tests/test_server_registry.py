@@ -1,0 +1,223 @@
+"""ModelRegistry (real bundles, real Transcribers) and the app's in-process pieces: ids, reload, tokens, uploads."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import shutil
+import stat
+import time
+from pathlib import Path
+
+import pytest
+from conftest import tone
+from test_server import copy_bundle, tiny_bundle_dir, wav, write_config
+
+from resonance.errors import ResonanceError
+from resonance.runtime.device_config import load_device_config
+from resonance.runtime.models import InvalidPatientId, ModelRegistry, UnknownPatient, check_patient_id
+from resonance.runtime.server import (
+    ServerSettings,
+    create_app,
+    lan_addresses,
+    load_or_create_token,
+    urls_for,
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory, tiny_whisper) -> Path:
+    return tiny_bundle_dir(tmp_path_factory, tiny_whisper)
+
+
+@pytest.fixture
+def config(tmp_path):
+    return load_device_config(write_config(tmp_path / "test.yaml"))
+
+
+@pytest.fixture
+def models(tmp_path, tiny_bundle) -> Path:
+    root = tmp_path / "bundles"
+    root.mkdir()
+    shutil.copytree(tiny_bundle, root / "p1")
+    return root
+
+
+@pytest.mark.parametrize("good", ["p1", "grandpa", "anna_2", "ZHANG-wei", "张伟"])
+def test_plain_patient_ids_are_accepted(good):
+    assert check_patient_id(good) == good
+
+
+@pytest.mark.parametrize("bad", ["../x", "..", ".", "a/b", "a\\b", "", " p1", "p1\n", "x" * 65, "a.b", "-p1"])
+def test_ids_that_are_not_one_plain_folder_name_are_rejected(bad):
+    with pytest.raises(InvalidPatientId):
+        check_patient_id(bad)
+
+
+def test_default_patient_only_when_there_is_exactly_one(models, config, tiny_bundle):
+    registry = ModelRegistry(models, config)
+    assert registry.get().patient == "p1"
+    assert registry.get("p1").transcriber is registry.get().transcriber
+    copy_bundle(tiny_bundle, models, "p2")
+    registry.reload()
+    assert registry.patients == ["p1", "p2"]
+    with pytest.raises(InvalidPatientId, match="must say which"):
+        registry.get()
+    assert registry.get("p2").manifest.patient == "p2"
+    with pytest.raises(UnknownPatient):
+        registry.get("p3")
+
+
+def test_folder_name_must_match_the_manifest(models, config, tiny_bundle):
+    shutil.copytree(tiny_bundle, models / "renamed")  # manifest still says p1
+    registry = ModelRegistry(models, config)
+    assert registry.patients == ["p1"]
+    assert "patient 'p1'" in registry.failed["renamed"]
+    assert "rename the folder" in registry.failed["renamed"]  # the hint travels with the reason
+
+
+def test_reload_adds_updates_and_removes_with_an_atomic_swap(models, config, tiny_bundle):
+    registry = ModelRegistry(models, config)
+    before = registry.get("p1")
+    assert not registry.reload().changed  # nothing on disk changed: nothing reloaded (no re-hashing)
+    assert registry.get("p1") is before
+
+    copy_bundle(tiny_bundle, models, "p2")
+    report = registry.reload()
+    assert (report.added, report.updated, report.removed) == (["p2"], [], [])
+
+    manifest_path = models / "p1" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    manifest["metrics"] = {"cer_after": 0.1}  # a re-export with new metrics
+    manifest_path.write_text(json.dumps(manifest), encoding="utf-8")
+    report = registry.reload()
+    assert report.updated == ["p1"]
+    after = registry.get("p1")
+    assert after is not before
+    assert after.manifest.metrics == {"cer_after": 0.1}
+    # A request that took the old bundle before the swap still completes with it.
+    assert isinstance(before.transcriber.transcribe(tone(0.5)).text, str)
+
+    shutil.rmtree(models / "p2")
+    assert registry.reload().removed == ["p2"]
+    assert registry.patients == ["p1"]
+
+
+def test_a_broken_new_version_keeps_the_old_one_serving(models, config, caplog):
+    registry = ModelRegistry(models, config)
+    good = registry.get("p1")
+    with open(models / "p1" / "decoder.onnx", "r+b") as fh:  # a copy in progress
+        fh.truncate(100)
+    with caplog.at_level(logging.ERROR):
+        report = registry.reload()
+    assert "p1" in report.failed
+    assert registry.get("p1") is good
+    assert "keeping the version already loaded" in caplog.text
+    assert registry.reload().failed == {}  # unchanged since it failed: not re-tried every poll
+
+
+def test_a_corrupt_bundle_beside_a_good_one_is_skipped(models, config, tiny_bundle, caplog):
+    broken = copy_bundle(tiny_bundle, models, "broken")
+    (broken / "tokenizer.json").write_text("{}", encoding="utf-8")
+    (models / "notes.txt").write_text("not a bundle", encoding="utf-8")
+    with caplog.at_level(logging.ERROR):
+        registry = ModelRegistry(models, config)
+    assert registry.patients == ["p1"]
+    assert "sha256" in registry.failed["broken"]
+    assert "broken" in caplog.text
+
+
+def test_the_poller_picks_up_a_new_bundle(models, config, tiny_bundle):
+    registry = ModelRegistry(models, config, poll_interval_s=0.2)
+    try:
+        copy_bundle(tiny_bundle, models, "p2")
+        deadline = time.monotonic() + 30
+        while "p2" not in registry.patients and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert registry.patients == ["p1", "p2"]
+    finally:
+        registry.stop_polling()
+
+
+def test_precision_mismatch_is_a_warning_not_an_error(models, tmp_path, caplog):
+    int8_device = load_device_config(write_config(tmp_path / "int8.yaml", precision="int8"))
+    with caplog.at_level(logging.WARNING):
+        registry = ModelRegistry(models, int8_device)
+    assert registry.patients == ["p1"]
+    assert "is fp32 but device config 'test' expects int8" in caplog.text
+
+
+def test_uploads_stay_in_memory(models, config):
+    """Werkzeug would spool a >500 KB upload to a temp file; audio must never touch the disk."""
+    app = create_app(ModelRegistry(models, config), config)
+    big = wav(tone(20.0))  # 640 KB
+    with app.test_request_context(
+        "/transcribe",
+        method="POST",
+        data={"file": (io.BytesIO(big), "big.wav")},
+        content_type="multipart/form-data",
+    ):
+        from flask import request
+
+        assert type(request.files["file"].stream) is io.BytesIO
+        assert request.files["file"].read() == big
+
+
+def test_flask_app_answers_json_500_on_an_unexpected_error(models, config):
+    """A bug in a transcription is a JSON 500 for that request, not a dead server.
+
+    The one stand-in in these tests: no real component fails on purpose; the bundle itself is still real.
+    """
+
+    class Exploding:
+        manifest = None
+        providers = ("CPUExecutionProvider",)
+
+        def transcribe(self, audio):
+            raise RuntimeError("boom")
+
+    registry = ModelRegistry(models, config, factory=lambda folder, device: Exploding())
+    client = create_app(registry, config, ServerSettings()).test_client()
+    response = client.post("/transcribe", data={"file": (io.BytesIO(wav(tone(0.5))), "a.wav")})
+    assert response.status_code == 500
+    assert response.json["error"]["code"] == "internal_error"
+    assert "boom" not in response.json["error"]["message"]  # internals stay in the log
+    ok = client.get("/health")
+    assert ok.status_code == 200
+
+
+def test_token_file_is_created_0600_and_reused(tmp_path):
+    path = tmp_path / "cfg" / "token"
+    token, created = load_or_create_token(path)
+    assert created and len(token) >= 32
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert load_or_create_token(path) == (token, False)
+    os.chmod(path, 0o644)
+    with pytest.raises(ResonanceError, match="other users"):
+        load_or_create_token(path)
+
+
+def test_lan_url_detection_sends_nothing_and_always_answers():
+    addresses = lan_addresses()
+    assert addresses
+    for ip in addresses:
+        assert len(ip.split(".")) == 4
+    assert urls_for("127.0.0.1", 8000) == ["http://127.0.0.1:8000/transcribe"]
+    everywhere = urls_for("0.0.0.0", 8000)
+    assert everywhere[-1] == "http://127.0.0.1:8000/transcribe"
+    assert all(url.endswith(":8000/transcribe") for url in everywhere)
+
+
+def test_auto_threads_share_the_cpus_between_concurrent_requests(tmp_path):
+    from resonance.runtime.models import session_threads
+
+    cpus = os.cpu_count() or 1
+    auto = load_device_config(
+        write_config(tmp_path / "a.yaml", intra_op_threads=0, max_concurrent_requests=2)
+    )
+    assert session_threads(auto) == max(1, cpus // 2)
+    assert session_threads(auto) * auto.max_concurrent_requests <= max(cpus, 2)
+    fixed = load_device_config(write_config(tmp_path / "f.yaml", intra_op_threads=3))
+    assert session_threads(fixed) == 3
