@@ -56,6 +56,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "that way: stock Whisper gets worse)",
     )
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.add_argument(
+        "--allow-worse",
+        action="store_true",
+        help="export an adapter even though its training report says it is worse than the generic model",
+    )
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -72,6 +77,7 @@ def _run(args: argparse.Namespace) -> int:
         parity_clips=args.parity_clips,
         parity_tolerance=args.parity_tolerance,
         dynamic_window=args.dynamic_window,
+        allow_worse=args.allow_worse,
     )
     manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
     parity = manifest.get("parity", {})

@@ -58,6 +58,7 @@ def export_bundle(
     parity_tolerance: float = 0.10,
     language: Optional[str] = None,
     dynamic_window: bool = False,
+    allow_worse: bool = False,
 ) -> Path:
     """Export ``base_model`` (+ ``adapter``) to a bundle at ``out``; returns ``out``.
 
@@ -65,6 +66,7 @@ def export_bundle(
     ``parity_tolerance``: the largest CER allowed between PyTorch and the runtime for int8/fp16 (fp32 must
     give identical tokens). Raises ParityError (and leaves nothing at ``out``) when the check fails.
     ``dynamic_window``: the encoder also takes shorter inputs (export/dynamic_window.py; off by default).
+    ``allow_worse``: export an adapter whose training report says it is worse than the generic model.
     """
     out = Path(out)
     if quantize not in QUANTIZE_CHOICES:
@@ -73,6 +75,12 @@ def export_bundle(
         raise ResonanceError(f"parity tolerance {parity_tolerance} is not a CER in [0, 1]", "use e.g. 0.10")
     refuse_to_overwrite(out, force, "bundle")  # before minutes of work, not after
     info = read_adapter(Path(adapter)) if adapter is not None else AdapterInfo()
+    if info.report.get("improved") is False and not allow_worse:
+        raise ResonanceError(
+            f"the adapter '{adapter}' made recognition worse in training (CER {info.report.get('cer_before'):.3f}"
+            f" -> {info.report.get('cer_after'):.3f}, see its report.txt); refusing to deploy it",
+            "record more or cleaner phrases and train again, or pass --allow-worse to export it anyway",
+        )
     base_model = base_model or info.train_config.get("base_model") or DEFAULT_BASE_MODEL
     language = language or info.train_config.get("language") or "zh"
     task = info.train_config.get("task") or "transcribe"

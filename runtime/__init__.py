@@ -1,4 +1,38 @@
 """Runtime layer (resonance.runtime): transcription on onnxruntime. Never imports torch or transformers.
 
 Kept runnable on Python 3.8 (JetPack 5): no 3.9+ syntax or APIs here.
+
+Public API (imported on first use, so ``import resonance.runtime`` stays light)::
+
+    from resonance.runtime import Transcriber
+    result = Transcriber("bundles/grandpa").transcribe("clip.wav")
+    match = Transcriber("bundles/grandpa").match_phrases("clip.wav")
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, List
+
+# name -> module that defines it (PEP 562 lazy attributes: numpy/onnxruntime load only when a name is used).
+_EXPORTS = {
+    "Transcriber": "resonance.runtime.transcriber",
+    "TranscriptionResult": "resonance.runtime.transcriber",
+    "DecodingOptions": "resonance.runtime.decoding",
+    "PhraseMatch": "resonance.runtime.phrases",
+    "load_device_config": "resonance.runtime.device_config",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value  # cache: later look-ups skip this function
+    return value
+
+
+def __dir__() -> List[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -9,12 +9,18 @@ drop one at load time (e.g. CUDA present but libcudnn missing).
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from resonance.errors import DependencyMissing, ResonanceError
 
 log = logging.getLogger(__name__)
+
+# onnxruntime >= 1.2x keeps usage telemetry (a device id, paths) in ~/.cache/Microsoft/DeveloperTools and reads
+# this variable when it is imported, which happens only through import_onnxruntime() below: a patient's offline
+# device writes nothing it was not asked to. An operator who wants telemetry sets the variable to 0.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 CPU = "CPUExecutionProvider"
 DEFAULT_PROVIDERS = ("CPUExecutionProvider",)

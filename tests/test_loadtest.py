@@ -8,15 +8,10 @@ import shutil
 
 import numpy as np
 import pytest
-from test_server import Server, tiny_bundle_dir, write_config
+from test_server import Server, write_config
 
 from resonance.errors import ResonanceError
 from resonance.runtime.loadtest import LoadtestSettings, build_cases, run_loadtest
-
-
-@pytest.fixture(scope="session")
-def tiny_bundle(tmp_path_factory, tiny_whisper):
-    return tiny_bundle_dir(tmp_path_factory, tiny_whisper)
 
 
 @pytest.fixture(scope="module")

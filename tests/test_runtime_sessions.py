@@ -17,11 +17,9 @@ ort = pytest.importorskip("onnxruntime")
 CUDA = "CUDAExecutionProvider"
 
 
-@pytest.fixture(scope="module")
-def bundle(tiny_whisper, tmp_path_factory) -> Path:
-    from resonance.export.onnx_export import export_bundle
-
-    return export_bundle(str(tiny_whisper), tmp_path_factory.mktemp("bundles") / "tiny")
+@pytest.fixture
+def bundle(tiny_bundle) -> Path:
+    return tiny_bundle  # conftest's session-wide tiny fp32 bundle (read-only)
 
 
 @pytest.fixture

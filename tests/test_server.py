@@ -1,6 +1,7 @@
 """The LAN server as the caregiver's app meets it: a real `resonance serve` process on loopback, real bundles.
 
-Also home of the helpers the other server tests import (`tiny_bundle_dir`, `Server`, `wav`, `write_config`).
+Also home of the helpers the other server tests import (`Server`, `wav`, `write_config`); the
+bundle itself is conftest's session-wide `tiny_bundle`.
 """
 
 from __future__ import annotations
@@ -30,16 +31,6 @@ ERROR_KEYS = {"message", "hint", "code"}
 
 
 # -- helpers shared with test_server_*.py and test_loadtest.py ------------------------------------------------------
-
-
-def tiny_bundle_dir(tmp_path_factory, tiny_whisper: Path) -> Path:
-    """A real bundle of the tiny random Whisper (patient p1), exported once per test session."""
-    from resonance.export.onnx_export import export_bundle
-
-    bundle = tmp_path_factory.getbasetemp() / "shared-tiny-bundle" / "p1"
-    if not (bundle / "manifest.json").is_file():
-        export_bundle(str(tiny_whisper), bundle, patient="p1", force=True)
-    return bundle
 
 
 def copy_bundle(bundle: Path, models: Path, patient: str) -> Path:
@@ -152,11 +143,6 @@ def assert_error(response: requests.Response, status: int, code: Optional[str] =
 
 
 # -- fixtures --------------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def tiny_bundle(tmp_path_factory, tiny_whisper) -> Path:
-    return tiny_bundle_dir(tmp_path_factory, tiny_whisper)
 
 
 @pytest.fixture(scope="module")

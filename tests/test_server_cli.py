@@ -7,12 +7,7 @@ import re
 
 import pytest
 from conftest import tone
-from test_server import tiny_bundle_dir, wav
-
-
-@pytest.fixture(scope="session")
-def tiny_bundle(tmp_path_factory, tiny_whisper):
-    return tiny_bundle_dir(tmp_path_factory, tiny_whisper)
+from test_server import wav
 
 
 @pytest.fixture

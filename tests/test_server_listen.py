@@ -5,17 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import tone
-from test_server import tiny_bundle_dir
 
 from resonance.errors import ResonanceError
 from resonance.runtime.listen import UtteranceSegmenter, VadOptions, microphone_blocks, transcribe_utterances
 
 BLOCK = 1600  # 100 ms at 16 kHz
-
-
-@pytest.fixture(scope="session")
-def tiny_bundle(tmp_path_factory, tiny_whisper):
-    return tiny_bundle_dir(tmp_path_factory, tiny_whisper)
 
 
 def room(seconds: float, seed: int = 0) -> np.ndarray:

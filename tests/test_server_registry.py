@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import tone
-from test_server import copy_bundle, tiny_bundle_dir, wav, write_config
+from test_server import copy_bundle, wav, write_config
 
 from resonance.errors import ResonanceError
 from resonance.runtime.device_config import load_device_config
@@ -25,11 +25,6 @@ from resonance.runtime.server import (
     load_or_create_token,
     urls_for,
 )
-
-
-@pytest.fixture(scope="session")
-def tiny_bundle(tmp_path_factory, tiny_whisper) -> Path:
-    return tiny_bundle_dir(tmp_path_factory, tiny_whisper)
 
 
 @pytest.fixture

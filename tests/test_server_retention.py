@@ -15,18 +15,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 from conftest import tone
-from test_server import Server, assert_error, tiny_bundle_dir, wav, write_config
+from test_server import Server, assert_error, wav, write_config
 
 from resonance.audio import load_audio
 from resonance.runtime.retention import Retention
 from resonance.runtime.server import qr_text
 
 BLOCKS = set("█▀▄ \n")
-
-
-@pytest.fixture(scope="session")
-def tiny_bundle(tmp_path_factory, tiny_whisper) -> Path:
-    return tiny_bundle_dir(tmp_path_factory, tiny_whisper)
 
 
 @pytest.fixture

@@ -13,16 +13,11 @@ from pathlib import Path
 from typing import List
 
 import pytest
-from test_server import Server, tiny_bundle_dir, write_config
+from test_server import Server, write_config
 
 from resonance.runtime.service import systemd_quote
 
 USER = getpass.getuser()
-
-
-@pytest.fixture(scope="session")
-def tiny_bundle(tmp_path_factory, tiny_whisper) -> Path:
-    return tiny_bundle_dir(tmp_path_factory, tiny_whisper)
 
 
 @pytest.fixture

@@ -140,6 +140,12 @@ def test_train_cli_end_to_end_on_tiny_model(tiny_whisper, demo_data, tmp_path, r
     base = shorten_audio_window(WhisperForConditionalGeneration.from_pretrained(tiny_whisper), 5.0)
     assert PeftModel.from_pretrained(base, out).peft_config["default"].r == 16
 
+    # An adapter that made things worse is not deployed by accident.
+    (out / "report.json").write_text(json.dumps({**report, "improved": False}))
+    refused = run_cli("export", "--adapter", out, "--out", tmp_path / "bundle")
+    assert refused.returncode == 2 and "--allow-worse" in refused.stderr
+    assert not (tmp_path / "bundle").exists()
+
     before = (out / "adapter_model.safetensors").read_bytes()
     again = run_cli(*args)
     assert again.returncode == 2 and "already exists" in again.stderr and "--force" in again.stderr

@@ -28,7 +28,7 @@ import pytest
 import requests
 import soundfile as sf
 from conftest import DEMO_DATA, tone
-from test_server import Server, tiny_bundle_dir, wav, write_config
+from test_server import Server, wav, write_config
 
 STATIC = Path(__file__).resolve().parents[1] / "runtime" / "static"
 SCREENSHOT = Path(tempfile.gettempdir()) / "webpage.png"
@@ -229,11 +229,6 @@ class Browser:
 
 
 # -- fixtures ---------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def tiny_bundle(tmp_path_factory, tiny_whisper) -> Path:
-    return tiny_bundle_dir(tmp_path_factory, tiny_whisper)
 
 
 @pytest.fixture(scope="module")

@@ -182,7 +182,11 @@ def train(config: TrainConfig, generic_cache: dict | None = None) -> dict:
                 history["val"].append([step, val_cer])
                 lowest = min(v for _, v in history["val"])
                 if val_cer <= lowest + config.selection_tolerance:
-                    best = {"cer": val_cer, "step": step, "state": _cpu_copy(get_peft_model_state_dict(model))}
+                    best = {
+                        "cer": val_cer,
+                        "step": step,
+                        "state": _cpu_copy(get_peft_model_state_dict(model)),
+                    }
                     bad_evals = 0
                 else:
                     bad_evals += 1
