@@ -18,7 +18,8 @@ from typing import Any, Callable, Deque, Iterable, Iterator, List, Optional, Uni
 
 import numpy as np
 
-from resonance.errors import ResonanceError, require
+from resonance.errors import ResonanceError
+from resonance.mic import open_input_device
 
 SAMPLE_RATE = 16000
 
@@ -150,27 +151,7 @@ def microphone_blocks(
     device: Optional[Union[int, str]] = None, block_s: float = 0.1
 ) -> Iterator[Iterator[np.ndarray]]:
     """Blocks of float32 mono 16 kHz audio from an input device, until the caller stops iterating."""
-    try:
-        sd = require("sounddevice", "mic", "listening to a microphone")
-    except OSError as exc:  # the module is there but the PortAudio C library is not
-        raise ResonanceError(
-            "listening needs the PortAudio library, which was not found: no microphone can be used",
-            "on Debian/Ubuntu/Jetson: sudo apt install libportaudio2; elsewhere: pip install --force-reinstall "
-            "sounddevice",
-        ) from exc
-    try:
-        info = sd.query_devices(device, kind="input")
-    except (ValueError, sd.PortAudioError) as exc:
-        raise ResonanceError(
-            f"no microphone found{f' for --device {device}' if device is not None else ''} ({exc})",
-            "plug in a microphone; list the devices with `python -m sounddevice` and pick one with --device N",
-        ) from exc
-    if int(info.get("max_input_channels", 0)) < 1:
-        raise ResonanceError(
-            f"device '{info.get('name')}' is not a microphone (it has no input channels)",
-            "list the devices with `python -m sounddevice` and pick an input with --device N",
-        )
-    native = int(info["default_samplerate"])
+    sd, native = open_input_device(device, "listening to a microphone")
     blocks = queue.Queue()  # float32 blocks from PortAudio's thread
     # Not every card records at 16 kHz: capture at its own rate and resample as a stream (no seams per block).
     import soxr

@@ -13,11 +13,9 @@ written last: a ``.json`` file means its ``.wav`` is complete.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import logging
-import os
 import secrets
 import threading
 import time
@@ -27,6 +25,7 @@ from typing import Any, Dict
 import numpy as np
 
 from resonance.errors import ResonanceError
+from resonance.fsutil import write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -95,16 +94,4 @@ def _pcm16_wav(audio: np.ndarray, sample_rate: int) -> bytes:
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    """Atomic write of a 0600 file (created with that mode: never readable by others, not even briefly)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    fd = os.open(str(tmp), os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    write_bytes_atomic(path, data, mode=FILE_MODE)

@@ -21,7 +21,8 @@ import numpy as np
 
 from resonance.data.labels import AUDIO_DIR, LABELS_FILE, load_labels, read_labels_json, save_labels
 from resonance.data.quality import MAX_SECONDS, Finding, level_findings, measure, trim_silence
-from resonance.errors import ResonanceError, require
+from resonance.errors import ResonanceError
+from resonance.mic import open_input_device
 
 SAMPLE_RATE = 16000
 Recorder = Callable[[float], np.ndarray]  # seconds -> mono float32 samples at SAMPLE_RATE
@@ -202,28 +203,7 @@ def _next_number(audio_dir: Path) -> int:
 
 def microphone(device: Optional[Union[int, str]] = None) -> Recorder:
     """A Recorder on a real input device (sounddevice), or a ResonanceError saying what to plug in."""
-    try:
-        sd = require("sounddevice", "mic", "recording")
-    except OSError as exc:  # the module is there but the PortAudio C library is not
-        raise ResonanceError(
-            "recording needs the PortAudio library, which was not found: no microphone can be used",
-            "on Debian/Ubuntu/Jetson: sudo apt install libportaudio2; elsewhere: pip install --force-reinstall "
-            "sounddevice",
-        ) from exc
-    try:
-        info = sd.query_devices(device, kind="input")
-    except (ValueError, sd.PortAudioError) as exc:
-        raise ResonanceError(
-            f"no microphone found{f' for --device {device}' if device is not None else ''} ({exc})",
-            "plug in a microphone; list the devices with `python -m sounddevice` and pick one with --device N",
-        ) from exc
-    if int(info.get("max_input_channels", 0)) < 1:
-        raise ResonanceError(
-            f"device '{info.get('name')}' is not a microphone (it has no input channels)",
-            "list the devices with `python -m sounddevice` and pick an input with --device N",
-        )
-    # Record at the device's own rate (not every card does 16 kHz) and resample, like every other input.
-    native = int(info["default_samplerate"])
+    sd, native = open_input_device(device, "recording")
 
     def record(seconds: float) -> np.ndarray:
         from resonance.audio import resample
