@@ -57,9 +57,9 @@ class TrainConfig:
     warmup_fraction: float = 0.1
     weight_decay: float = 0.0
     patience: int = 3  # evaluations without improvement before stopping early (0 = never stop early)
-    # Validation holds out whole phrases, so it measures only never-heard phrases; more epochs still help the
-    # recorded ones. Keep the *latest* evaluation whose validation CER is within this of the best.
-    selection_tolerance: float = 0.05
+    # Validation holds out whole phrases, so it measures only never-heard phrases, while more epochs still help
+    # the recorded ones: with a tolerance > 0 the *latest* evaluation within it of the best is kept.
+    selection_tolerance: float = 0.0  # 0 = keep the evaluation with the lowest validation CER
     evals_per_epoch: float = 1.0
     augment: bool = False  # speed/gain/noise perturbation + SpecAugment
     # --- runtime
@@ -73,6 +73,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.window_seconds is not None and self.window_seconds not in WINDOW_CHOICES:
             self._bad("window_seconds", f"must be one of {WINDOW_CHOICES}")
+        if not 0 <= self.selection_tolerance < 1:
+            self._bad("selection_tolerance", "must be a CER difference in [0, 1)")
         if not 0 <= self.val_fraction < 0.5:
             self._bad("val_fraction", "must be in [0, 0.5)")
         for name in ("lora_r", "lora_alpha", "batch_size"):

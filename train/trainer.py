@@ -179,9 +179,11 @@ def train(config: TrainConfig, generic_cache: dict | None = None) -> dict:
                 val_cer, _ = score(
                     val_set, _transcribe(model, feature_extractor, tokenizer, val_set, window, config)
                 )
+                lowest = min((v for _, v in history["val"]), default=math.inf)
                 history["val"].append([step, val_cer])
-                lowest = min(v for _, v in history["val"])
-                if val_cer <= lowest + config.selection_tolerance:
+                if val_cer < lowest - 1e-9 or (
+                    config.selection_tolerance and val_cer <= lowest + config.selection_tolerance
+                ):
                     best = {
                         "cer": val_cer,
                         "step": step,
