@@ -172,16 +172,16 @@ class GreedyDecoder:
         repetition_count: int = 0,
         repetition_ngram: int = 8,
         runner: Optional[StepRunner] = None,
+        primed: Optional[Tuple[Any, Dict[str, Any]]] = None,
     ) -> DecodeOutput:
-        """Decode one window. ``stop_if_no_speech``: a threshold checked after the first step (quiet audio)."""
+        """Decode one window. ``stop_if_no_speech``: a threshold checked after the first step (quiet audio).
+
+        ``primed``: the result of :meth:`prime` for these encoder states, when the caller already ran it
+        (phrase scoring reuses the same first step).
+        """
         runner = runner or NumpyStepRunner(self.session)
-        prompt = list(self.tokens.sot_sequence)
-        budget = min(max_new_tokens, self.max_positions - len(prompt))
-        feeds: Dict[str, Any] = dict(self.empty_past)
-        feeds["input_ids"] = np.asarray([prompt], dtype=np.int64)
-        feeds["encoder_hidden_states"] = encoder_hidden_states
-        feeds["use_cache_branch"] = np.asarray([False])
-        logits, presents = runner.step(feeds, self.present_to_past)
+        budget = min(max_new_tokens, self.max_positions - len(self.tokens.sot_sequence))
+        logits, presents = primed if primed is not None else self.prime(encoder_hidden_states, runner)
         # Cross-attention keys/values depend only on the audio: computed once in the first step. In the cache
         # branch Optimum's merged graph returns empty placeholders for them, so they are never taken from there.
         cross = {name: value for name, value in presents.items() if ".encoder." in name}
@@ -211,6 +211,18 @@ class GreedyDecoder:
             feeds["use_cache_branch"] = np.asarray([True])
             logits, presents = runner.step(feeds, self.present_to_past)
         return DecodeOutput(tuple(generated), no_speech_prob, stopped_by)
+
+    def prime(self, encoder_hidden_states, runner: Optional[StepRunner] = None) -> Tuple[Any, Dict[str, Any]]:
+        """The first step: the SOT sequence with empty pasts -> (logits [1, len(sot), vocab], presents).
+
+        The presents hold the prompt's self-attention cache and the audio's cross-attention keys/values.
+        """
+        runner = runner or NumpyStepRunner(self.session)
+        feeds: Dict[str, Any] = dict(self.empty_past)
+        feeds["input_ids"] = np.asarray([list(self.tokens.sot_sequence)], dtype=np.int64)
+        feeds["encoder_hidden_states"] = encoder_hidden_states
+        feeds["use_cache_branch"] = np.asarray([False])
+        return runner.step(feeds, self.present_to_past)
 
     def _next_token(self, logits: np.ndarray, first: bool) -> int:
         logits = np.array(logits, dtype=np.float32)  # a copy: the mask must not touch the session's buffer

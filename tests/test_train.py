@@ -159,3 +159,40 @@ def test_train_cli_bad_data_is_a_clear_error(tiny_whisper, tmp_path, run_cli):
     assert proc.returncode == 2
     assert "does not exist" in proc.stderr and "what to do" in proc.stderr
     assert not (tmp_path / "a").exists()
+
+
+def _report(**overrides):
+    report = {
+        "cer_before": 0.8,
+        "cer_after": 0.3,
+        "n_train": 20,
+        "n_validation": 2,
+        "n_eval": 3,
+        "train_texts": ["我想喝水"] * 1,
+        "history": {"loss": [[1, 2.0], [2, 1.0]], "val": [[1, 0.5], [2, 0.7]]},
+        "best_step": 1,
+        "eval_source": "x",
+        "data_seconds": 30.0,
+        "steps": 2,
+        "train_seconds": 1.0,
+        "device": "cpu",
+        "samples_per_second": 8.0,
+        "window_seconds": 5.0,
+        "utterances": [{"reference": "我想喝水", "before": "你想喝水", "hypothesis": "我想喝水"}],
+    }
+    return {**report, **overrides}
+
+
+def test_report_says_in_words_whether_it_helped_and_warns(tmp_path):
+    from resonance.train.report import write_report
+
+    written = write_report(tmp_path, _report())
+    assert written == json.loads((tmp_path / "report.json").read_text())
+    assert "better" in written["verdict"] and "20% -> 70%" in written["verdict"]
+    warnings = " ".join(written["warnings"])
+    assert "Only 22 recordings" in warnings and "Only 3 evaluation" in warnings and "over-fitting" in warnings
+    assert "我想喝水 | 你想喝水 | 我想喝水" in (tmp_path / "report.txt").read_text()
+    assert (tmp_path / "report.png").stat().st_size > 1000
+
+    worse = write_report(tmp_path, _report(cer_after=0.9))
+    assert "NOT better" in worse["verdict"] and "--allow-worse" in worse["verdict"]

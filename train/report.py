@@ -22,7 +22,7 @@ def verdict(report: dict) -> tuple[str, list[str]]:
     else:
         line = (
             f"The personalised model is NOT better (character accuracy {acc_before:.0f}% -> {acc_after:.0f}%). "
-            "Do not deploy it: `resonance export` refuses it unless you pass --force."
+            "Do not deploy it: `resonance export` refuses it unless you pass --allow-worse."
         )
     warnings = []
     n = report["n_train"] + report["n_validation"]
@@ -43,12 +43,14 @@ def verdict(report: dict) -> tuple[str, list[str]]:
     return line, warnings
 
 
-def write_report(folder: Path, report: dict) -> None:
+def write_report(folder: Path, report: dict) -> dict:
+    """Write the three files; return the report with its verdict and warnings added."""
     line, warnings = verdict(report)
     report = {**report, "verdict": line, "warnings": warnings}
     write_json_atomic(Path(folder) / "report.json", report)
     write_text_atomic(Path(folder) / "report.txt", render_text(report))
     plot(report, Path(folder) / "report.png")
+    return report
 
 
 def render_text(report: dict) -> str:

@@ -251,7 +251,7 @@ def train(config: TrainConfig, generic_cache: dict | None = None) -> dict:
         processor.feature_extractor = feature_extractor
         processor.save_pretrained(tmp)
         write_json_atomic(tmp / "train_config.json", {**config.to_json(), "window_seconds": window})
-        write_report(tmp, report)
+        report = write_report(tmp, report)
     checkpoint_path.unlink(missing_ok=True)
     _remove_empty(checkpoint_path.parent)
     return report
