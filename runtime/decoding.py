@@ -185,7 +185,7 @@ class GreedyDecoder:
         # Cross-attention keys/values depend only on the audio: computed once in the first step. In the cache
         # branch Optimum's merged graph returns empty placeholders for them, so they are never taken from there.
         cross = {name: value for name, value in presents.items() if ".encoder." in name}
-        no_speech_prob = self._no_speech_prob(logits[0, 0])
+        no_speech_prob = self.no_speech_prob(logits[0, 0])
         if stop_if_no_speech is not None and no_speech_prob > stop_if_no_speech:
             return DecodeOutput((), no_speech_prob, "no_speech")
         generated: List[int] = []
@@ -231,7 +231,7 @@ class GreedyDecoder:
             logits[list(self.tokens.begin_suppress)] = -np.inf
         return int(np.argmax(logits))
 
-    def _no_speech_prob(self, sot_logits: np.ndarray) -> float:
+    def no_speech_prob(self, sot_logits: np.ndarray) -> float:
         # openai/whisper: softmax of the logits at the SOT position, probability of <|nocaptions|>.
         if self.tokens.no_speech is None:
             return 0.0

@@ -1,7 +1,9 @@
-"""The runtime's one entry point: ``Transcriber(bundle).transcribe(audio) -> TranscriptionResult``.
+"""The runtime's one entry point: ``Transcriber(bundle).transcribe(audio, mode=...) -> TranscriptionResult``.
 
-Loads a bundle once (manifest, two onnxruntime sessions, tokenizer); every call keeps its state local, so one
-Transcriber serves concurrent requests (onnxruntime's ``run`` is thread-safe).
+``mode="free"`` transcribes; ``"phrases"`` picks one of the patient's known phrases or "none of these"
+(runtime/phrases.py); ``"both"`` does both on one encoder pass. Loads a bundle once (manifest, two onnxruntime
+sessions, tokenizer); every call keeps its state local, so one Transcriber serves concurrent requests
+(onnxruntime's ``run`` is thread-safe).
 """
 
 from __future__ import annotations
@@ -26,6 +28,18 @@ from resonance.runtime.decoding import (
     StepRunner,
 )
 from resonance.runtime.features import frames_for, log_mel_spectrogram
+from resonance.runtime.phrases import (
+    NO_PHRASES,
+    NO_SPEECH,
+    PhraseMatch,
+    PhraseOptions,
+    PhraseSet,
+    check_mode,
+    empty_match,
+    match,
+    shortlist,
+    teacher_forced_logprobs,
+)
 from resonance.runtime.sessions import DEFAULT_PROVIDERS, ProviderSpec, create_session, numpy_dtype
 from resonance.runtime.tokenizer import Tokenizer
 
@@ -46,8 +60,12 @@ class TranscriptionResult:
     # P(no speech) from the model; the lowest over the audio's windows. None when the model did not run
     # (empty audio, digital silence).
     no_speech_prob: Optional[float] = None
-    # features_ms, encoder_ms, decoder_ms, total_ms (wall clock of this call)
+    # features_ms, encoder_ms, decoder_ms, [phrases_ms,] total_ms (wall clock of this call)
     timings: Dict[str, float] = field(default_factory=dict)
+    mode: str = "free"
+    # mode "phrases"/"both": the best known phrase or "none of these" (None in mode "free"). In mode "phrases"
+    # ``text`` is the accepted phrase ("" when rejected), or the free transcription when there is no list.
+    phrases: Optional[PhraseMatch] = None
 
 
 def dbfs(value: float) -> float:
@@ -66,10 +84,12 @@ class Transcriber:
         options: Union[DecodingOptions, Mapping[str, Any], None] = None,
         verify: bool = True,
         optimization: str = "all",
+        phrase_options: Union[PhraseOptions, Mapping[str, Any], None] = None,
     ) -> None:
         self.bundle_dir = Path(bundle_dir)
         self.manifest: Manifest = load_manifest(self.bundle_dir, verify=verify)
         self.options = DecodingOptions.coerce(options)
+        self.phrase_options = PhraseOptions.coerce(phrase_options)
         files = self.manifest.files
         self.encoder = create_session(
             self.bundle_dir / files["encoder"]["path"], providers, threads, optimization
@@ -91,6 +111,7 @@ class Transcriber:
         audio = self.manifest.audio
         self.window_samples = round(audio.window_seconds * audio.sample_rate)
         self.window_frames = frames_for(audio.window_seconds, audio.sample_rate, audio.hop_length)
+        self._phrase_sets: Dict[Tuple[str, ...], PhraseSet] = {}
 
     @property
     def providers(self) -> List[str]:
@@ -106,22 +127,39 @@ class Transcriber:
         audio: AudioSource,
         options: Union[DecodingOptions, Mapping[str, Any], None] = None,
         sample_rate: Optional[int] = None,
+        mode: str = "free",
+        phrases: Optional[Sequence[str]] = None,
+        phrase_options: Union[PhraseOptions, Mapping[str, Any], None] = None,
     ) -> TranscriptionResult:
         """Transcribe a path, the bytes of an audio file, or samples (``sample_rate`` is the array's rate).
 
         Audio longer than the bundle's window is cut into window-sized pieces whose texts are joined; capping
-        the length (a server's request limit) is the caller's job.
+        the length (a server's request limit) is the caller's job. ``mode`` "phrases"/"both" also matches the
+        audio against ``phrases`` (default: the bundle's list); phrases are matched on the first window.
         """
+        check_mode(mode)
         opts = self.options if options is None else DecodingOptions.coerce(options)
+        popts = self.phrase_options if phrase_options is None else PhraseOptions.coerce(phrase_options)
         start = time.perf_counter()
         samples = load_audio(audio, SAMPLE_RATE, source_rate=sample_rate)
         duration = samples.size / SAMPLE_RATE
         timings = {"features_ms": 0.0, "encoder_ms": 0.0, "decoder_ms": 0.0}
+        phrase_set = self.phrase_set(phrases) if mode != "free" else None
+        matching = phrase_set is not None and len(phrase_set) > 0
+        # Free decoding runs in mode "phrases" too when the list needs a shortlist (the free text ranks it),
+        # and when there is no list at all (then the reply falls back to the free transcription).
+        free = mode != "phrases" or not matching or not self._fits(phrase_set, popts)
         tokens: List[int] = []
         no_speech: List[float] = []
+        found: Optional[PhraseMatch] = None
         for offset in range(0, samples.size, self.window_samples):
             window = samples[offset : offset + self.window_samples]
-            out = self._transcribe_window(window, opts, timings)
+            first = offset == 0
+            out, found_here = self._transcribe_window(
+                window, opts, timings, free, phrase_set if first and matching else None, popts
+            )
+            if first:
+                found = found_here
             if out is not None:
                 tokens.extend(out.tokens)
                 no_speech.append(out.no_speech_prob)
@@ -130,23 +168,75 @@ class Transcriber:
             from resonance.text import to_simplified
 
             text = to_simplified(text)
+        if mode != "free" and not matching:
+            found = empty_match(NO_PHRASES)
+        elif mode != "free" and found is None:
+            found = empty_match(NO_SPEECH, len(phrase_set))  # digital silence: the model did not run
+        if mode == "phrases" and matching:
+            text = found.best or ""
         timings["total_ms"] = (time.perf_counter() - start) * 1000.0
         return TranscriptionResult(
             text=text,
             language=self.manifest.language,
             duration_s=duration,
-            tokens=tuple(tokens),
+            tokens=tuple(tokens) if free else (),
             no_speech_prob=min(no_speech) if no_speech else None,
             timings={k: round(v, 2) for k, v in timings.items()},
+            mode=mode,
+            phrases=found,
         )
 
+    def match_phrases(
+        self,
+        audio: AudioSource,
+        phrases: Optional[Sequence[str]] = None,
+        top_k: Optional[int] = None,
+        sample_rate: Optional[int] = None,
+    ) -> PhraseMatch:
+        """Shorthand for ``transcribe(audio, mode="phrases", ...).phrases``."""
+        popts = self.phrase_options
+        if top_k is not None:
+            from dataclasses import replace
+
+            popts = replace(popts, top_k=top_k)
+        result = self.transcribe(
+            audio, sample_rate=sample_rate, mode="phrases", phrases=phrases, phrase_options=popts
+        )
+        return result.phrases or empty_match(NO_PHRASES)  # mode "phrases" always sets it
+
+    def phrase_set(self, phrases: Optional[Sequence[str]] = None) -> PhraseSet:
+        """The list prepared for scoring (tokenised once per distinct list): ``phrases`` or the bundle's."""
+        key = tuple(self.manifest.phrases if phrases is None else phrases)
+        prepared = self._phrase_sets.get(key)
+        if prepared is None:
+            budget = self.manifest.model.max_target_positions - len(self.manifest.tokens.sot_sequence) - 1
+            prepared = PhraseSet.build(key, self.tokenizer, budget)
+            # A few lists at most (the bundle's, a client's): no unbounded cache.
+            if len(self._phrase_sets) >= 8:
+                self._phrase_sets.clear()
+            self._phrase_sets[key] = prepared
+        return prepared
+
+    @staticmethod
+    def _fits(phrase_set: PhraseSet, popts: PhraseOptions) -> bool:
+        return popts.max_rows is None or phrase_set.rows(range(len(phrase_set))) <= popts.max_rows
+
     def _transcribe_window(
-        self, window: np.ndarray, opts: DecodingOptions, timings: Dict[str, float]
-    ) -> Optional[DecodeOutput]:
-        """Decode one window of at most ``window_seconds``; None when it is digital silence."""
+        self,
+        window: np.ndarray,
+        opts: DecodingOptions,
+        timings: Dict[str, float],
+        free: bool = True,
+        phrase_set: Optional[PhraseSet] = None,
+        popts: Optional[PhraseOptions] = None,
+    ) -> Tuple[Optional[DecodeOutput], Optional[PhraseMatch]]:
+        """Decode one window of at most ``window_seconds``; (None, None) when it is digital silence.
+
+        With ``phrase_set``, also score the phrases on this window, sharing the encoder pass and first step.
+        """
         peak = float(np.max(np.abs(window))) if window.size else 0.0
         if window.size == 0 or (opts.silence_peak_dbfs is not None and dbfs(peak) < opts.silence_peak_dbfs):
-            return None
+            return None, None
         seconds = window.size / SAMPLE_RATE
         t0 = time.perf_counter()
         features = self.features(window)
@@ -155,22 +245,59 @@ class Transcriber:
         hidden = self._encode(features)
         t2 = time.perf_counter()
         quiet = dbfs(float(np.sqrt(np.mean(np.square(window, dtype=np.float64))))) < opts.no_speech_rms_dbfs
-        out = self.greedy.decode(
-            hidden,
-            max_new_tokens=opts.token_budget(seconds),
-            suppress_blank=opts.suppress_blank,
-            stop_if_no_speech=opts.no_speech_threshold if quiet else None,
-            repetition_count=opts.repetition_count,
-            repetition_ngram=opts.repetition_ngram,
-            runner=runner,
-        )
+        stop_if_no_speech = opts.no_speech_threshold if quiet else None
+        primed = self.greedy.prime(hidden, runner)
+        out: Optional[DecodeOutput] = None
+        if free:
+            out = self.greedy.decode(
+                hidden,
+                max_new_tokens=opts.token_budget(seconds),
+                suppress_blank=opts.suppress_blank,
+                stop_if_no_speech=stop_if_no_speech,
+                repetition_count=opts.repetition_count,
+                repetition_ngram=opts.repetition_ngram,
+                runner=runner,
+                primed=primed,
+            )
+            if out.stopped_by == "repetition":
+                log.info("decoding stopped by the repetition guard after %d tokens", len(out.tokens))
         t3 = time.perf_counter()
+        found: Optional[PhraseMatch] = None
+        if phrase_set is not None:
+            free_text = self.tokenizer.decode(out.tokens) if out is not None else None
+            found = self._match(hidden, primed, runner, phrase_set, popts or self.phrase_options, free_text)
+            no_speech_prob = self.greedy.no_speech_prob(primed[0][0, 0])
+            if stop_if_no_speech is not None and no_speech_prob > stop_if_no_speech:
+                found = empty_match(NO_SPEECH, len(phrase_set))  # quiet and the model hears nobody
+        t4 = time.perf_counter()
         timings["features_ms"] += (t1 - t0) * 1000.0
         timings["encoder_ms"] += (t2 - t1) * 1000.0
         timings["decoder_ms"] += (t3 - t2) * 1000.0
-        if out.stopped_by == "repetition":
-            log.info("decoding stopped by the repetition guard after %d tokens", len(out.tokens))
-        return out
+        if phrase_set is not None:
+            timings["phrases_ms"] = timings.get("phrases_ms", 0.0) + (t4 - t3) * 1000.0
+        return out, found
+
+    def _match(
+        self,
+        hidden,
+        primed,
+        runner: StepRunner,
+        phrase_set: PhraseSet,
+        popts: PhraseOptions,
+        free_text: Optional[str],
+    ) -> PhraseMatch:
+        first = primed[0][0, -1]  # logits after the prompt (numpy from every runner): rank by P(first token)
+        first_ids = np.asarray([tokens[0] for tokens in phrase_set.tokens], dtype=np.int64)
+        chosen = shortlist(phrase_set, free_text, first[first_ids], popts.max_rows)
+        logprobs = teacher_forced_logprobs(
+            self.greedy,
+            primed,
+            [phrase_set.tokens[i] for i in chosen],
+            hidden,
+            runner,
+            popts.batch_memory_mb,
+        )
+        return match(phrase_set, chosen, logprobs, popts)
 
     def features(self, window: np.ndarray) -> np.ndarray:
         """(1, n_mels, frames) encoder input for one window of audio, in the encoder's dtype."""
