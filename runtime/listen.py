@@ -126,8 +126,11 @@ def transcribe_utterances(
     blocks: Iterable[np.ndarray],
     segmenter: UtteranceSegmenter,
     emit: Callable[[Any, float], None],
+    mode: str = "free",
 ) -> int:
     """Segment ``blocks`` and transcribe each utterance; ``emit(result, seconds)``. Returns the count.
+
+    ``mode``: free, phrases or both (``Transcriber.transcribe``'s phrase-board modes).
 
     Ctrl+C (KeyboardInterrupt) ends the loop cleanly, after transcribing the utterance in progress.
     """
@@ -135,13 +138,13 @@ def transcribe_utterances(
     try:
         for block in blocks:
             for utterance in segmenter.feed(block):
-                emit(transcriber.transcribe(utterance), utterance.size / SAMPLE_RATE)
+                emit(transcriber.transcribe(utterance, mode=mode), utterance.size / SAMPLE_RATE)
                 count += 1
     except KeyboardInterrupt:  # the way to stop listening: not an error
         pass
     tail = segmenter.flush()
     if tail is not None:
-        emit(transcriber.transcribe(tail), tail.size / SAMPLE_RATE)
+        emit(transcriber.transcribe(tail, mode=mode), tail.size / SAMPLE_RATE)
         count += 1
     return count
 
@@ -196,11 +199,15 @@ def listen(
     options: Optional[VadOptions] = None,
     as_json: bool = False,
     say: Callable[[str], Any] = print,
+    mode: str = "free",
 ) -> int:
     """Caption the microphone with ``bundle_dir`` until Ctrl+C; returns the number of utterances."""
     from dataclasses import replace
 
     from resonance.runtime.models import default_transcriber_factory, warn_on_precision
+    from resonance.runtime.phrases import check_mode, summary
+
+    check_mode(mode)
 
     transcriber = default_transcriber_factory(bundle_dir, config)
     warn_on_precision(str(bundle_dir), transcriber.manifest.precision, config)
@@ -212,14 +219,17 @@ def listen(
         if as_json:
             record = {"time": time.strftime("%H:%M:%S"), "text": result.text, "duration_s": round(seconds, 2)}
             record["latency_ms"] = round(latency, 1)
+            if result.phrases is not None:
+                record.update(result.phrases.to_json())
             say(json.dumps(record, ensure_ascii=False))
         else:
-            say(f"[{time.strftime('%H:%M:%S')}] {result.text}   ({seconds:.1f} s, {latency:.0f} ms)")
+            phrase = f"   {summary(result.phrases)}" if result.phrases is not None else ""
+            say(f"[{time.strftime('%H:%M:%S')}] {result.text}{phrase}   ({seconds:.1f} s, {latency:.0f} ms)")
 
     with microphone_blocks(device, options.block_s) as blocks:
         say(
             f"listening with '{transcriber.manifest.patient}' on {', '.join(transcriber.providers)}; Ctrl+C stops"
         )
-        count = transcribe_utterances(transcriber, blocks, UtteranceSegmenter(options), emit)
+        count = transcribe_utterances(transcriber, blocks, UtteranceSegmenter(options), emit, mode)
     say(f"stopped after {count} utterance(s)")
     return count

@@ -9,17 +9,20 @@ How a phrase is scored, with the same model that transcribes:
 * The audio is encoded once and the decoder's first step runs once on the SOT prompt (shared with the free
   transcription). Its logits give P(first token) of every phrase; its outputs hold the prompt's self-attention
   cache and the audio's cross-attention keys/values.
-* Every candidate is teacher-forced in one batched call on the decoder's cache branch: the first-step cache
-  tiled over the batch, ``input_ids`` = the phrase's tokens (right-padded; causal attention keeps padding out
-  of the real positions). Position j's logits give log p(token j+1), the last one log p(end of text).
-* score = (sum of those log-probabilities) / (characters + 1): a mean per spoken character. Per *token* would
-  favour phrases whose rare characters the byte-level BPE splits into several tokens, all near-certain after
-  the first one (measured: top-1 92 % per token vs 94 % per character on speaker A, 126 phrases).
+* The candidates are teacher-forced in batched calls on the decoder's cache branch (batches of similar
+  length): the prompt's self-attention cache tiled over the batch, the audio's cross-attention cache passed
+  once and broadcast by the graph (no per-candidate copy), ``input_ids`` = the phrase's tokens (right-padded;
+  causal attention keeps padding out of the real positions). Position j's logits give log p(token j+1), the
+  last one log p(end of text).
+* score = (sum of those log-probabilities) / sqrt(tokens + 1). Between the plain sum (favours short phrases)
+  and the per-token mean (favours phrases whose rare characters the byte-level BPE splits into several
+  tokens, all near-certain after the first). Measured top-1 on speaker A take2, 126 phrases, exhaustive:
+  personalised whisper-base 95.2 % (mean per token 92.1 %, per character 94.4 %, sum 92.9 %); generic
+  whisper-base 65.9 % (66.7 %, 54.0 %, 46.8 %).
 * Candidates: every phrase when they fit ``max_rows`` decoder positions; otherwise a shortlist, nearest to the
-  free transcription first (character edit distance, ties by P(first token)). Scoring is one big matrix
-  product per position and the 51865-way output layer dominates it, so the row budget is what keeps
-  mode=both close to mode=free. On speaker A the shortlist of 16 phrases never lost the right phrase that
-  exhaustive scoring found.
+  free transcription first (character edit distance, ties by P(first token)). Every scored position costs
+  the decoder plus its 51865-way output layer (about 1 ms on 2 CPU cores for whisper-base), so the budget is
+  what keeps mode=both within 1.5x mode=free whatever the list's length.
 * Confidence: a softmax over the candidates' scores and a "none of these" pseudo-candidate with a fixed score,
   both divided by a temperature (:class:`PhraseOptions`; fitted by ``resonance eval phrases``). The
   confidences and P(none) sum to 1; the best phrase is rejected when its confidence is below
@@ -28,13 +31,16 @@ How a phrase is scored, with the same model that transcribes:
 
 from __future__ import annotations
 
+import logging
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from resonance.errors import ResonanceError
+
+log = logging.getLogger(__name__)
 
 MODES = ("free", "phrases", "both")
 # Why a match has no accepted phrase (PhraseMatch.reason).
@@ -47,15 +53,18 @@ NO_SPEECH = "no_speech"
 @dataclass(frozen=True)
 class PhraseOptions:
     top_k: int = 3  # candidates returned, best first
-    # Calibration (fitted on speaker A's personalised whisper-base, take2, by `resonance eval phrases`):
-    # confidence = softmax over {score / temperature} and {none_score / temperature}.
-    temperature: float = 0.235
-    none_score: float = -1.17  # "none of these" acts like a phrase scoring this many nats per character
+    # Calibration: confidence = softmax over {score / temperature} and {none_score / temperature}. Defaults:
+    # fitted by `resonance eval phrases` on speaker A's personalised whisper-base (take2, fp32); a bundle's own
+    # fit (`--save`, manifest phrase_calibration) replaces them. The generic whisper-base scores lower
+    # (fitted T 0.84, none -5.8): with these defaults it rejects more.
+    temperature: float = 0.47
+    none_score: float = -3.6  # "none of these" acts like a phrase with this score
     min_confidence: float = 0.5  # the best phrase below this confidence is rejected ("none of these")
     # Decoder positions scored per utterance (phrase tokens, summed over candidates); None: every phrase.
-    max_rows: Optional[int] = 96
-    # Cap on the tiled attention cache of one batched decoder call (it holds the audio's cross-attention
-    # keys/values once per candidate: 6 MB for whisper-base with a 5 s window, 37 MB with 30 s).
+    max_rows: Optional[int] = 64
+    # Cap on the memory of one batched decoder call: the candidates' logits (vocab floats per position), and
+    # where the graph cannot broadcast it, the audio's cross-attention cache copied per candidate (6 MB for
+    # whisper-base with a 5 s window, 37 MB with 30 s).
     batch_memory_mb: float = 256.0
 
     def __post_init__(self) -> None:
@@ -66,28 +75,32 @@ class PhraseOptions:
         if not 0.0 <= self.min_confidence <= 1.0:
             raise ResonanceError("min_confidence is a probability in [0, 1]", "use e.g. 0.5")
         if self.max_rows is not None and self.max_rows < 1:
-            raise ResonanceError("max_rows must be >= 1 or None (score every phrase)", "use e.g. 96")
+            raise ResonanceError("max_rows must be >= 1 or None (score every phrase)", "use e.g. 64")
         if not self.batch_memory_mb > 0:
             raise ResonanceError("batch_memory_mb must be positive", "use e.g. 256")
 
     @classmethod
-    def coerce(cls, value: Union[PhraseOptions, Mapping[str, Any], None]) -> PhraseOptions:
+    def coerce(
+        cls, value: Union[PhraseOptions, Mapping[str, Any], None], base: Optional[PhraseOptions] = None
+    ) -> PhraseOptions:
+        """The dataclass as is; a dict (unknown keys are an error) as changes to ``base``; None: ``base``."""
+        base = base if base is not None else cls()
         if value is None:
-            return cls()
+            return base
         if isinstance(value, cls):
             return value
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(value) - known)
         if unknown:
             raise ResonanceError(f"unknown phrase option(s) {unknown}", f"known options: {sorted(known)}")
-        return cls(**dict(value))
+        return replace(base, **dict(value))
 
 
 @dataclass(frozen=True)
 class PhraseCandidate:
     text: str
     confidence: float  # calibrated probability that this phrase was said, in [0, 1]
-    score: float  # mean log-probability per character (end of text included); higher is better
+    score: float  # sum of log-probabilities / sqrt(tokens + 1), end of text included; higher is better
 
 
 @dataclass(frozen=True)
@@ -134,21 +147,15 @@ def clean_phrases(phrases: Sequence[str]) -> List[str]:
     return list(seen)
 
 
-def spoken_length(text: str) -> int:
-    """Characters that are said (no spaces or punctuation): the unit scores are normalised by."""
-    from resonance.text import strip_punctuation
-
-    return max(1, len(strip_punctuation(text)))
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class PhraseSet:
     """A phrase list ready to score: token ids and normalisation lengths, computed once per list."""
 
     texts: Tuple[str, ...]
     tokens: Tuple[Tuple[int, ...], ...]
-    units: np.ndarray  # characters + 1 (end of text), per phrase
+    units: np.ndarray  # the score's divisor per phrase: sqrt(tokens + 1), end of text included
     normalized: Tuple[str, ...]  # for the edit distance to the free transcription
+    total_rows: int = 0  # decoder positions of the whole list (tokens summed)
 
     @classmethod
     def build(cls, phrases: Sequence[str], tokenizer, max_tokens: int) -> PhraseSet:
@@ -164,13 +171,17 @@ class PhraseSet:
                     "use short everyday phrases (one request each)",
                 )
             tokens.append(ids)
-        units = np.asarray([spoken_length(t) + 1 for t in texts], dtype=np.float64)
-        return cls(tuple(texts), tuple(tokens), units, tuple(normalize_for_cer(t) for t in texts))
+        units = np.sqrt(np.asarray([len(ids) + 1 for ids in tokens], dtype=np.float64))
+        normalized = tuple(normalize_for_cer(t) for t in texts)
+        return cls(tuple(texts), tuple(tokens), units, normalized, sum(len(t) for t in tokens))
 
     def __len__(self) -> int:
         return len(self.texts)
 
-    def rows(self, indices: Sequence[int]) -> int:
+    def rows(self, indices: Optional[Sequence[int]] = None) -> int:
+        """Decoder positions that scoring ``indices`` (default: every phrase) costs."""
+        if indices is None:
+            return self.total_rows
         return sum(len(self.tokens[i]) for i in indices)
 
 
@@ -196,7 +207,7 @@ def shortlist(
     ties broken by the model's P(first token); phrases are taken in that order while their tokens fit.
     """
     everything = list(range(len(phrases)))
-    if max_rows is None or phrases.rows(everything) <= max_rows:
+    if max_rows is None or phrases.rows() <= max_rows:
         return everything
     from resonance.text import normalize_for_cer
 
@@ -217,14 +228,51 @@ def log_softmax_at(logits: np.ndarray, index: np.ndarray) -> np.ndarray:
     """log softmax(logits)[..., index] over the last axis, in float64 (logits [..., V], index [...])."""
     logits = np.asarray(logits)
     top = logits.max(axis=-1, keepdims=True)
-    total = np.exp(logits - top).sum(axis=-1, dtype=np.float64)
-    picked = np.take_along_axis(logits, index[..., np.newaxis], axis=-1)[..., 0]
-    return picked.astype(np.float64) - top[..., 0].astype(np.float64) - np.log(total)
+    picked = np.take_along_axis(logits, index[..., np.newaxis], axis=-1)[..., 0].astype(np.float64)
+    shifted = np.subtract(logits, top, dtype=np.float32)  # one temporary, exponentiated in place
+    total = np.exp(shifted, out=shifted).sum(axis=-1, dtype=np.float64)
+    return picked - top[..., 0].astype(np.float64) - np.log(total)
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """log softmax of one logits vector, in float64."""
+    x = np.asarray(logits, dtype=np.float64)
+    top = x.max()
+    return x - top - np.log(np.exp(x - top).sum())
 
 
 def to_host(value) -> np.ndarray:
     """numpy for an OrtValue (IOBinding on a GPU) or an array."""
     return value if isinstance(value, np.ndarray) else value.numpy()
+
+
+# Cost of one extra decoder call, in decoder positions (its fixed overhead), when grouping candidates by length.
+CALL_OVERHEAD_POSITIONS = 8
+
+
+def length_groups(lengths: Sequence[int], max_batch: int) -> List[List[int]]:
+    """Candidates grouped into batches of similar length: fewer padded positions, few calls.
+
+    A batch costs (rows x its longest candidate) positions plus a call's overhead; the split of the
+    length-sorted candidates into consecutive batches of at most ``max_batch`` minimises the total (dynamic
+    programming over the sorted order, n <= a few hundred).
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    n = len(order)
+    best = [0.0] + [math.inf] * n  # best[j]: cost of batching the j shortest
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        width = lengths[order[j - 1]]  # the longest of any batch ending at j
+        for i in range(max(0, j - max_batch), j):
+            cost = best[i] + (j - i) * width + CALL_OVERHEAD_POSITIONS
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    groups: List[List[int]] = []
+    j = n
+    while j > 0:
+        groups.append(order[cut[j] : j])
+        j = cut[j]
+    return groups[::-1]
 
 
 def teacher_forced_logprobs(
@@ -234,43 +282,85 @@ def teacher_forced_logprobs(
     encoder_hidden_states,
     runner,
     batch_memory_mb: float = 256.0,
+    broadcast: bool = True,
 ) -> List[np.ndarray]:
     """log p(token) of each candidate's tokens and end of text, given the audio: one array per candidate.
 
     ``primed`` is ``greedy.prime(...)``: the SOT prompt's logits and presents. Candidates run in batches on the
     cache branch of the merged decoder (``input_ids`` of several positions; checked equal to step-by-step
-    decoding in tests/test_phrases.py), longest-first order grouped so padding stays small.
+    decoding in tests/test_phrases.py), grouped by length so padding stays small. ``broadcast``: pass the
+    audio's cross-attention cache once (batch 1) and let the graph's MatMul broadcast it over the batch
+    instead of copying it per candidate (6-37 MB each); see :func:`broadcast_works`.
     """
+    if not candidates:
+        return []
     eot = greedy.tokens.eot
     logits0, presents = primed
     first = np.asarray(to_host(logits0))[0, -1]
     cache = {name: to_host(value) for name, value in presents.items()}
-    row_bytes = max(1, sum(value.nbytes for value in cache.values()))
-    batch = max(1, int(batch_memory_mb * 1e6 // row_bytes))
-    order = sorted(range(len(candidates)), key=lambda i: len(candidates[i]))
-    results: List[Optional[np.ndarray]] = [None] * len(candidates)
-    first_ids = np.asarray([c[0] for c in candidates], dtype=np.int64)
-    first_lp = log_softmax_at(np.broadcast_to(first, (len(candidates), first.size)), first_ids)
-    for start in range(0, len(order), batch):
-        chunk = order[start : start + batch]
-        width = max(len(candidates[i]) for i in chunk)
-        ids = np.full((len(chunk), width), eot, dtype=np.int64)
-        targets = np.full((len(chunk), width), eot, dtype=np.int64)
-        for row, i in enumerate(chunk):
-            tokens = list(candidates[i])
-            ids[row, : len(tokens)] = tokens
-            targets[row, : len(tokens) - 1] = tokens[1:]  # position j predicts token j+1, the last one eot
-        feeds: Dict[str, Any] = {name: np.repeat(value, len(chunk), axis=0) for name, value in cache.items()}
+    tiled_names = [n for n in cache if not (broadcast and ".encoder." in n)]
+    # Memory per batch row: the tiled caches and the row's logits (vocab floats per position).
+    row_bytes = sum(cache[n].nbytes for n in tiled_names) + first.size * 4 * max(map(len, candidates))
+    max_batch = max(1, int(batch_memory_mb * 1e6 // max(1, row_bytes)))
+    groups = length_groups([len(c) for c in candidates], max_batch)
+    # Tiled once for the largest batch; smaller batches take its first rows (still contiguous, no copy).
+    rows = max(len(g) for g in groups)
+    tiled = {name: np.repeat(cache[name], rows, axis=0) for name in tiled_names}
+    first_lp = log_softmax(first)[[c[0] for c in candidates]]
+    results: List[np.ndarray] = [np.empty(0)] * len(candidates)
+    for group in groups:
+        width = max(len(candidates[i]) for i in group)
+        ids = np.full((len(group), width), eot, dtype=np.int64)
+        for row, i in enumerate(group):
+            ids[row, : len(candidates[i])] = candidates[i]
+        feeds: Dict[str, Any] = dict(cache)
+        feeds.update({name: value[: len(group)] for name, value in tiled.items()})
         feeds["input_ids"] = ids
         # The cache branch reads the audio only through the cross-attention cache; this input is unused there.
         feeds["encoder_hidden_states"] = encoder_hidden_states
         feeds["use_cache_branch"] = np.asarray([True])
         logits, _ = runner.step(feeds, greedy.present_to_past)
-        logprobs = log_softmax_at(logits, targets)
-        for row, i in enumerate(chunk):
+        # Only the real positions (not the padding): position j predicts token j+1, the last one end of text.
+        row_index = np.concatenate([np.full(len(candidates[i]), r) for r, i in enumerate(group)])
+        position = np.concatenate([np.arange(len(candidates[i])) for i in group])
+        targets = np.concatenate(
+            [np.append(np.asarray(candidates[i][1:], dtype=np.int64), eot) for i in group]
+        )
+        picked = log_softmax_at(np.asarray(logits)[row_index, position], targets)
+        offset = 0
+        for i in group:
             n = len(candidates[i])
-            results[i] = np.concatenate([[first_lp[i]], logprobs[row, :n]])
-    return [r for r in results if r is not None]
+            results[i] = np.concatenate([[first_lp[i]], picked[offset : offset + n]])
+            offset += n
+    return results
+
+
+def broadcast_works(greedy, primed: Tuple[Any, Dict[str, Any]], encoder_hidden_states, runner) -> bool:
+    """Whether this decoder graph broadcasts a batch-1 cross-attention cache over a batch, exactly.
+
+    Optimum's Whisper decoder does (ONNX MatMul broadcasts batch dimensions), so phrase scoring need not copy
+    the audio's keys/values per candidate. Checked once per Transcriber on two rows against the copied cache,
+    because another exporter or execution provider could reshape by batch size and fail, or differ.
+    """
+    candidates = [[greedy.tokens.eot - 1, 220], [220, greedy.tokens.eot - 2]]  # any two real text tokens
+    try:
+        fast = teacher_forced_logprobs(
+            greedy, primed, candidates, encoder_hidden_states, runner, broadcast=True
+        )
+    except _run_errors() as exc:
+        log.info("phrase scoring copies the cross-attention cache per candidate (%s)", exc)
+        return False
+    slow = teacher_forced_logprobs(greedy, primed, candidates, encoder_hidden_states, runner, broadcast=False)
+    same = all(np.allclose(a, b, rtol=0, atol=1e-3) for a, b in zip(fast, slow))
+    if not same:
+        log.warning("this decoder broadcasts the cross-attention cache differently; copying it per candidate")
+    return same
+
+
+def _run_errors() -> Tuple[type, ...]:
+    from resonance.runtime.sessions import import_onnxruntime, ort_errors
+
+    return ort_errors(import_onnxruntime())
 
 
 def calibrate(scores: np.ndarray, options: PhraseOptions) -> Tuple[np.ndarray, float]:
@@ -291,11 +381,16 @@ def match(
     if not scored:
         return empty_match(NO_PHRASES, len(phrases))
     scores = np.asarray([float(np.sum(lp)) for lp in logprobs]) / phrases.units[list(scored)]
+    return decide([phrases.texts[i] for i in scored], scores, options, len(phrases))
+
+
+def decide(texts: Sequence[str], scores: np.ndarray, options: PhraseOptions, total: int) -> PhraseMatch:
+    """The decision from the scores alone (also what `resonance eval phrases` replays with fitted options)."""
+    scores = np.asarray(scores, dtype=np.float64)
     confidence, none = calibrate(scores, options)
     order = np.argsort(-scores, kind="stable")
     candidates = tuple(
-        PhraseCandidate(phrases.texts[scored[i]], float(confidence[i]), float(scores[i]))
-        for i in order[: options.top_k]
+        PhraseCandidate(texts[i], float(confidence[i]), float(scores[i])) for i in order[: options.top_k]
     )
     best = candidates[0]
     rejected = best.confidence < options.min_confidence or not math.isfinite(best.score)
@@ -306,6 +401,55 @@ def match(
         rejected=rejected,
         reason=NONE_OF_THESE if rejected else MATCHED,
         none_confidence=none,
-        scored=len(scored),
-        total=len(phrases),
+        scored=len(texts),
+        total=total,
     )
+
+
+def summary(found: PhraseMatch) -> str:
+    """One line for people: the phrase and its confidence, or why there is none."""
+    if found.reason == MATCHED:
+        return f"phrase: {found.best} ({found.confidence:.0%})"
+    if found.reason == NO_PHRASES:
+        return "phrase: - (the bundle has no phrase list; `resonance phrases add` makes one)"
+    if found.reason == NO_SPEECH:
+        return "phrase: - (no speech)"
+    if found.candidates:
+        closest = found.candidates[0]
+        return f"phrase: none of these (closest: {closest.text}, {closest.confidence:.0%})"
+    return "phrase: none of these"
+
+
+def edit_bundle_phrases(bundle_dir, add: Sequence[str] = (), remove: Sequence[str] = ()) -> List[str]:
+    """Add and/or remove phrases of a bundle's list; returns the list (unchanged when nothing is given).
+
+    New phrases are checked against the bundle's tokenizer before anything is written; removing a phrase that
+    is not in the list is an error (a typo would otherwise look like success). manifest.json is rewritten
+    atomically; the model files are untouched.
+    """
+    from pathlib import Path
+
+    from resonance.runtime.bundle import load_manifest, write_phrases
+
+    bundle_dir = Path(bundle_dir)
+    manifest = load_manifest(bundle_dir, verify=False)
+    current = clean_phrases(manifest.phrases or [])
+    if not add and not remove:
+        return current
+    missing = [p for p in clean_phrases(remove) if p not in current]
+    if missing:
+        raise ResonanceError(
+            f"not in the phrase list of '{bundle_dir}': {', '.join(missing)}",
+            f"`resonance phrases list --bundle {bundle_dir}` shows the list",
+        )
+    gone = set(clean_phrases(remove))
+    updated = clean_phrases([p for p in current if p not in gone] + list(add))
+    if add:
+        from resonance.runtime.tokenizer import Tokenizer
+
+        tokenizer = Tokenizer(bundle_dir / manifest.files["tokenizer"]["path"], manifest.tokens.eot)
+        budget = manifest.model.max_target_positions - len(manifest.tokens.sot_sequence) - 1
+        PhraseSet.build(clean_phrases(add), tokenizer, budget)  # every new phrase can be scored
+    if updated != current:
+        write_phrases(bundle_dir, updated)
+    return updated

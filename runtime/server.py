@@ -4,7 +4,11 @@ Endpoints:
   GET  /                          the caregiver's web page (runtime/static: record or upload, see the text)
   GET  /health                    liveness, version, providers, number of patients (never their ids)
   GET  /patients                  the patients this server has (id, base model, precision, metrics ...)
-  POST /transcribe                multipart field ``file`` (+ optional ``patient``) -> {"text", ...}  (the guide)
+  POST /transcribe                multipart field ``file`` (+ optional ``patient``, ``mode``) -> {"text", ...}
+                                  mode=both (default): text + the best known phrase ("phrase",
+                                  "phrase_confidence", "phrases" = top-k [{text, confidence}],
+                                  "phrase_rejected": "none of these"); mode=free: text only; mode=phrases:
+                                  text = the accepted phrase or "" (runtime/phrases.py)
   POST /v1/audio/transcriptions   OpenAI-compatible: ``file``, ``model`` = patient id, ``response_format``
 
 Every error is a real HTTP status with ``{"error": {"message", "hint", "code", "type"}}``. Explicit caps:
@@ -39,11 +43,13 @@ from resonance import __version__
 from resonance.errors import AudioError, ResonanceError
 from resonance.runtime.device_config import DeviceConfig
 from resonance.runtime.models import InvalidPatientId, ModelRegistry, UnknownPatient
+from resonance.runtime.phrases import MODES, NO_PHRASES
 from resonance.runtime.retention import Retention
 
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000  # what resonance.audio.load_audio returns and the bundles expect
+DEFAULT_MODE = "both"  # /transcribe: the free text and the best known phrase (one encoder pass)
 OPENAI_DEFAULT_MODEL = "whisper-1"  # what OpenAI clients send by default: means "the default patient"
 RESPONSE_FORMATS = ("json", "text", "verbose_json")
 EXTRA_THREADS = 4  # waitress threads beyond the transcription slots: /health etc. stay responsive when busy
@@ -252,15 +258,29 @@ def create_app(
 
     @app.post("/transcribe")
     def transcribe() -> Response:
+        mode = request.form.get("mode") or DEFAULT_MODE
+        if mode not in MODES:
+            raise ApiError(
+                400, "bad_mode", f"mode '{mode[:40]}' is not supported", f"use one of {', '.join(MODES)}"
+            )
         upload = _upload()
         bundle = registry.get(request.form.get("patient") or None)
-        result, duration_s = _run(bundle, upload, "/transcribe")
-        return jsonify(
-            text=result.text,
+        result, duration_s = _run(bundle, upload, "/transcribe", mode)
+        reply: Dict[str, Any] = {"text": result.text}
+        if result.phrases is not None:
+            reply.update(result.phrases.to_json())
+            if result.phrases.reason == NO_PHRASES:
+                reply["warning"] = (
+                    f"patient {bundle.patient} has no phrase list: free transcription only "
+                    "(add phrases with `resonance phrases add --bundle ...`)"
+                )
+        reply.update(
+            mode=mode,
             patient=bundle.patient,
             duration_s=round(duration_s, 3),
             latency_ms=round((time.perf_counter() - g.started) * 1000, 1),
         )
+        return jsonify(reply)
 
     @app.post("/v1/audio/transcriptions")
     def openai_transcriptions() -> Response:
@@ -338,7 +358,7 @@ def create_app(
                 "send one short phrase per request (max_audio_seconds in the device config)",
             )
 
-    def _run(bundle: Any, data: bytes, endpoint: str) -> Tuple[Any, float]:
+    def _run(bundle: Any, data: bytes, endpoint: str, mode: str = "free") -> Tuple[Any, float]:
         from resonance.audio import load_audio
 
         g.log_fields.update(patient=bundle.patient, bytes=len(data))
@@ -352,7 +372,7 @@ def create_app(
         slots.acquire()  # 503 busy when every slot stays taken for queue_timeout_s
         started = time.perf_counter()
         try:
-            result = bundle.transcriber.transcribe(audio)
+            result = bundle.transcriber.transcribe(audio, mode=mode)
         finally:
             slots.release(time.perf_counter() - started)
         g.log_fields["text_len"] = len(result.text)
@@ -361,6 +381,8 @@ def create_app(
         if retention is not None:
             record = {
                 "text": result.text,
+                "mode": mode,
+                **(result.phrases.to_json() if getattr(result, "phrases", None) is not None else {}),
                 "patient": bundle.patient,
                 "language": result.language,
                 "duration_s": round(duration_s, 3),

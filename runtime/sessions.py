@@ -136,7 +136,7 @@ def create_session(
         session = ort.InferenceSession(
             str(path), sess_options=session_options(threads, optimization), providers=chosen
         )
-    except _load_errors(ort) as exc:
+    except ort_errors(ort) as exc:
         raise ResonanceError(
             f"onnxruntime could not load {path}: {exc}",
             "re-export the bundle with the resonance version on this device, or upgrade onnxruntime",
@@ -155,7 +155,7 @@ def create_session(
     return session
 
 
-def _load_errors(ort) -> Tuple[type, ...]:
+def ort_errors(ort) -> Tuple[type, ...]:
     """onnxruntime's own exception types (Fail, InvalidGraph, InvalidProtobuf …): plain Exceptions."""
     state = getattr(getattr(ort, "capi", None), "onnxruntime_pybind11_state", None)
     names = ("Fail", "InvalidGraph", "InvalidProtobuf", "NoSuchFile", "InvalidArgument", "RuntimeException")

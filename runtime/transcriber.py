@@ -34,6 +34,7 @@ from resonance.runtime.phrases import (
     PhraseMatch,
     PhraseOptions,
     PhraseSet,
+    broadcast_works,
     check_mode,
     empty_match,
     match,
@@ -89,7 +90,9 @@ class Transcriber:
         self.bundle_dir = Path(bundle_dir)
         self.manifest: Manifest = load_manifest(self.bundle_dir, verify=verify)
         self.options = DecodingOptions.coerce(options)
-        self.phrase_options = PhraseOptions.coerce(phrase_options)
+        # The bundle's fitted calibration (manifest.phrase_calibration), then the caller's changes.
+        fitted = PhraseOptions.coerce(self.manifest.phrase_calibration or None)
+        self.phrase_options = PhraseOptions.coerce(phrase_options, fitted)
         files = self.manifest.files
         self.encoder = create_session(
             self.bundle_dir / files["encoder"]["path"], providers, threads, optimization
@@ -112,6 +115,7 @@ class Transcriber:
         self.window_samples = round(audio.window_seconds * audio.sample_rate)
         self.window_frames = frames_for(audio.window_seconds, audio.sample_rate, audio.hop_length)
         self._phrase_sets: Dict[Tuple[str, ...], PhraseSet] = {}
+        self._broadcast: Optional[bool] = None  # phrase scoring: see phrases.broadcast_works (checked once)
 
     @property
     def providers(self) -> List[str]:
@@ -139,24 +143,28 @@ class Transcriber:
         """
         check_mode(mode)
         opts = self.options if options is None else DecodingOptions.coerce(options)
-        popts = self.phrase_options if phrase_options is None else PhraseOptions.coerce(phrase_options)
+        popts = PhraseOptions.coerce(phrase_options, self.phrase_options)
         start = time.perf_counter()
         samples = load_audio(audio, SAMPLE_RATE, source_rate=sample_rate)
         duration = samples.size / SAMPLE_RATE
         timings = {"features_ms": 0.0, "encoder_ms": 0.0, "decoder_ms": 0.0}
         phrase_set = self.phrase_set(phrases) if mode != "free" else None
         matching = phrase_set is not None and len(phrase_set) > 0
-        # Free decoding runs in mode "phrases" too when the list needs a shortlist (the free text ranks it),
-        # and when there is no list at all (then the reply falls back to the free transcription).
-        free = mode != "phrases" or not matching or not self._fits(phrase_set, popts)
+        # The whole free transcription: modes free and both, and "phrases" without a list (the reply falls
+        # back to it). Mode "phrases" decodes the first window freely when the list needs a shortlist (the
+        # free text ranks it); phrases are matched on the first window only.
+        full_free = mode != "phrases" or not matching
+        first_free = full_free or not self._fits(phrase_set, popts)
         tokens: List[int] = []
         no_speech: List[float] = []
         found: Optional[PhraseMatch] = None
         for offset in range(0, samples.size, self.window_samples):
-            window = samples[offset : offset + self.window_samples]
             first = offset == 0
+            if not first and not full_free:
+                break
+            window = samples[offset : offset + self.window_samples]
             out, found_here = self._transcribe_window(
-                window, opts, timings, free, phrase_set if first and matching else None, popts
+                window, opts, timings, first_free, phrase_set if first and matching else None, popts
             )
             if first:
                 found = found_here
@@ -172,14 +180,14 @@ class Transcriber:
             found = empty_match(NO_PHRASES)
         elif mode != "free" and found is None:
             found = empty_match(NO_SPEECH, len(phrase_set))  # digital silence: the model did not run
-        if mode == "phrases" and matching:
-            text = found.best or ""
+        if not full_free:
+            text, tokens = found.best or "", []  # mode "phrases": the answer is the accepted phrase
         timings["total_ms"] = (time.perf_counter() - start) * 1000.0
         return TranscriptionResult(
             text=text,
             language=self.manifest.language,
             duration_s=duration,
-            tokens=tuple(tokens) if free else (),
+            tokens=tuple(tokens),
             no_speech_prob=min(no_speech) if no_speech else None,
             timings={k: round(v, 2) for k, v in timings.items()},
             mode=mode,
@@ -219,7 +227,7 @@ class Transcriber:
 
     @staticmethod
     def _fits(phrase_set: PhraseSet, popts: PhraseOptions) -> bool:
-        return popts.max_rows is None or phrase_set.rows(range(len(phrase_set))) <= popts.max_rows
+        return popts.max_rows is None or phrase_set.rows() <= popts.max_rows
 
     def _transcribe_window(
         self,
@@ -289,6 +297,8 @@ class Transcriber:
         first = primed[0][0, -1]  # logits after the prompt (numpy from every runner): rank by P(first token)
         first_ids = np.asarray([tokens[0] for tokens in phrase_set.tokens], dtype=np.int64)
         chosen = shortlist(phrase_set, free_text, first[first_ids], popts.max_rows)
+        if self._broadcast is None:
+            self._broadcast = broadcast_works(self.greedy, primed, hidden, runner)
         logprobs = teacher_forced_logprobs(
             self.greedy,
             primed,
@@ -296,6 +306,7 @@ class Transcriber:
             hidden,
             runner,
             popts.batch_memory_mb,
+            self._broadcast,
         )
         return match(phrase_set, chosen, logprobs, popts)
 

@@ -196,7 +196,7 @@ def test_transcribe_the_guides_contract(server):
     response = server.post(files={"file": ("clip.wav", wav(tone(1.0)), "audio/wav")})
     assert response.status_code == 200, response.text
     body = response.json()
-    assert set(body) == {"text", "patient", "duration_s", "latency_ms"}
+    assert {"text", "patient", "duration_s", "latency_ms"} <= set(body)  # the guide's fields, always
     assert isinstance(body["text"], str)
     assert body["patient"] == "p1"
     assert body["duration_s"] == pytest.approx(1.0, abs=0.01)

@@ -170,7 +170,7 @@ def test_flask_app_answers_json_500_on_an_unexpected_error(models, config):
         manifest = None
         providers = ("CPUExecutionProvider",)
 
-        def transcribe(self, audio):
+        def transcribe(self, audio, **options):
             raise RuntimeError("boom")
 
     registry = ModelRegistry(models, config, factory=lambda folder, device: Exploding())

@@ -446,6 +446,11 @@ def test_phrase_slot_shows_the_best_phrase_and_its_confidence(browser, server):
         "confidence": 0.9,
     }
     assert browser.eval("Resonance.bestPhrase({text: 'x'})") is None
+    # The server's own fields (mode=both): phrase + phrase_confidence, and "none of these" hides the slot.
+    reply = "{text: 'x', phrase: '开灯', phrase_confidence: 0.8, phrases: [{text: '开灯', confidence: 0.8}]}"
+    assert browser.eval(f"Resonance.bestPhrase({reply})") == {"text": "开灯", "confidence": 0.8}
+    rejected = "{text: 'x', phrase: null, phrase_rejected: true, phrases: [{text: '开灯', confidence: 0.3}]}"
+    assert browser.eval(f"Resonance.bestPhrase({rejected})") is None
     browser.eval("Resonance.showResult({text: '我相喝水', phrases: [{text: '我想喝水', confidence: 0.91}]})")
     assert browser.eval("document.getElementById('phrase-box').hidden") is False
     assert browser.eval("document.getElementById('phrase').textContent") == "我想喝水"

@@ -314,11 +314,14 @@
 
   // -- showing the result ----------------------------------------------------------------------------------
 
-  // Slot for the phrase-board match (a later server version): the /transcribe reply may carry
-  //   "phrase": {"text", "confidence"}  or  "phrase": "..." with "confidence": 0.87,
-  //   "phrases": [{"text", "confidence"}, ...]   (a "score" is read like a "confidence").
-  // The candidate with the highest confidence is shown under the raw text; without one, the slot stays hidden.
+  // The phrase-board match: the /transcribe reply (mode=both, the default) carries
+  //   "phrase": "..." (null when rejected) with "phrase_confidence": 0.87,
+  //   "phrases": [{"text", "confidence"}, ...] (top-k), "phrase_rejected": true for "none of these".
+  // Also read: "phrase": {"text", "confidence"}, a plain "confidence", a "score" like a "confidence".
+  // The candidate with the highest confidence is shown under the raw text; without one, or when the server
+  // rejected them all ("none of these"), the slot stays hidden.
   function bestPhrase(reply) {
+    if (reply && reply.phrase_rejected === true) return null;
     const candidates = [];
     const number = (v) => (typeof v === "number" && isFinite(v) ? v : null);
     const add = (item, confidence) => {
@@ -328,7 +331,8 @@
         candidates.push({ text: item.text || item.phrase, confidence: number(c) });
       }
     };
-    if (reply && reply.phrase !== undefined && reply.phrase !== null) add(reply.phrase, reply.confidence);
+    if (reply && reply.phrase !== undefined && reply.phrase !== null)
+      add(reply.phrase, reply.phrase_confidence !== undefined ? reply.phrase_confidence : reply.confidence);
     if (reply && Array.isArray(reply.phrases)) reply.phrases.forEach((p) => add(p, null));
     if (candidates.length === 0) return null;
     const rank = (c) => (c.confidence === null ? -Infinity : c.confidence);
