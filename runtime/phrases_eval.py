@@ -9,8 +9,8 @@ Protocol (one seed):
    runtime's shortlist); the scores of every scored candidate are kept, with the latency of both calls.
 3. The calibration (temperature and the "none of these" score) is fitted on one random half of the recordings
    (listed and taken-out phrases) by maximum likelihood and the decisions are counted on the other half; then
-   the halves swap. So every number comes from recordings the calibration did not see. Confidence threshold:
-   ``min_confidence``.
+   the halves swap. So every number comes from recordings the calibration did not see. A phrase is rejected
+   when P("none of these") reaches ``max_none``; the report also shows other values of it.
 
 Torch-free (runtime only): it runs on the device the bundle serves on.
 """
@@ -27,6 +27,7 @@ import numpy as np
 from resonance.errors import ResonanceError
 from resonance.runtime.phrases import PhraseOptions, clean_phrases, decide
 
+SWEEP = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5)  # values of max_none the report also shows
 IN_LIST = "in_list"
 REMOVED = "removed"
 NEVER_LISTED = "never_listed"
@@ -129,9 +130,7 @@ def evaluate_phrases(
     removed = set(rng.choice(recorded, n_removed, replace=False).tolist()) if n_removed else set()
     kept = [p for p in listed if p not in removed]
     base = transcriber.phrase_options
-    options = replace(
-        base, top_k=len(kept), min_confidence=0.0, max_rows=None if all_phrases else base.max_rows
-    )
+    options = replace(base, top_k=len(kept), max_none=1.0, max_rows=None if all_phrases else base.max_rows)
     transcriber.transcribe(utterances[0].audio, mode="both", phrases=kept, phrase_options=options)  # warm-up
 
     rows: List[Dict[str, Any]] = []
@@ -160,7 +159,24 @@ def evaluate_phrases(
         if n % 10 == 0 or n == len(utterances):
             say(f"  {n}/{len(utterances)} recordings")
 
-    order = rng.permutation(len(rows))
+    report = {
+        "bundle": str(bundle),
+        "data": str(data),
+        "seed": seed,
+        "phrases_listed": len(listed),
+        "phrases_removed": sorted(removed),
+        "shortlist_rows": options.max_rows,
+    }
+    report.update(cross_validate(rows, seed, base))
+    return report
+
+
+def cross_validate(rows: List[Dict[str, Any]], seed: int, base: PhraseOptions) -> Dict[str, Any]:
+    """Step 3 on scored recordings: 2-fold calibration and decisions (written into ``rows``), metrics.
+
+    Separate from the scoring so a saved report's rows can be counted again with other options.
+    """
+    order = np.random.default_rng([seed, 1]).permutation(len(rows))
     halves = [sorted(order[: len(rows) // 2].tolist()), sorted(order[len(rows) // 2 :].tolist())]
     folds = []
     for fold in range(2):
@@ -173,13 +189,7 @@ def evaluate_phrases(
     # The calibration a deployment would use: fitted on all the recordings.
     temperature, none_score = fit_calibration([r for r in map(_training_pair, rows) if r is not None])
     return {
-        "bundle": str(bundle),
-        "data": str(data),
-        "seed": seed,
-        "phrases_listed": len(listed),
-        "phrases_removed": sorted(removed),
-        "shortlist_rows": options.max_rows,
-        "min_confidence": base.min_confidence,
+        "max_none": base.max_none,
         "folds": folds,
         "calibration_all": {"temperature": round(temperature, 4), "none_score": round(none_score, 4)},
         "metrics": _metrics(rows),
@@ -207,13 +217,14 @@ def _training_pair(row: Dict[str, Any]) -> Optional[Tuple[np.ndarray, int]]:
 
 def _decision(row: Dict[str, Any], options: PhraseOptions) -> Dict[str, Any]:
     if not row["candidates"]:
-        return {"best": None, "rejected": True, "confidence": 0.0, "top3": []}
+        return {"best": None, "rejected": True, "confidence": 0.0, "none": 1.0, "top3": []}
     texts = [text for text, _ in row["candidates"]]
     found = decide(texts, np.asarray([s for _, s in row["candidates"]]), options, len(texts))
     return {
         "best": found.candidates[0].text,
         "rejected": found.rejected,
         "confidence": round(found.confidence, 4),
+        "none": round(found.none_confidence, 4),
         "top3": [c.text for c in found.candidates[:3]],
     }
 
@@ -239,10 +250,28 @@ def _metrics(rows: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
         "rejected_removed": rate(sum(r["rejected"] for r in out[REMOVED]), len(out[REMOVED])),
         "rejected_never_listed": rate(sum(r["rejected"] for r in out[NEVER_LISTED]), len(out[NEVER_LISTED])),
         "free_exact_in_list": rate(sum(r["free_text"] == r["truth"] for r in inl), len(inl)),
+        "threshold_sweep": [_at_threshold(inl, out, t) for t in SWEEP],
         "mean_free_ms": round(float(np.mean([r["free_ms"] for r in rows])), 1),
         "mean_both_ms": round(float(np.mean([r["both_ms"] for r in rows])), 1),
         "mean_phrases_ms": round(float(np.mean([r["phrases_ms"] for r in rows])), 1),
         "mean_scored": round(float(np.mean([r["scored"] for r in rows])), 1),
+    }
+
+
+def _at_threshold(inl: Sequence[Dict[str, Any]], out: Dict[str, List], threshold: float) -> Dict[str, Any]:
+    """The decisions had ``max_none`` been ``threshold`` (same fitted calibrations)."""
+
+    def rate(hits: int, total: int) -> Optional[float]:
+        return round(hits / total, 4) if total else None
+
+    def kept(r: Dict[str, Any]) -> bool:
+        return r["best"] is not None and r["none"] < threshold
+
+    return {
+        "threshold": threshold,
+        "top1_with_rejection": rate(sum(r["best"] == r["truth"] and kept(r) for r in inl), len(inl)),
+        "rejected_removed": rate(sum(not kept(r) for r in out[REMOVED]), len(out[REMOVED])),
+        "rejected_never_listed": rate(sum(not kept(r) for r in out[NEVER_LISTED]), len(out[NEVER_LISTED])),
     }
 
 
@@ -261,7 +290,7 @@ def format_report(report: Dict[str, Any]) -> str:
         + (" decoder positions" if report["shortlist_rows"] else ""),
         "  calibration fitted on one half, counted on the other (2 folds): "
         + "; ".join(f"T={f['temperature']:.3f} none={f['none_score']:.2f}" for f in report["folds"])
-        + f"; threshold {report['min_confidence']:.2f}",
+        + f"; reject at P(none) >= {report['max_none']:.2f}",
         "",
         f"  {'metric':44s} {'value':>9s}  n",
         f"  {'top-1 in-list (no rejection)':44s} {pct(m['top1_in_list']):>9s}  {m['n_in_list']}",
@@ -279,6 +308,13 @@ def format_report(report: Dict[str, Any]) -> str:
         f"  {'mean latency mode=free':44s} {m['mean_free_ms']:>6.0f} ms",
         f"  {'mean latency mode=both':44s} {m['mean_both_ms']:>6.0f} ms  ({ratio:.2f}x free; "
         f"phrases {m['mean_phrases_ms']:.0f} ms, {m['mean_scored']:.0f} phrases scored)",
+        "",
+        "  other max_none: top-1 with rejection / out-of-list rejected (taken out of the list; never listed)",
+        *(
+            f"    {t['threshold']:.2f}: {pct(t['top1_with_rejection']):>7s} / {pct(t['rejected_removed']):>7s}; "
+            f"{pct(t['rejected_never_listed'])}"
+            for t in m["threshold_sweep"]
+        ),
         "",
         "  calibration for this bundle (all recordings): "
         f"temperature={report['calibration_all']['temperature']}, "

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from resonance.runtime.service import resonance_command
+
 FIXTURES = Path(__file__).parent / "fixtures"
 TOKENIZER_FILE = FIXTURES / "whisper-tokenizer.json"
 DEMO_DATA = Path(__file__).resolve().parents[1] / "resonance" / "demo_data"
@@ -98,11 +100,16 @@ def tone(seconds: float = 1.0, rate: int = 16000, freq: float = 220.0, amp: floa
 
 @pytest.fixture
 def run_cli():
-    """Run the real `resonance` console command in a subprocess (as a user would)."""
+    """Run the real `resonance` console command in a subprocess (as a user would).
+
+    By absolute path: `make test` runs the venv's python without activating the venv, so its bin/ is
+    not on PATH (CI found this; a developer's activated shell hides it).
+    """
+    command = resonance_command()
 
     def run(*args, check=False, timeout=600, cwd=None):
         proc = subprocess.run(
-            ["resonance", *map(str, args)],
+            [*command, *map(str, args)],
             capture_output=True,
             text=True,
             timeout=timeout,

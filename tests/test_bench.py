@@ -86,6 +86,7 @@ def test_random_weights_decode_a_fixed_number_of_tokens(tiny_whisper, tiny_bundl
         decode_steps=5,
         engines=engines,
         server_requests=0,
+        interleave=False,  # the one-engine-at-a-time path (--one-at-a-time)
         out=tmp_path / "bench",
     )
     report = run_bench(config)
@@ -107,3 +108,22 @@ def test_bad_settings_are_refused_before_any_work(tmp_path):
         BenchConfig(engines=("runtime",))
     with pytest.raises(ResonanceError, match="at least 1"):
         BenchConfig(bundles=(tmp_path,), clips=0)
+
+
+def test_an_engine_that_cannot_start_is_reported_not_fatal(tmp_path):
+    from resonance.export.bench import RUNTIME, EngineSpec, run_engines
+
+    clip = str(DEMO_TAKE2 / "audio" / "0035_是的.wav")
+    job = {
+        "clips": [clip],
+        "threads": 1,
+        "warmup": 0,
+        "fixed_steps": None,
+        "vocab_size": 51865,
+        "language": "zh",
+    }
+    broken = EngineSpec(RUNTIME, "runtime missing", str(tmp_path / "no-bundle"), "fp32", "30 s")
+    ((spec, result),) = run_engines([broken], job, n_clips=1, interleave=True, work=tmp_path)
+    assert spec is broken
+    assert result["status"] == "skipped" and "manifest.json" in result["error"]  # the runtime's own message
+    assert result["latencies_ms"] == []

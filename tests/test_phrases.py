@@ -36,7 +36,7 @@ from resonance.runtime.transcriber import Transcriber
 
 PHRASES = ["我想喝水", "我饿了", "帮我开灯", "帮我关灯", "我要上厕所", "谢谢", "我想出去走走", "不要"]
 # Accept whatever scores best: the tiny model has random weights, so its scores say nothing about the audio.
-ALWAYS_ACCEPT = {"none_score": -1e6, "min_confidence": 0.0}
+ALWAYS_ACCEPT = {"none_score": -1e6, "max_none": 1.0}
 
 
 @pytest.fixture(scope="module")
@@ -192,12 +192,15 @@ def test_length_groups_cover_every_candidate_once_within_the_batch_limit():
 
 
 def test_calibration_softmax_and_decision():
-    options = PhraseOptions(temperature=0.5, none_score=-1.0, min_confidence=0.5)
+    options = PhraseOptions(temperature=0.5, none_score=-1.0, max_none=0.2)
     confidence, none = calibrate(np.asarray([-0.1, -2.0]), options)
     assert confidence[0] > 0.5 > none and confidence.sum() + none == pytest.approx(1.0)
     assert not decide(["a", "b"], np.asarray([-0.1, -2.0]), options, 2).rejected
     far = decide(["a", "b"], np.asarray([-3.0, -3.1]), options, 2)
     assert far.rejected and far.best is None and far.candidates[0].text == "a"
+    # Two alike phrases share the probability: the best is kept although its own confidence is below 0.5.
+    alike = decide(["a", "b"], np.asarray([-0.10, -0.15]), options, 2)
+    assert alike.candidates[0].confidence < 0.5 and not alike.rejected and alike.best == "a"
 
 
 def test_fit_calibration_recovers_the_parameters_that_made_the_data():
@@ -336,6 +339,10 @@ def test_eval_phrases_command_on_demo_clips(tiny_bundle, tmp_path, capsys):
     assert m["n_removed"] == len(report["phrases_removed"]) and m["n_in_list"] == 26 - m["n_removed"]
     assert all(0 <= m[k] <= 1 for k in ("top1_in_list", "rejected_removed", "top1_with_rejection"))
     assert len(report["folds"]) == 2 and all(f["temperature"] > 0 for f in report["folds"])
+    sweep = m["threshold_sweep"]  # a higher max_none rejects less and keeps more right answers
+    assert [t["threshold"] for t in sweep] == sorted(t["threshold"] for t in sweep)
+    assert all(a["rejected_removed"] >= b["rejected_removed"] for a, b in zip(sweep, sweep[1:]))
+    assert all(a["top1_with_rejection"] <= b["top1_with_rejection"] for a, b in zip(sweep, sweep[1:]))
     assert all("best" in row and "rejected" in row for row in report["rows"])  # each counted in one fold
     # --save: the bundle keeps the fitted calibration, its model files do not change, the runtime uses it.
     saved = load_manifest(bundle, verify=True).phrase_calibration
@@ -347,3 +354,19 @@ def test_eval_phrases_command_on_demo_clips(tiny_bundle, tmp_path, capsys):
         saved["none_score"],
         5,
     )
+
+
+def test_listen_matches_phrases_per_utterance(transcriber):
+    from resonance.runtime.listen import UtteranceSegmenter, transcribe_utterances
+
+    quiet = np.zeros(16000, np.float32) + 0.001 * np.random.default_rng(1).standard_normal(16000).astype(
+        "float32"
+    )
+    audio = np.concatenate([quiet, tone(1.0), quiet, quiet, tone(1.0, freq=330.0), quiet, quiet])
+    blocks = (audio[i : i + 1600] for i in range(0, audio.size - 1599, 1600))
+    seen = []
+    count = transcribe_utterances(
+        transcriber, blocks, UtteranceSegmenter(), lambda result, seconds: seen.append(result), mode="both"
+    )
+    assert count == 2 == len(seen)
+    assert all(r.mode == "both" and r.phrases is not None and r.phrases.total == len(PHRASES) for r in seen)

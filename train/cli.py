@@ -9,6 +9,7 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 
 from resonance.cli import add_command
+from resonance.runtime.cli import register_eval_phrases
 from resonance.train.config import TrainConfig
 
 # Options whose default is None: the type their value takes.
@@ -54,8 +55,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="JSON or YAML file with any of the options below; the command line wins")
     _add_config_options(p)
 
-    evaluate = sub.add_parser("eval", help="measure personalisation: learning curves")
+    evaluate = sub.add_parser("eval", help="measure personalisation: learning curves, phrase-board accuracy")
     eval_sub = evaluate.add_subparsers(dest="eval_command", metavar="<action>", required=True)
+    register_eval_phrases(eval_sub)  # torch-free: it runs a bundle on the device
     p = add_command(
         eval_sub,
         "curve",
