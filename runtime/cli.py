@@ -160,6 +160,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--server-pid", type=int, help="read the server's memory from /proc/PID (same machine)")
     p.add_argument("--allow-remote", action="store_true", help="allow a non-loopback server address")
     p.add_argument("--seed", type=int, default=0, help="seed of the generated clips and their order")
+    p.add_argument(
+        "--warmup",
+        type=int,
+        help="good requests sent first and not counted, before the 'before' memory reading (default 4 per client)",
+    )
+    p.add_argument(
+        "--max-rss-growth",
+        type=float,
+        default=0.10,
+        help="fail when the server's memory grows more than this after the warm-up (default 0.10 = 10 %%)",
+    )
 
 
 def register_eval_phrases(eval_sub: argparse._SubParsersAction) -> None:
@@ -393,6 +404,8 @@ def _run_loadtest(args: argparse.Namespace) -> int:
         server_pid=args.server_pid,
         allow_remote=args.allow_remote,
         seed=args.seed,
+        warmup=args.warmup,
+        max_rss_growth=args.max_rss_growth,
     )
     report = run_loadtest(settings)
     print(report.summary(), flush=True)

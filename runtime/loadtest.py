@@ -42,12 +42,18 @@ class LoadtestSettings:
     allow_remote: bool = False  # permit a non-loopback host
     seed: int = 0  # clip generation and request order
     timeout_s: float = 120.0  # per request
+    # Requests sent (by all clients at once, and not counted) before the "before" memory reading: the first
+    # requests fill onnxruntime's and malloc's buffers once, which is warm-up, not growth.
+    warmup: Optional[int] = None  # None: 4 per client; 0: none
+    max_rss_growth: float = 0.10  # growth after warm-up above this fails the run (the flat-memory target)
 
     def __post_init__(self) -> None:
         if self.clients < 1 or self.requests < 1 or self.max_seconds <= 0:
             raise ResonanceError(
                 "--clients, --requests and --max-seconds must be positive", "e.g. --clients 8"
             )
+        if self.warmup is not None and self.warmup < 0:
+            raise ResonanceError("--warmup must be >= 0", "e.g. --warmup 32, or 0 for none")
         if not 0.0 <= self.bad_fraction <= 1.0:
             raise ResonanceError(f"--bad-fraction {self.bad_fraction} is not in [0, 1]", "e.g. 0.25")
 
@@ -79,8 +85,12 @@ class Outcome:
 class LoadtestReport:
     outcomes: List[Outcome] = field(default_factory=list)
     elapsed_s: float = 0.0
-    rss_before_mb: Optional[float] = None
+    rss_start_mb: Optional[float] = None  # before the warm-up
+    rss_before_mb: Optional[float] = None  # after the warm-up: the baseline of rss_growth
     rss_after_mb: Optional[float] = None
+    warmup_requests: int = 0
+    warmup_unexpected: int = 0  # warm-up answers other than 200/503
+    max_rss_growth: float = 0.10
 
     @property
     def status_counts(self) -> Dict[int, int]:
@@ -99,8 +109,19 @@ class LoadtestReport:
         return [o for o in self.outcomes if not o.expected]
 
     @property
+    def rss_growth(self) -> Optional[float]:
+        """Relative growth of the server's memory during the measured requests (after the warm-up)."""
+        if not self.rss_before_mb or self.rss_after_mb is None:
+            return None
+        return self.rss_after_mb / self.rss_before_mb - 1
+
+    @property
+    def memory_ok(self) -> bool:
+        return self.rss_growth is None or self.rss_growth <= self.max_rss_growth
+
+    @property
     def ok(self) -> bool:
-        return not self.unexpected
+        return not self.unexpected and not self.warmup_unexpected and self.memory_ok
 
     def latency_ms(self, quantile: float, status: int = 200) -> Optional[float]:
         values = [o.latency_s for o in self.outcomes if o.status == status]
@@ -116,14 +137,33 @@ class LoadtestReport:
             f"status counts: {self.status_counts}",
             f"unexpected 5xx: {len(self.unexpected_5xx)}; connection errors: {len(self.connection_errors)}; "
             f"other unexpected statuses: {len(self.unexpected) - len(self.unexpected_5xx)}",
-            f"server RSS: before {self.rss_before_mb} MB, after {self.rss_after_mb} MB",
+            self._memory_line(),
         ]
         by_case = Counter((o.case, o.status) for o in self.unexpected)
         for (case, status), count in sorted(by_case.items()):
             example = next(o.detail for o in self.unexpected if o.case == case and o.status == status)
             lines.append(f"  UNEXPECTED {status} for '{case}' x{count}: {example[:200]}")
+        if self.warmup_unexpected:
+            lines.append(f"  UNEXPECTED: {self.warmup_unexpected} warm-up requests got neither 200 nor 503")
         lines.append("result: OK" if self.ok else "result: FAILED")
         return "\n".join(lines)
+
+    def _memory_line(self) -> str:
+        if self.rss_after_mb is None:
+            return "server RSS: unknown (pass --server-pid, or a server whose /health reports rss_mb)"
+        growth = self.rss_growth
+        verdict = (
+            ""
+            if growth is None
+            else (
+                f", growth {100 * growth:+.1f} %"
+                + ("" if self.memory_ok else f" > {100 * self.max_rss_growth:.0f} %: FAILED")
+            )
+        )
+        return (
+            f"server RSS: {self.rss_start_mb} MB at start, {self.rss_before_mb} MB after "
+            f"{self.warmup_requests} warm-up requests, {self.rss_after_mb} MB after the test{verdict}"
+        )
 
 
 # -- request bodies -----------------------------------------------------------------------------------------------
@@ -307,7 +347,25 @@ def run_loadtest(settings: LoadtestSettings) -> LoadtestReport:
         order.choice(bad) if bad and order.random() < settings.bad_fraction else order.choice(good)
         for _ in range(settings.requests)
     ]
-    report = LoadtestReport(rss_before_mb=server_rss_mb(settings, *target))
+    n_warmup = 4 * settings.clients if settings.warmup is None else settings.warmup
+    report = LoadtestReport(
+        rss_start_mb=server_rss_mb(settings, *target), max_rss_growth=settings.max_rss_growth
+    )
+    if n_warmup:
+        warm: List[Outcome] = []
+        _run_clients(settings, target, [good[i % len(good)] for i in range(n_warmup)], warm)
+        report.warmup_requests = len(warm)
+        report.warmup_unexpected = sum(not o.expected for o in warm)
+    report.rss_before_mb = server_rss_mb(settings, *target)
+    report.elapsed_s = _run_clients(settings, target, plan, report.outcomes)
+    report.rss_after_mb = server_rss_mb(settings, *target)
+    return report
+
+
+def _run_clients(
+    settings: LoadtestSettings, target: Tuple[str, int, str], plan: Sequence[Case], outcomes: List[Outcome]
+) -> float:
+    """Send ``plan`` from ``settings.clients`` parallel connections; returns the seconds it took."""
     lock = threading.Lock()
     next_index = [0]
     start = time.monotonic()
@@ -315,7 +373,7 @@ def run_loadtest(settings: LoadtestSettings) -> LoadtestReport:
     threads = [
         threading.Thread(
             target=_client,
-            args=(settings, target, plan, next_index, lock, deadline, report.outcomes),
+            args=(settings, target, plan, next_index, lock, deadline, outcomes),
             name=f"loadtest-client-{i}",
             daemon=True,
         )
@@ -325,6 +383,4 @@ def run_loadtest(settings: LoadtestSettings) -> LoadtestReport:
         thread.start()
     for thread in threads:
         thread.join()
-    report.elapsed_s = time.monotonic() - start
-    report.rss_after_mb = server_rss_mb(settings, *target)
-    return report
+    return time.monotonic() - start

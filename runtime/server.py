@@ -32,9 +32,10 @@ import stat
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
 
 from flask import Flask, Request, Response, g, jsonify, request, send_from_directory
 from werkzeug.exceptions import HTTPException
@@ -52,6 +53,7 @@ SAMPLE_RATE = 16000  # what resonance.audio.load_audio returns and the bundles e
 DEFAULT_MODE = "both"  # /transcribe: the free text and the best known phrase (one encoder pass)
 OPENAI_DEFAULT_MODEL = "whisper-1"  # what OpenAI clients send by default: means "the default patient"
 RESPONSE_FORMATS = ("json", "text", "verbose_json")
+T = TypeVar("T")
 EXTRA_THREADS = 4  # waitress threads beyond the transcription slots: /health etc. stay responsive when busy
 STATIC_DIR = Path(__file__).resolve().parent / "static"  # the web page (package data)
 # The page loads nothing from elsewhere (works offline) and runs no inline script: say so to the browser.
@@ -107,15 +109,31 @@ def error_response(
 
 
 class _Slots:
-    """At most ``n`` transcriptions at once; a request waits ``timeout`` seconds for a slot, then gets 503."""
+    """At most ``n`` transcriptions at once, always on the same ``n`` threads; a request waits ``timeout``
+    seconds for a slot, then gets 503.
+
+    A pool rather than a semaphore around waitress's own threads: onnxruntime and malloc keep per-thread
+    buffers, and letting every waitress thread transcribe in turn grew the server by ~45 MB per thread that
+    ever ran the model (measured with `resonance loadtest`, 8 clients). The pool bounds that by ``n``.
+    """
 
     def __init__(self, n: int, timeout: float) -> None:
         self._semaphore = threading.BoundedSemaphore(n)
+        self._pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="transcribe")
         self._timeout = timeout
         self._lock = threading.Lock()
         self._mean_s = 1.0  # running mean of transcription time, for Retry-After
 
-    def acquire(self) -> None:
+    def run(self, work: Callable[[], T]) -> T:
+        """``work()`` on a transcription thread; ApiError 503 when no slot frees up in time."""
+        self._acquire()
+        started = time.perf_counter()
+        try:
+            return self._pool.submit(work).result()
+        finally:
+            self._release(time.perf_counter() - started)
+
+    def _acquire(self) -> None:
         acquired = (
             self._semaphore.acquire(blocking=False)
             if self._timeout <= 0
@@ -131,7 +149,7 @@ class _Slots:
                 {"Retry-After": retry},
             )
 
-    def release(self, seconds: float) -> None:
+    def _release(self, seconds: float) -> None:
         with self._lock:
             self._mean_s = 0.8 * self._mean_s + 0.2 * seconds
         self._semaphore.release()
@@ -369,12 +387,8 @@ def create_app(
         duration_s = audio.size / SAMPLE_RATE
         g.log_fields["audio_s"] = f"{duration_s:.2f}"
         _check_length(duration_s)
-        slots.acquire()  # 503 busy when every slot stays taken for queue_timeout_s
-        started = time.perf_counter()
-        try:
-            result = bundle.transcriber.transcribe(audio, mode=mode)
-        finally:
-            slots.release(time.perf_counter() - started)
+        # 503 busy when every slot stays taken for queue_timeout_s
+        result = slots.run(lambda: bundle.transcriber.transcribe(audio, mode=mode))
         g.log_fields["text_len"] = len(result.text)
         if settings.log_transcripts:
             g.log_fields["text"] = repr(result.text)

@@ -88,7 +88,8 @@ User={options.user}
 WorkingDirectory={home}
 # PYTHONUNBUFFERED: print() reaches the journal at once. ORT_DISABLE_TELEMETRY: no onnxruntime usage
 # telemetry (a device id, the OS, paths, kept in ~/.cache to upload) on a patient's device.
-Environment=PYTHONUNBUFFERED=1 ORT_DISABLE_TELEMETRY=1
+# MALLOC_ARENA_MAX: fewer glibc malloc arenas, ~20 % less resident memory after warm-up (resonance loadtest).
+Environment=PYTHONUNBUFFERED=1 ORT_DISABLE_TELEMETRY=1 MALLOC_ARENA_MAX=2
 ExecStart={exec_start}
 Restart=on-failure
 RestartSec={RESTART_SEC}

@@ -11,7 +11,7 @@ import pytest
 from test_server import Server, write_config
 
 from resonance.errors import ResonanceError
-from resonance.runtime.loadtest import LoadtestSettings, build_cases, run_loadtest
+from resonance.runtime.loadtest import LoadtestReport, LoadtestSettings, build_cases, run_loadtest
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,8 @@ def test_mixed_load_gets_no_unexpected_5xx(server):
     assert counts.get(200, 0) > 0  # good clips were transcribed …
     assert counts.get(400, 0) + counts.get(415, 0) > 0  # … and bad ones refused with a 4xx
     assert report.latency_ms(0.5) > 0
-    assert report.rss_before_mb > 10 and report.rss_after_mb > 10
+    assert report.rss_start_mb > 10 and report.rss_before_mb > 10 and report.rss_after_mb > 10
+    assert report.warmup_requests == 8 and report.warmup_unexpected == 0  # 4 per client, not counted
     assert server.alive
 
 
@@ -61,12 +62,16 @@ def test_every_bad_case_is_refused_with_its_status(server):
 
 
 def test_the_cli_prints_the_numbers_and_exits_0(server, run_cli):
-    proc = run_cli("loadtest", server.base, "--clients", "2", "--requests", "12", "--patient", "p1")
+    proc = run_cli(
+        "loadtest", server.base, "--clients", "2", "--requests", "12", "--patient", "p1", "--warmup", "3"
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert re.search(r"requests: 12 in [\d.]+ s = [\d.]+ req/s", proc.stdout)
     assert re.search(r"p50 [\d.]+ ms, p99 [\d.]+ ms", proc.stdout)
     assert "unexpected 5xx: 0" in proc.stdout
-    assert "server RSS: before" in proc.stdout
+    assert re.search(
+        r"server RSS: [\d.]+ MB at start, [\d.]+ MB after 3 warm-up requests, [\d.]+ MB", proc.stdout
+    )
     assert "result: OK" in proc.stdout
 
 
@@ -78,6 +83,16 @@ def test_a_wrong_expectation_fails_the_run(server):
     assert not report.ok
     assert report.status_counts == {404: 4}
     assert "UNEXPECTED 404" in report.summary()
+
+
+def test_memory_growth_after_warm_up_fails_the_run():
+    """The flat-memory target is part of the verdict, measured from the warmed-up server."""
+    grown = LoadtestReport(rss_start_mb=100.0, rss_before_mb=200.0, rss_after_mb=230.0, warmup_requests=8)
+    assert grown.rss_growth == pytest.approx(0.15) and not grown.ok
+    assert "growth +15.0 % > 10 %: FAILED" in grown.summary()
+    flat = LoadtestReport(rss_start_mb=100.0, rss_before_mb=200.0, rss_after_mb=205.0, max_rss_growth=0.1)
+    assert flat.ok and "growth +2.5 %" in flat.summary()  # the 100 -> 200 MB warm-up is not growth
+    assert LoadtestReport().ok and "unknown" in LoadtestReport().summary()  # no reading: no verdict on memory
 
 
 def test_real_clips_from_a_folder(server, tmp_path, demo_data):

@@ -479,3 +479,35 @@ def test_no_usable_bundle_is_a_clear_startup_error(tmp_path, run_cli):
     missing = run_cli("serve", "--models", tmp_path / "nope", "--port", "0")
     assert missing.returncode == 2
     assert "models folder not found" in missing.stderr
+
+
+def test_transcriptions_run_on_a_fixed_pool_of_slot_threads():
+    """However many request threads call in, the model only ever runs on `max_concurrent_requests` threads
+    (per-thread onnxruntime/malloc buffers are what made the server grow under load)."""
+    from resonance.runtime.server import _Slots
+
+    slots = _Slots(2, timeout=30)
+    seen: List[str] = []
+    active, peak, lock = [0], [0], threading.Lock()
+
+    def work() -> str:
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        time.sleep(0.02)
+        with lock:
+            active[0] -= 1
+        return threading.current_thread().name
+
+    def request_thread() -> None:
+        for _ in range(5):
+            seen.append(slots.run(work))
+
+    threads = [threading.Thread(target=request_thread) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(seen) == 40
+    assert len(set(seen)) <= 2 and all(name.startswith("transcribe") for name in seen)
+    assert peak[0] == 2
