@@ -93,6 +93,17 @@ def make_dataset(tmp_path):
     return make
 
 
+def stop_process(proc: subprocess.Popen, grace_s: float = 15) -> None:
+    """Terminate a child process, killing it if it does not exit within ``grace_s``."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def tone(seconds: float = 1.0, rate: int = 16000, freq: float = 220.0, amp: float = 0.3) -> np.ndarray:
     t = np.arange(int(seconds * rate)) / rate
     return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)

@@ -24,7 +24,7 @@ import pytest
 import requests
 import soundfile as sf
 import yaml
-from conftest import tone
+from conftest import stop_process, tone
 
 PACKAGED = Path(__file__).resolve().parents[1] / "device_configs"
 ERROR_KEYS = {"message", "hint", "code"}
@@ -120,13 +120,7 @@ class Server:
         return requests.get(self.base + path, timeout=30, **kwargs)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self._reader.join(timeout=5)
 
 

@@ -196,3 +196,14 @@ def test_report_says_in_words_whether_it_helped_and_warns(tmp_path):
 
     worse = write_report(tmp_path, _report(cer_after=0.9))
     assert "NOT better" in worse["verdict"] and "--allow-worse" in worse["verdict"]
+
+
+def test_selection_margin_is_the_noise_of_the_validation_set():
+    from resonance.train.trainer import selection_margin
+
+    # 10 held-out phrases (~45 characters) at CER 0.24: one standard error is ~0.064
+    assert selection_margin(None, 0.2444, 45) == pytest.approx(0.064, abs=0.001)
+    assert selection_margin(None, 0.2444, 450) < selection_margin(None, 0.2444, 45)  # more data, less noise
+    assert selection_margin(None, 0.0, 12) > 0.05  # a perfect score on a few characters is still noisy
+    assert selection_margin(0.0, 0.3, 45) == 0.0  # explicit: strict
+    assert selection_margin(0.02, 0.3, 45) == 0.02

@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 import requests
 import soundfile as sf
-from conftest import DEMO_DATA, tone
+from conftest import DEMO_DATA, stop_process, tone
 from test_server import Server, wav, write_config
 
 STATIC = Path(__file__).resolve().parents[1] / "runtime" / "static"
@@ -214,13 +214,7 @@ class Browser:
         return errors
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         for fd in (self._to_chrome, self._from_chrome):
             with contextlib.suppress(OSError):  # already closed
                 os.close(fd)

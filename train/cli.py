@@ -19,6 +19,7 @@ _OPTIONAL_TYPES = {
     "window_seconds": float,
     "max_steps": int,
     "threads": int,
+    "selection_tolerance": float,
 }
 
 

@@ -57,9 +57,11 @@ class TrainConfig:
     warmup_fraction: float = 0.1
     weight_decay: float = 0.0
     patience: int = 3  # evaluations without improvement before stopping early (0 = never stop early)
-    # Validation holds out whole phrases, so it measures only never-heard phrases, while more epochs still help
-    # the recorded ones: with a tolerance > 0 the *latest* evaluation within it of the best is kept.
-    selection_tolerance: float = 0.0  # 0 = keep the evaluation with the lowest validation CER
+    # Validation holds out whole phrases, so it measures only never-heard phrases, and with 5-10 of them it is
+    # noisy, while more epochs still help the recorded phrases: the *latest* evaluation within this margin of
+    # the best is kept. On speaker A (100 clips) the strict rule kept epoch 2 (79 % seen / 71 % unseen); the
+    # margin kept epoch 8 (93 % / 79 %): README, "Choosing the recipe".
+    selection_tolerance: float | None = None  # CER margin; None = one standard error of the validation CER
     evals_per_epoch: float = 1.0
     augment: bool = False  # speed/gain/noise perturbation + SpecAugment
     # --- runtime
@@ -73,7 +75,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.window_seconds is not None and self.window_seconds not in WINDOW_CHOICES:
             self._bad("window_seconds", f"must be one of {WINDOW_CHOICES}")
-        if not 0 <= self.selection_tolerance < 1:
+        if self.selection_tolerance is not None and not 0 <= self.selection_tolerance < 1:
             self._bad("selection_tolerance", "must be a CER difference in [0, 1)")
         if not 0 <= self.val_fraction < 0.5:
             self._bad("val_fraction", "must be in [0, 0.5)")

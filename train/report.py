@@ -64,7 +64,7 @@ def render_text(report: dict) -> str:
         f"character error rate (CER): generic {report['cer_before']:.3f} -> personalised {report['cer_after']:.3f}",
         f"evaluated on: {report['eval_source']} ({report['n_eval']} recordings)",
         f"trained on {report['n_train']} recordings ({report['data_seconds']} s of audio), "
-        f"{report['steps']} steps (best {report['best_step']}), {report['train_seconds']} s on {report['device']} "
+        f"{report['steps']} steps (kept {report['best_step']}{_margin(report)}), {report['train_seconds']} s on {report['device']} "
         f"({report['samples_per_second']} samples/s), audio window {report['window_seconds']:.0f} s",
         "",
         "per recording: reference | generic | personalised",
@@ -72,6 +72,11 @@ def render_text(report: dict) -> str:
     for row in report["utterances"]:
         lines.append(f"  {row['reference']} | {row['before']} | {row['hypothesis']}")
     return "\n".join(lines) + "\n"
+
+
+def _margin(report: dict) -> str:
+    margin = report.get("selection_margin")
+    return "" if margin is None else f": the latest within {margin:.3f} of the best validation CER"
 
 
 def plot(report: dict, path: Path) -> None:

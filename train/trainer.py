@@ -16,6 +16,7 @@ import numpy as np
 
 from resonance.errors import ResonanceError
 from resonance.fsutil import atomic_directory, refuse_to_overwrite, write_json_atomic
+from resonance.text import normalize_for_cer
 from resonance.train.config import WINDOW_CHOICES, TrainConfig
 from resonance.train.data import Augmenter, Example, collate, load_examples, split_examples
 from resonance.train.evaluate import as_rows, score, transcribe_batch
@@ -141,6 +142,7 @@ def train(config: TrainConfig, generic_cache: dict | None = None) -> dict:
         log.info("resumed from step %d of %d", step, max_steps)
 
     # --- the loop
+    val_chars = sum(len(normalize_for_cer(e.text)) for e in val_set)
     order = random.Random(config.seed)
     progress = _progress(max_steps, step)
     started, samples_seen = time.perf_counter(), 0
@@ -179,11 +181,10 @@ def train(config: TrainConfig, generic_cache: dict | None = None) -> dict:
                 val_cer, _ = score(
                     val_set, _transcribe(model, feature_extractor, tokenizer, val_set, window, config)
                 )
-                lowest = min((v for _, v in history["val"]), default=math.inf)
                 history["val"].append([step, val_cer])
-                if val_cer < lowest - 1e-9 or (
-                    config.selection_tolerance and val_cer <= lowest + config.selection_tolerance
-                ):
+                lowest = min(v for _, v in history["val"])
+                margin = selection_margin(config.selection_tolerance, lowest, val_chars)
+                if val_cer <= lowest + margin:  # the best so far, or a later one as good within the noise
                     best = {
                         "cer": val_cer,
                         "step": step,
@@ -235,6 +236,13 @@ def train(config: TrainConfig, generic_cache: dict | None = None) -> dict:
         "steps": step,
         "best_step": best["step"],
         "best_val_cer": None if best["state"] is None else best["cer"],
+        "selection_margin": (
+            round(
+                selection_margin(config.selection_tolerance, min(v for _, v in history["val"]), val_chars), 4
+            )
+            if history["val"]
+            else None
+        ),
         "train_seconds": round(train_seconds, 1),
         "samples_per_second": round(samples_seen / train_seconds, 2) if train_seconds > 0 else None,
         "device": str(device),
@@ -255,6 +263,18 @@ def train(config: TrainConfig, generic_cache: dict | None = None) -> dict:
     checkpoint_path.unlink(missing_ok=True)
     _remove_empty(checkpoint_path.parent)
     return report
+
+
+def selection_margin(configured: float | None, lowest_cer: float, n_chars: int) -> float:
+    """How much worse than the best validation CER a later evaluation may be and still be kept.
+
+    ``None``: one standard error of a CER measured on ``n_chars`` characters (binomial, with the rate kept
+    within [0.05, 0.95] so that a perfect score on a few characters still leaves room for noise).
+    """
+    if configured is not None:
+        return configured
+    rate = min(max(lowest_cer, 0.05), 0.95)
+    return math.sqrt(rate * (1 - rate) / max(n_chars, 1))
 
 
 def _transcribe(
