@@ -95,6 +95,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "live captions: transcribe what a microphone hears, utterance by utterance, offline",
         "  resonance listen --bundle bundles/grandpa                  # default microphone, Ctrl+C stops\n"
         "  resonance listen --bundle bundles/grandpa --device 2 --end-silence 1.5   # slower speaker\n"
+        "  resonance listen --bundle bundles/grandpa --mode both --speak auto     # say the phrase aloud\n"
+        "  resonance listen --bundle bundles/grandpa --post http://192.168.1.30:5000/said   # JSON to an app\n"
+        "  resonance listen --bundle bundles/grandpa --from-file session.wav      # no microphone: try the VAD\n"
         "  python -m sounddevice                                      # list the device numbers\n",
         _run_listen,
     )
@@ -109,6 +112,22 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="silence that ends an utterance (default 1.0 s)",
     )
     p.add_argument("--json", action="store_true", help="one JSON object per utterance")
+    p.add_argument(
+        "--speak",
+        nargs="?",
+        const="auto",
+        metavar="CMD",
+        help="say each result aloud (the accepted phrase, else the text): 'auto' = espeak-ng/espeak/spd-say/say, "
+        "or a command that takes the text as its last argument",
+    )
+    p.add_argument(
+        "--post", metavar="URL", help="also POST each result as JSON to this URL (e.g. a home app)"
+    )
+    p.add_argument(
+        "--from-file",
+        metavar="WAV",
+        help="read a recording instead of the microphone (same VAD, as fast as it can)",
+    )
     _add_mode_option(p)
 
     phrases = sub.add_parser(
@@ -334,12 +353,22 @@ def _run_transcribe(args: argparse.Namespace) -> int:
 
 def _run_listen(args: argparse.Namespace) -> int:
     from resonance.runtime.device_config import load_device_config
-    from resonance.runtime.listen import VadOptions, listen
+    from resonance.runtime.listen import ResultSinks, VadOptions, listen, speech_command
 
     device = int(args.device) if args.device and args.device.isdigit() else args.device
     config = load_device_config(args.config)
     options = VadOptions(end_silence_s=args.end_silence)
-    listen(Path(args.bundle), config, device, options, as_json=args.json, mode=args.mode)
+    sinks = ResultSinks(args.post, speech_command(args.speak) if args.speak else None)
+    listen(
+        Path(args.bundle),
+        config,
+        device,
+        options,
+        as_json=args.json,
+        mode=args.mode,
+        from_file=args.from_file,
+        sinks=sinks,
+    )
     return 0
 
 

@@ -11,6 +11,9 @@ import contextlib
 import json
 import math
 import queue
+import shlex
+import shutil
+import subprocess
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -192,6 +195,86 @@ def microphone_blocks(
         yield generate()
 
 
+def file_blocks(path: Any, block_s: float = 0.1) -> Iterator[np.ndarray]:
+    """A recording cut into the same blocks a microphone gives: test VAD settings without a microphone."""
+    from resonance.audio import load_audio
+
+    audio = load_audio(path, SAMPLE_RATE)  # now, not at the first block: a bad path fails before the banner
+    size = round(SAMPLE_RATE * block_s)
+    return (audio[start : start + size] for start in range(0, audio.size, size))
+
+
+def speech_command(spec: str) -> List[str]:
+    """The command that says a text aloud: ``spec`` = "auto" (espeak-ng / espeak / spd-say / say, whichever
+    is installed, in Mandarin) or a command line that gets the text as its last argument."""
+    if spec != "auto":
+        return shlex.split(spec)
+    for command in (["espeak-ng", "-v", "cmn"], ["espeak", "-v", "zh"], ["spd-say", "-l", "zh"], ["say"]):
+        if shutil.which(command[0]):
+            return command
+    raise ResonanceError(
+        "--speak found no text-to-speech program (espeak-ng, espeak, spd-say or say)",
+        "install one (sudo apt install espeak-ng) or name yours: --speak 'my-tts --voice zh'",
+    )
+
+
+class ResultSinks:
+    """Where each result goes besides the screen: a URL (JSON POST) and/or a speech command.
+
+    Neither may stop the captions: a failed POST (flaky Wi-Fi) is one line on screen, and speech runs in the
+    background so listening goes on while it talks.
+    """
+
+    def __init__(
+        self,
+        post_url: Optional[str] = None,
+        speak: Optional[List[str]] = None,
+        say: Callable[[str], Any] = print,
+    ) -> None:
+        if post_url and not post_url.startswith(("http://", "https://")):
+            raise ResonanceError(
+                f"--post needs an http(s) URL, not {post_url!r}", "e.g. --post http://192.168.1.30:5000/said"
+            )
+        self.post_url, self.speak, self.say = post_url, speak, say
+        self.speaking: List[subprocess.Popen] = []
+
+    def send(self, record: dict, text: str) -> None:
+        if self.post_url:
+            self._post(record)
+        if self.speak and text:
+            self.speaking = [p for p in self.speaking if p.poll() is None]
+            self.speaking.append(
+                subprocess.Popen([*self.speak, text], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            )
+
+    def _post(self, record: dict) -> None:
+        import urllib.error
+        import urllib.request
+
+        body = json.dumps(record, ensure_ascii=False).encode("utf-8")
+        request = urllib.request.Request(
+            self.post_url, data=body, headers={"Content-Type": "application/json"}, method="POST"
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=3) as response:
+                response.read()
+        except (urllib.error.URLError, OSError) as exc:
+            self.say(f"   (could not post to {self.post_url}: {getattr(exc, 'reason', exc)})")
+
+    def close(self) -> None:
+        for process in self.speaking:  # let the last phrase finish, briefly
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=10)
+
+
+def result_record(result: Any, seconds: float) -> dict:
+    record = {"time": time.strftime("%H:%M:%S"), "text": result.text, "duration_s": round(seconds, 2)}
+    record["latency_ms"] = round(result.timings.get("total_ms", 0.0), 1)
+    if result.phrases is not None:
+        record.update(result.phrases.to_json())
+    return record
+
+
 def listen(
     bundle_dir: Any,
     config: Any,
@@ -200,14 +283,17 @@ def listen(
     as_json: bool = False,
     say: Callable[[str], Any] = print,
     mode: str = "free",
+    from_file: Optional[Any] = None,
+    sinks: Optional[ResultSinks] = None,
 ) -> int:
-    """Caption the microphone with ``bundle_dir`` until Ctrl+C; returns the number of utterances."""
+    """Caption the microphone (or ``from_file``) with ``bundle_dir`` until Ctrl+C; returns the utterance count."""
     from dataclasses import replace
 
     from resonance.runtime.models import default_transcriber_factory, warn_on_precision
     from resonance.runtime.phrases import check_mode, summary
 
     check_mode(mode)
+    sinks = sinks or ResultSinks(say=say)
 
     transcriber = default_transcriber_factory(bundle_dir, config)
     warn_on_precision(str(bundle_dir), transcriber.manifest.precision, config)
@@ -215,21 +301,30 @@ def listen(
     options = replace(options, max_utterance_s=min(options.max_utterance_s, config.max_audio_seconds))
 
     def emit(result: Any, seconds: float) -> None:
-        latency = result.timings.get("total_ms", 0.0)
+        record = result_record(result, seconds)
         if as_json:
-            record = {"time": time.strftime("%H:%M:%S"), "text": result.text, "duration_s": round(seconds, 2)}
-            record["latency_ms"] = round(latency, 1)
-            if result.phrases is not None:
-                record.update(result.phrases.to_json())
             say(json.dumps(record, ensure_ascii=False))
         else:
             phrase = f"   {summary(result.phrases)}" if result.phrases is not None else ""
-            say(f"[{time.strftime('%H:%M:%S')}] {result.text}{phrase}   ({seconds:.1f} s, {latency:.0f} ms)")
+            say(
+                f"[{record['time']}] {result.text}{phrase}   ({seconds:.1f} s, {record['latency_ms']:.0f} ms)"
+            )
+        sinks.send(record, record.get("phrase") or result.text)  # aloud: the accepted phrase, else the text
 
-    with microphone_blocks(device, options.block_s) as blocks:
-        say(
-            f"listening with '{transcriber.manifest.patient}' on {', '.join(transcriber.providers)}; Ctrl+C stops"
-        )
-        count = transcribe_utterances(transcriber, blocks, UtteranceSegmenter(options), emit, mode)
+    source = (
+        contextlib.nullcontext(file_blocks(from_file, options.block_s))
+        if from_file is not None
+        else microphone_blocks(device, options.block_s)
+    )
+    try:
+        with source as blocks:
+            where = f"'{from_file}'" if from_file is not None else "the microphone"
+            say(
+                f"listening to {where} with '{transcriber.manifest.patient}' on "
+                f"{', '.join(transcriber.providers)}; Ctrl+C stops"
+            )
+            count = transcribe_utterances(transcriber, blocks, UtteranceSegmenter(options), emit, mode)
+    finally:
+        sinks.close()
     say(f"stopped after {count} utterance(s)")
     return count

@@ -116,3 +116,77 @@ def test_no_microphone_is_a_clear_error():
     with pytest.raises(ResonanceError) as info, microphone_blocks():
         pass
     assert "libportaudio2" in info.value.hint or "microphone" in info.value.hint
+
+
+@pytest.fixture
+def receiver():
+    """A real HTTP endpoint on loopback that keeps every JSON body POSTed to it."""
+    import http.server
+    import json
+    import threading
+
+    bodies = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/said", bodies
+    server.shutdown()
+
+
+def test_listen_from_a_file_posts_and_speaks_every_result(tiny_bundle, tmp_path, run_cli, receiver):
+    import json
+    import sys
+
+    import soundfile as sf
+
+    url, bodies = receiver
+    wav = tmp_path / "session.wav"
+    sf.write(
+        wav, np.concatenate([room(0.5), tone(1.0), room(1.5, 1), tone(1.0, freq=330.0), room(1.5, 2)]), 16000
+    )
+    spoken = tmp_path / "spoken.txt"
+    speaker = f"{sys.executable} -c \"import sys; open(r'{spoken}', 'a', encoding='utf-8').write(sys.argv[-1] + '|')\""
+    proc = run_cli(
+        "listen", "--bundle", tiny_bundle, "--from-file", wav, "--json", "--post", url, "--speak", speaker
+    )
+    assert proc.returncode == 0, proc.stderr
+    printed = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert len(printed) == 2 and "stopped after 2 utterance(s)" in proc.stdout
+    assert [b["text"] for b in bodies] == [p["text"] for p in printed]  # the same records reached the URL
+    said = [t for t in spoken.read_text(encoding="utf-8").split("|") if t] if spoken.exists() else []
+    assert sorted(said) == sorted(p["text"] for p in printed if p["text"])  # non-empty texts, aloud
+
+
+def test_an_unreachable_post_url_is_one_line_not_the_end(tiny_bundle, tmp_path, run_cli):
+    import soundfile as sf
+
+    wav = tmp_path / "one.wav"
+    sf.write(wav, np.concatenate([room(0.5), tone(1.0), room(1.5)]), 16000)
+    proc = run_cli("listen", "--bundle", tiny_bundle, "--from-file", wav, "--post", "http://127.0.0.1:9/said")
+    assert proc.returncode == 0, proc.stderr
+    assert "could not post to http://127.0.0.1:9/said" in proc.stdout
+    assert "stopped after 1 utterance(s)" in proc.stdout
+
+
+def test_speak_auto_finds_an_installed_program_or_says_what_to_install(tmp_path, monkeypatch):
+    from resonance.runtime.listen import ResultSinks, speech_command
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # a PATH with no speech program
+    with pytest.raises(ResonanceError, match="espeak-ng"):
+        speech_command("auto")
+    fake = tmp_path / "spd-say"
+    fake.write_text("#!/bin/sh\n", encoding="utf-8")
+    fake.chmod(0o755)
+    assert speech_command("auto") == ["spd-say", "-l", "zh"]
+    assert speech_command("my-tts --voice 'zh CN'") == ["my-tts", "--voice", "zh CN"]
+    with pytest.raises(ResonanceError, match="http"):
+        ResultSinks(post_url="192.168.1.30:5000")
