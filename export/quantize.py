@@ -24,13 +24,27 @@ from resonance.errors import ResonanceError
 
 log = logging.getLogger(__name__)
 
+# Dynamic int8 for the CPU that will run the bundle: the choices Optimum's AutoQuantizationConfig presets make
+# for *dynamic* quantisation. Weights are quantised per output channel (each row its own scale: more accurate
+# than one scale per matrix, at no runtime cost). AVX2 without VNNI gets unsigned weights: its u8 x s8
+# multiply-add (VPMADDUBSW) saturates int16 sums, which u8 x u8 avoids. For dynamic quantisation the AVX-512
+# (with or without VNNI) and ARM64 presets are the same; the names follow the device.
+INT8_PRESETS = {
+    "avx2": {"weight_type": "QUInt8", "per_channel": True},
+    "avx512": {"weight_type": "QInt8", "per_channel": True},
+    "avx512-vnni": {"weight_type": "QInt8", "per_channel": True},
+    "arm64": {"weight_type": "QInt8", "per_channel": True},  # Jetson
+    "per-tensor": {"weight_type": "QInt8", "per_channel": False},  # one scale per matrix (Resonance <= 0.1)
+}
+DEFAULT_INT8_PRESET = "avx512"
+
 SINGLE_FILE_LIMIT = 2**31 - 1  # protobuf's 2 GB limit: a bigger model would need external data files
 
 
-def convert_decoder(raw: Path, dst: Path, precision: str) -> None:
+def convert_decoder(raw: Path, dst: Path, precision: str, int8_preset: str = DEFAULT_INT8_PRESET) -> None:
     """Write the merged decoder at ``precision`` from Optimum's output folder ``raw``."""
     if precision != "fp16":
-        convert(raw / "decoder_model_merged.onnx", dst, precision)
+        convert(raw / "decoder_model_merged.onnx", dst, precision, int8_preset)
         return
     # float16's converter breaks an already merged graph (the If branches' outputs end up referring to the
     # outer graph), so convert the two decoders and merge them afterwards, as Optimum merges fp32 ones.
@@ -46,12 +60,12 @@ def convert_decoder(raw: Path, dst: Path, precision: str) -> None:
     log.info("%s: fp16 (float16 inputs/outputs), %.1f MB", dst.name, dst.stat().st_size / 1e6)
 
 
-def convert(src: Path, dst: Path, precision: str) -> None:
+def convert(src: Path, dst: Path, precision: str, int8_preset: str = DEFAULT_INT8_PRESET) -> None:
     """Write ``src`` to ``dst`` at ``precision`` ('fp32', 'int8' or 'fp16') as one self-contained file."""
     if precision == "fp32":
         save_single_file(_load(src), dst)
     elif precision == "int8":
-        quantize_int8(src, dst)
+        quantize_int8(src, dst, int8_preset)
     elif precision == "fp16":
         to_fp16(src, dst)
     else:
@@ -78,15 +92,26 @@ def save_single_file(model, dst: Path) -> None:
     onnx.save_model(model, str(dst), save_as_external_data=False)
 
 
-def quantize_int8(src: Path, dst: Path) -> None:
+def check_int8_preset(preset: str) -> None:
+    if preset not in INT8_PRESETS:
+        raise ResonanceError(
+            f"unknown int8 preset {preset!r}",
+            f"use one of {', '.join(INT8_PRESETS)} (the CPU of the device that runs the bundle)",
+        )
+
+
+def quantize_int8(src: Path, dst: Path, preset: str = DEFAULT_INT8_PRESET) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    check_int8_preset(preset)
+    settings = INT8_PRESETS[preset]
     with _quiet_root_logger():
         quantize_dynamic(
             str(src),
             str(dst),
             op_types_to_quantize=["MatMul", "Gemm"],
-            weight_type=QuantType.QInt8,  # signed weights: the fast path on ARM (Jetson) and x86 VNNI alike
+            weight_type=getattr(QuantType, settings["weight_type"]),
+            per_channel=settings["per_channel"],
             extra_options={"EnableSubgraph": True},
         )
     # quantize_dynamic writes one file for models under 2 GB; fold any external data back in if it did not.

@@ -27,7 +27,8 @@ manifest.json (format_version 1)::
      "metrics": {"cer_before": 0.8, "cer_after": 0.2, ...} | {},
      "phrases": ["我想喝水", ...],
      "phrase_calibration": {"temperature": 0.47, "none_score": -3.6} | {},
-     "parity": {"passed": true, "precision": "fp32", "clips": 3, "tokens_identical": 3, "cer": 0.0, ...}}
+     "parity": {"passed": true, "precision": "fp32", "clips": 3, "tokens_identical": 3, "cer": 0.0, ...},
+     "quantization": {"int8_preset": "avx512", "weight_type": "QInt8", "per_channel": true} | {}}
 
 ``phrases`` is the phrase board's list (runtime/phrases.py; ``resonance phrases add|remove`` edits it) and
 ``phrase_calibration`` the phrase matcher's options fitted for this bundle (``resonance eval phrases --save``);
@@ -112,6 +113,8 @@ class Manifest:
     parity: Dict[str, Any] = field(
         default_factory=dict
     )  # export's PyTorch-vs-runtime check (export/parity.py)
+    # int8 bundles: the CPU preset they were quantised for ({"int8_preset": "arm64", ...}); {} otherwise.
+    quantization: Dict[str, Any] = field(default_factory=dict)
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
 

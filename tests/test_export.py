@@ -19,6 +19,7 @@ ort = pytest.importorskip("onnxruntime")
 from resonance.export.onnx_export import export_bundle  # noqa: E402
 from resonance.export.parity import ParityError, Row, judge  # noqa: E402
 from resonance.export.quantize import count_ops, walk_nodes  # noqa: E402
+from resonance.runtime.transcriber import Transcriber  # noqa: E402
 
 BUNDLE_FILES = ["decoder.onnx", "encoder.onnx", "manifest.json", "tokenizer.json"]
 
@@ -282,6 +283,45 @@ def test_quantized_export(quantize, base_bundle, tiny_whisper, tmp_path):
     from resonance.runtime.transcriber import Transcriber
 
     assert Transcriber(out).transcribe(tone(1.0)).tokens  # the runtime runs it
+
+
+def _int8_weights(path):
+    """(dtype, number of scales) of each weight quantised at export: initializers ending in _quantized."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    inits = {i.name: i for i in graph.initializer}
+    for node in walk_nodes(graph):
+        for sub in (a.g for a in node.attribute if a.g is not None):
+            inits.update({i.name: i for i in sub.initializer})
+    return {
+        name: (
+            numpy_helper.to_array(init).dtype,
+            numpy_helper.to_array(inits[name[: -len("_quantized")] + "_scale"]).size,
+        )
+        for name, init in inits.items()
+        if name.endswith("_quantized") and name[: -len("_quantized")] + "_scale" in inits
+    }
+
+
+def test_int8_preset_for_avx2_writes_unsigned_per_channel_weights(base_bundle, tiny_whisper, tmp_path):
+    out = tmp_path / "avx2"
+    export_bundle(str(tiny_whisper), out, quantize="int8", int8_preset="avx2", parity_tolerance=1.0)
+    manifest = load_manifest(out)
+    assert manifest.quantization == {"int8_preset": "avx2", "weight_type": "QUInt8", "per_channel": True}
+    weights = _int8_weights(out / "encoder.onnx")
+    assert weights and {dtype for dtype, _ in weights.values()} == {np.dtype("uint8")}
+    assert all(scales > 1 for _, scales in weights.values())  # one scale per output channel
+    assert Transcriber(out).transcribe(tone(1.0)).tokens
+
+
+def test_int8_preset_needs_int8_and_a_known_name(tiny_whisper, tmp_path):
+    with pytest.raises(ResonanceError, match="--quantize int8"):
+        export_bundle(str(tiny_whisper), tmp_path / "a", int8_preset="arm64")
+    with pytest.raises(ResonanceError, match="avx2"):
+        export_bundle(str(tiny_whisper), tmp_path / "b", quantize="int8", int8_preset="avx3")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
 # ------------------------------------------------------------------------------------------------------
