@@ -68,6 +68,7 @@ class BenchConfig:
     warmup: int = 2  # clips run once before timing, not counted
     engines: Tuple[str, ...] = ENGINES
     server_requests: int = 10  # timed POST /transcribe per bundle; 0 = skip the server measurement
+    phrase_list: int = 150  # each bundle is also timed with mode=both against a list this long; 0 = skip
     # Every engine loaded at once, clip i run on each in turn: load that comes and goes (other processes)
     # hits all engines alike. False: one engine after another (less memory at a time, more drift).
     interleave: bool = True
@@ -79,7 +80,12 @@ class BenchConfig:
             raise ResonanceError(
                 f"unknown engine(s) {unknown or '(none)'}", f"choose from {', '.join(ENGINES)}"
             )
-        if self.threads < 1 or self.warmup < 0 or self.decode_steps < 1 or self.server_requests < 0:
+        if (
+            self.threads < 1
+            or self.warmup < 0
+            or self.decode_steps < 1
+            or min(self.server_requests, self.phrase_list) < 0
+        ):
             raise ResonanceError(
                 "threads and decode steps must be >= 1, warm-up and server requests >= 0",
                 "e.g. --threads 2 --warmup 2",
@@ -105,6 +111,7 @@ class EngineSpec:
     precision: str  # fp32 | int8 | fp16
     window: str  # audio the encoder sees, e.g. "30 s" or "5 s dynamic"
     processor: str = ""  # Optimum: the Hugging Face folder with the feature extractor and tokenizer
+    phrases: Tuple[str, ...] = ()  # runtime: transcribe with mode=both against this phrase-board list
 
 
 @dataclass(frozen=True)
@@ -129,7 +136,7 @@ def run_bench(config: BenchConfig) -> Dict[str, Any]:
     load_before = _loadavg()
     with tempfile.TemporaryDirectory(prefix="resonance-bench-") as scratch:
         work = Path(scratch)
-        specs, hf_dir = prepare_engines(config, base_model, manifests, work)
+        specs, hf_dir = prepare_engines(config, base_model, manifests, work, [c.text for c in clips])
         wav = write_server_wav(clips, work / "phrase-2s.wav") if config.server_requests else None
         job = {
             "clips": [c.path for c in clips],
@@ -144,7 +151,7 @@ def run_bench(config: BenchConfig) -> Dict[str, Any]:
         servers = []
         if wav is not None:
             for spec, result in results:
-                if spec.engine == RUNTIME and result.get("status") == "ok":
+                if spec.engine == RUNTIME and not spec.phrases and result.get("status") == "ok":
                     try:
                         servers.append(measure_server(spec, wav, config, work))
                     except ResonanceError as exc:  # the server would not start: keep the engines' results
@@ -194,7 +201,7 @@ def _loadavg() -> Optional[float]:
 
 
 def prepare_engines(
-    config: BenchConfig, base_model: str, manifests, work: Path
+    config: BenchConfig, base_model: str, manifests, work: Path, texts: Sequence[str] = ()
 ) -> Tuple[List[EngineSpec], Path]:
     """Each engine's row and model files, and the Hugging Face folder the baselines come from."""
     from resonance.train.base_model import resolve_base_model
@@ -222,6 +229,10 @@ def prepare_engines(
             label = f"runtime {Path(bundle).name}"
             win = window_label(m.audio.window_seconds, m.audio.dynamic_window)
             specs.append(EngineSpec(RUNTIME, label, str(bundle), m.precision, win))
+            if config.phrase_list:
+                board = phrase_board([*m.phrases, *texts], config.phrase_list)
+                both = f"{label} both/{len(board)}"
+                specs.append(EngineSpec(RUNTIME, both, str(bundle), m.precision, win, phrases=board))
     if PYTORCH in config.engines:
         specs.append(EngineSpec(PYTORCH, "PyTorch generate", str(hf_dir), "fp32", window))
     if OPTIMUM in config.engines:
@@ -232,6 +243,23 @@ def prepare_engines(
         ct2 = ct2_model(hf_dir, store / "ct2", pypi_ct2)
         specs.extend(EngineSpec(e, f"faster-whisper {p}", str(ct2), p, window) for e, p in fw)
     return specs, hf_dir
+
+
+def phrase_board(known: Sequence[str], size: int) -> Tuple[str, ...]:
+    """A phrase list of ``size``: the distinct ``known`` phrases, then polite variants of them (请…, …吧, …了吗)
+    until it is long enough. Latency depends on the list's length and how alike its phrases are, which the
+    variants keep realistic (a real board has 我想喝水 and 我想喝茶)."""
+    phrases = list(dict.fromkeys(p for p in known if p))[:size] or ["我想喝水"]
+    seen = set(phrases)
+    index = 0
+    while len(phrases) < size:  # variants of the known phrases first, then of the variants
+        for pattern in ("请{}", "{}吧", "{}了吗", "现在{}", "我还{}"):
+            variant = pattern.format(phrases[index])
+            if variant not in seen and len(phrases) < size:
+                seen.add(variant)
+                phrases.append(variant)
+        index += 1
+    return tuple(phrases)
 
 
 def _hf_config(hf_dir: Path) -> Dict[str, Any]:
@@ -406,9 +434,13 @@ def _load_runtime(job: Dict[str, Any]) -> Tuple[Transcribe, str]:
     fixed = dict(tokens_per_second=None, no_speech_threshold=None, silence_peak_dbfs=None, repetition_count=0)
     options = DecodingOptions(max_new_tokens=steps, **fixed) if steps else None
     transcriber = Transcriber(job["spec"]["model"], ("CPUExecutionProvider",), job["threads"], options)
+    board = list(job["spec"].get("phrases") or [])
 
     def run(audio: Any) -> Tuple[str, int]:
-        result = transcriber.transcribe(audio)
+        if board:  # the phrase board's own cost on top of the same free transcription
+            result = transcriber.transcribe(audio, mode="both", phrases=board)
+        else:
+            result = transcriber.transcribe(audio)
         return result.text, len(result.tokens)
 
     return run, f"onnxruntime {onnxruntime.__version__}"
@@ -776,6 +808,12 @@ def build_report(
         for row in rows:
             ok = ref is not None and row.get("p50_ms")
             row[key] = round(ref["p50_ms"] / row["p50_ms"], 2) if ok else None
+    for row in rows:  # mode=both vs the same bundle's mode=free
+        free = next(
+            (r for r in rows if r["model"] == row["model"] and not r["phrases"] and r.get("p50_ms")), None
+        )
+        ok = row["phrases"] and row.get("p50_ms") and free is not None
+        row["both_vs_free"] = round(row["p50_ms"] / free["p50_ms"], 2) if ok else None
     load_after = _loadavg()
     return {
         "model": _model_title(config, base_model),
@@ -877,12 +915,12 @@ def format_table(report: Dict[str, Any]) -> str:
         "",
     ]
     header = (
-        f"{'engine':<24}{'prec':<6}{'window':<12}{'p50 ms':>8}{'p90 ms':>8}{'x PyTorch':>11}{'x FW-int8':>11}"
+        f"{'engine':<30}{'prec':<6}{'window':<12}{'p50 ms':>8}{'p90 ms':>8}{'x PyTorch':>11}{'x FW-int8':>11}"
         f"{'RTF':>8}{'peak RSS':>10}{'CER':>8}{'tok/clip':>9}"
     )
     lines += [header, "-" * len(header)]
     for r in report["engines"]:
-        head = f"{r['label'][:23]:<24}{r['precision']:<6}{r['window']:<12}"
+        head = f"{r['label'][:29]:<30}{r['precision']:<6}{r['window']:<12}"
         if r.get("status") != "ok":
             lines.append(head + f"{r.get('status')}: {(r.get('error') or '').splitlines()[-1][:70]}")
             continue
@@ -895,6 +933,12 @@ def format_table(report: Dict[str, Any]) -> str:
     lines.append(
         "x ...: p50 of the reference / p50 of the engine (above 1 = faster); RTF: compute s per audio s"
     )
+    for r in report["engines"]:
+        if r.get("both_vs_free") is not None:
+            lines.append(
+                f"phrase board: {r['label']}: mode=both with {len(r['phrases'])} phrases, p50 {r['p50_ms']:.0f} ms "
+                f"= {r['both_vs_free']:.2f}x the same bundle's mode=free"
+            )
     for s in report["server"]:
         if "error" in s:
             lines.append(f"server {s['label']}: failed: {s['error'].splitlines()[0][:100]}")

@@ -69,6 +69,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="timed POST /transcribe of a 2 s WAV per bundle via `resonance serve` on loopback (0 = skip)",
     )
     p.add_argument(
+        "--phrase-list",
+        type=int,
+        default=150,
+        help="also time each bundle with mode=both against a phrase board this long (default 150; 0 = skip)",
+    )
+    p.add_argument(
         "--one-at-a-time",
         action="store_true",
         help="run the engines one after another instead of loading them all and taking turns per clip "
@@ -94,6 +100,7 @@ def _run(args: argparse.Namespace) -> int:
         engines=engines,
         server_requests=args.server_requests,
         interleave=not args.one_at_a_time,
+        phrase_list=args.phrase_list,
         force=args.force,
     )
     report = run_bench(config)

@@ -36,12 +36,19 @@ def test_bench_measures_every_engine_on_the_same_clips(tiny_whisper, tiny_bundle
     code = run_bench_cli(
         "--bundle", tiny_bundle, "--base-model", tiny_whisper, "--data", DEMO_TAKE2, "--clips", 2,
         "--threads", 1, "--warmup", 1, "--engines", ",".join(engines), "--server-requests", 2, "--out", out,
+        "--phrase-list", 20,
     )  # fmt: skip
     printed = capsys.readouterr().out
     assert code == 0
     report = json.loads((out / "bench.json").read_text(encoding="utf-8"))
-    rows = {row["engine"]: row for row in report["engines"]}
-    assert sorted(rows) == sorted(engines) and len(report["engines"]) == len(engines)
+    rows = {row["engine"]: row for row in report["engines"] if not row["phrases"]}
+    assert sorted(rows) == sorted(engines) and len(report["engines"]) == len(engines) + 1
+    # the runtime again with the phrase board (mode=both, 20 phrases): the same free text, its cost beside it
+    (both,) = [row for row in report["engines"] if row["phrases"]]
+    assert both["engine"] == "runtime" and len(both["phrases"]) == 20 and both["status"] == "ok"
+    assert both["texts"] == rows["runtime"]["texts"]
+    assert both["both_vs_free"] == round(both["p50_ms"] / rows["runtime"]["p50_ms"], 2)
+    assert f"mode=both with 20 phrases, p50 {both['p50_ms']:.0f} ms" in printed
     references = [clip["text"] for clip in report["clips"]]
     assert len(references) == 2
     for row in rows.values():
@@ -86,6 +93,7 @@ def test_random_weights_decode_a_fixed_number_of_tokens(tiny_whisper, tiny_bundl
         decode_steps=5,
         engines=engines,
         server_requests=0,
+        phrase_list=0,
         interleave=False,  # the one-engine-at-a-time path (--one-at-a-time)
         out=tmp_path / "bench",
     )
@@ -97,6 +105,15 @@ def test_random_weights_decode_a_fixed_number_of_tokens(tiny_whisper, tiny_bundl
         assert row["tokens"] == [5, 5], row["label"]  # EOT can't end decoding early
         assert row["cer"] is None
     assert "RANDOM weights, 5 decode steps" in format_table(report)
+
+
+def test_phrase_board_of_a_given_length_from_known_phrases():
+    from resonance.export.bench import phrase_board
+
+    board = phrase_board(["我想喝水", "帮我开灯", "我想喝水", ""], 10)
+    assert len(board) == len(set(board)) == 10
+    assert board[:2] == ("我想喝水", "帮我开灯") and "请我想喝水" in board and "帮我开灯吧" in board
+    assert phrase_board(["一", "二", "三"], 2) == ("一", "二")
 
 
 def test_bad_settings_are_refused_before_any_work(tmp_path):
