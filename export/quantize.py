@@ -36,7 +36,7 @@ INT8_PRESETS = {
     "arm64": {"weight_type": "QInt8", "per_channel": True},  # Jetson
     "per-tensor": {"weight_type": "QInt8", "per_channel": False},  # one scale per matrix (Resonance <= 0.1)
 }
-DEFAULT_INT8_PRESET = "avx512"
+DEFAULT_INT8_PRESET = "avx512"  # the names are the bundle contract's (runtime/bundle.py INT8_PRESETS)
 
 SINGLE_FILE_LIMIT = 2**31 - 1  # protobuf's 2 GB limit: a bigger model would need external data files
 

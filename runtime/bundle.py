@@ -52,6 +52,8 @@ FORMAT = "resonance-bundle"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 PRECISIONS = ("fp32", "int8", "fp16")
+# CPUs an int8 bundle can be quantised for (export/quantize.py INT8_PRESETS holds their settings)
+INT8_PRESETS = ("avx2", "avx512", "avx512-vnni", "arm64", "per-tensor")
 
 
 class BundleError(ResonanceError):

@@ -320,7 +320,7 @@ def _run_transcribe(args: argparse.Namespace) -> int:
 
     config = load_device_config(args.config)
     transcriber = default_transcriber_factory(Path(args.bundle), config)
-    warn_on_precision(Path(args.bundle).name, transcriber.manifest.precision, config)
+    warn_on_precision(Path(args.bundle).name, transcriber.manifest, config)
     failures = 0
     for file in args.files:
         try:

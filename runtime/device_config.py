@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from resonance.errors import ResonanceError
-from resonance.runtime.bundle import PRECISIONS
+from resonance.runtime.bundle import INT8_PRESETS, PRECISIONS
 
 PACKAGE = "resonance.device_configs"
 
@@ -41,6 +41,7 @@ class DeviceConfig:
     description: str  # one human line, shown at start and in /health
     providers: Tuple[str, ...]  # onnxruntime execution providers, best first
     precision: str  # bundle precision this device runs best (fp32|int8|fp16); others load with a warning
+    int8_preset: str  # the CPU an int8 bundle should be quantised for (`resonance export --int8-preset`)
     intra_op_threads: int  # threads per onnxruntime session; 0 = auto: CPUs / max_concurrent_requests
     max_audio_seconds: float  # longer recordings get 413
     max_upload_mb: float  # larger request bodies get 413
@@ -117,6 +118,9 @@ SCHEMA: Dict[str, Check] = {
     "providers": _check_providers,
     "precision": _typed(
         "a string", lambda v: isinstance(v, str), lambda v: v in PRECISIONS, f"one of {PRECISIONS}"
+    ),
+    "int8_preset": _typed(
+        "a string", lambda v: isinstance(v, str), lambda v: v in INT8_PRESETS, f"one of {INT8_PRESETS}"
     ),
     "intra_op_threads": _typed(
         "an integer", _is_int, lambda v: 0 <= v <= 256, "between 0 and 256 (0 = auto)"

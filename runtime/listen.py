@@ -296,7 +296,7 @@ def listen(
     sinks = sinks or ResultSinks(say=say)
 
     transcriber = default_transcriber_factory(bundle_dir, config)
-    warn_on_precision(str(bundle_dir), transcriber.manifest.precision, config)
+    warn_on_precision(str(bundle_dir), transcriber.manifest, config)
     options = options or VadOptions()
     options = replace(options, max_utterance_s=min(options.max_utterance_s, config.max_audio_seconds))
 

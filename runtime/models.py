@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from resonance.errors import ResonanceError
-from resonance.runtime.bundle import MANIFEST, BundleError, load_manifest
+from resonance.runtime.bundle import MANIFEST, BundleError, Manifest, load_manifest
 from resonance.runtime.device_config import DeviceConfig
 
 log = logging.getLogger(__name__)
@@ -105,16 +105,28 @@ def default_transcriber_factory(bundle_dir: Path, config: DeviceConfig) -> Any:
     return Transcriber(bundle_dir, providers=providers, threads=session_threads(config), verify=True)
 
 
-def warn_on_precision(bundle: str, precision: str, config: DeviceConfig) -> None:
-    """A bundle of another precision than the device expects runs, but maybe slowly: say so once, at load."""
-    if precision != config.precision:
+def warn_on_precision(bundle: str, manifest: Manifest, config: DeviceConfig) -> None:
+    """A bundle made for another precision or CPU than the device expects runs, but maybe slowly or less
+    accurately: say so once, at load."""
+    if manifest.precision != config.precision:
         log.warning(
             "bundle '%s' is %s but device config '%s' expects %s: it runs, maybe slower "
             "(e.g. int8 on CUDA runs its quantised layers on the CPU); re-export with --quantize to match",
             bundle,
-            precision,
+            manifest.precision,
             config.name,
             config.precision,
+        )
+    preset = manifest.quantization.get("int8_preset")
+    if manifest.precision == "int8" and preset and preset != config.int8_preset:
+        log.warning(
+            "bundle '%s' was quantised for %s CPUs, device config '%s' expects %s: it runs; for the best "
+            "speed re-export with --int8-preset %s",
+            bundle,
+            preset,
+            config.name,
+            config.int8_preset,
+            config.int8_preset,
         )
 
 
@@ -270,7 +282,7 @@ class ModelRegistry:
                 f"rename the folder to '{manifest.patient}' (the folder name is the patient id clients send)",
             )
         transcriber = self._factory(folder, self.device_config)
-        warn_on_precision(folder.name, manifest.precision, self.device_config)
+        warn_on_precision(folder.name, manifest, self.device_config)
         log.info(
             "loaded bundle '%s' (%s, %s) on %s",
             folder.name,

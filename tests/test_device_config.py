@@ -96,6 +96,7 @@ def test_a_custom_file_with_the_same_schema_loads(tmp_path):
         ({"providers": "CPUExecutionProvider"}, (), "providers"),  # not a list
         ({"providers": ["CPUExecutionProvider", "CPUExecutionProvider"]}, (), "providers"),
         ({"precision": "int4"}, (), "precision"),
+        ({"int8_preset": "avx3"}, (), "int8_preset"),
         ({"port": 0}, (), "port"),
         ({"port": 70000}, (), "port"),
         ({"host": "my laptop"}, (), "host"),
@@ -142,3 +143,14 @@ def test_overrides_are_validated_like_the_file():
     with pytest.raises(ResonanceError, match="host"):
         config.replace(host="not an address")
     assert dataclasses.replace(config, port=1) != config  # frozen dataclass semantics hold
+
+
+def test_int8_presets_are_the_same_names_in_export_and_in_every_device_config():
+    from resonance.export.quantize import INT8_PRESETS
+    from resonance.runtime.bundle import INT8_PRESETS as CONTRACT
+
+    assert tuple(INT8_PRESETS) == CONTRACT
+    presets = {name: load_device_config(name).int8_preset for name in list_device_configs()}
+    assert (
+        presets["jetson-orin-nano"] == presets["jetson-agx-orin"] == "arm64" and presets["pc-cpu"] == "avx2"
+    )

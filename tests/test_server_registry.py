@@ -144,6 +144,25 @@ def test_precision_mismatch_is_a_warning_not_an_error(models, tmp_path, caplog):
     assert "is fp32 but device config 'test' expects int8" in caplog.text
 
 
+def test_an_int8_bundle_for_another_cpu_is_a_warning(tmp_path, tiny_bundle, caplog):
+    """The manifest says which CPU the int8 weights were made for; the device config which CPU it has."""
+    from dataclasses import replace
+
+    from resonance.runtime.bundle import load_manifest
+    from resonance.runtime.models import warn_on_precision
+
+    manifest = replace(load_manifest(tiny_bundle), precision="int8", quantization={"int8_preset": "avx512"})
+    arm = load_device_config(write_config(tmp_path / "arm.yaml", precision="int8", int8_preset="arm64"))
+    with caplog.at_level(logging.WARNING):
+        warn_on_precision("p1", manifest, arm)
+    assert "quantised for avx512 CPUs, device config 'test' expects arm64" in caplog.text
+    assert "--int8-preset arm64" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        warn_on_precision("p1", manifest, arm.replace(int8_preset="avx512"))
+    assert caplog.text == ""
+
+
 def test_uploads_stay_in_memory(models, config):
     """Werkzeug would spool a >500 KB upload to a temp file; audio must never touch the disk."""
     app = create_app(ModelRegistry(models, config), config)
