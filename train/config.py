@@ -61,7 +61,7 @@ class TrainConfig:
     # noisy, while more epochs still help the recorded phrases: the *latest* evaluation within this margin of
     # the best is kept. On speaker A (100 clips) the strict rule kept epoch 2 (79 % seen / 71 % unseen); the
     # margin kept epoch 8 (93 % / 79 %): README, "Training: what the recipe does and why".
-    selection_tolerance: float | None = None  # CER margin; None = one standard error of the validation CER
+    selection_tolerance: float | None = None  # CER margin; unset = one standard error of the validation CER
     evals_per_epoch: float = 1.0
     augment: bool = False  # speed/gain/noise perturbation + SpecAugment
     # --- runtime
