@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from resonance.cli import add_command
-from resonance.export.quantize import INT8_PRESETS
+from resonance.export.quantize import INT8_OUTPUTS, INT8_PRESETS
 
 EXAMPLES = """\
   resonance export --adapter adapters/grandpa --out bundles/grandpa           # base model from the adapter
@@ -42,6 +42,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         choices=tuple(INT8_PRESETS),
         help="with --quantize int8: the CPU of the device that runs the bundle (avx2: most PCs; avx512: recent "
         "Intel/AMD; arm64: Jetson, Raspberry Pi) (default avx512; `resonance bench` compares them)",
+    )
+    p.add_argument(
+        "--int8-output",
+        choices=INT8_OUTPUTS,
+        default="int8",
+        help="with --quantize int8: precision of the decoder's output projection (default int8: ~300 MB less "
+        "RAM for whisper-base; fp32 when the parity check says int8 logits lose accuracy)",
     )
     p.add_argument("--patient", help="name recorded in the manifest (default: the --out folder's name)")
     p.add_argument(
@@ -81,6 +88,7 @@ def _run(args: argparse.Namespace) -> int:
         adapter=args.adapter,
         quantize=args.quantize,
         int8_preset=args.int8_preset,
+        int8_output=args.int8_output,
         patient=args.patient,
         force=args.force,
         parity_clips=args.parity_clips,

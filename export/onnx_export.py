@@ -22,7 +22,12 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from resonance import __version__
 from resonance.errors import ResonanceError
-from resonance.export.quantize import DEFAULT_INT8_PRESET, INT8_PRESETS, check_int8_preset
+from resonance.export.quantize import (
+    DEFAULT_INT8_PRESET,
+    INT8_PRESETS,
+    check_int8_output,
+    check_int8_preset,
+)
 from resonance.fsutil import atomic_directory, refuse_to_overwrite, write_json_atomic
 from resonance.runtime.bundle import (
     MANIFEST,
@@ -61,6 +66,7 @@ def export_bundle(
     dynamic_window: bool = False,
     allow_worse: bool = False,
     int8_preset: Optional[str] = None,
+    int8_output: str = "int8",
 ) -> Path:
     """Export ``base_model`` (+ ``adapter``) to a bundle at ``out``; returns ``out``.
 
@@ -69,7 +75,8 @@ def export_bundle(
     give identical tokens). Raises ParityError (and leaves nothing at ``out``) when the check fails.
     ``dynamic_window``: the encoder also takes shorter inputs (export/dynamic_window.py; off by default).
     ``allow_worse``: export an adapter whose training report says it is worse than the generic model.
-    ``int8_preset``: with ``quantize="int8"``, the target CPU (export/quantize.py INT8_PRESETS).
+    ``int8_preset``: with ``quantize="int8"``, the target CPU (export/quantize.py INT8_PRESETS);
+    ``int8_output``: "int8" or "fp32" for the decoder's output projection (export/quantize.py convert_decoder).
     """
     out = Path(out)
     if quantize not in QUANTIZE_CHOICES:
@@ -82,6 +89,7 @@ def export_bundle(
         )
     int8_preset = int8_preset or DEFAULT_INT8_PRESET
     check_int8_preset(int8_preset)
+    check_int8_output(int8_output)
     refuse_to_overwrite(out, force, "bundle")  # before minutes of work, not after
     info = read_adapter(Path(adapter)) if adapter is not None else AdapterInfo()
     if info.report.get("improved") is False and not allow_worse:
@@ -99,7 +107,7 @@ def export_bundle(
     with atomic_directory(out, force, "bundle") as tmp:
         raw = tmp / ".optimum"
         export_onnx(model, raw, dynamic_window)
-        precision = write_onnx_files(raw, tmp, quantize, int8_preset)
+        precision = write_onnx_files(raw, tmp, quantize, int8_preset, int8_output)
         shutil.rmtree(raw)
         copy_tokenizer(model_dir, tmp / TOKENIZER_FILE)
         manifest = build_manifest(
@@ -108,7 +116,11 @@ def export_bundle(
         manifest = replace(
             manifest,
             audio=replace(manifest.audio, dynamic_window=dynamic_window),
-            quantization={"int8_preset": int8_preset, **INT8_PRESETS[int8_preset]}
+            quantization={
+                "int8_preset": int8_preset,
+                **INT8_PRESETS[int8_preset],
+                "output_projection": int8_output,
+            }
             if precision == "int8"
             else {},
         )
@@ -302,13 +314,15 @@ def export_onnx(model, raw: Path, dynamic_window: bool = False) -> Tuple[Path, P
     return encoder, decoder
 
 
-def write_onnx_files(raw: Path, bundle: Path, quantize: str, int8_preset: str = DEFAULT_INT8_PRESET) -> str:
+def write_onnx_files(
+    raw: Path, bundle: Path, quantize: str, int8_preset: str = DEFAULT_INT8_PRESET, int8_output: str = "int8"
+) -> str:
     """Write encoder.onnx and decoder.onnx (quantised per file) into ``bundle``; returns the precision."""
     from resonance.export.quantize import convert, convert_decoder
 
     precision = PRECISION_OF[quantize]
     convert(raw / "encoder_model.onnx", bundle / ENCODER_FILE, precision, int8_preset)
-    convert_decoder(raw, bundle / DECODER_FILE, precision, int8_preset)
+    convert_decoder(raw, bundle / DECODER_FILE, precision, int8_preset, int8_output)
     return precision
 
 

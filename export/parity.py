@@ -189,10 +189,15 @@ def judge(
     log.info("parity (%s): %s %.3f (tolerance %.3f)", precision, report["criterion"], measured, tolerance)
     if measured > tolerance:
         other = "int8" if precision == "fp16" else "fp16 (on a GPU)"
+        int8_output = (
+            "try --int8-output fp32 (float logits) or --int8-preset per-tensor, "
+            if precision == "int8"
+            else ""
+        )
         raise ParityError(
             f"the {precision} bundle {what} {measured:.3f} > tolerance {tolerance:.3f}",
-            f"export with --quantize none (fp32) or {other}, check on the person's own labelled clips "
-            "(--parity-clips DATA_FOLDER), or raise --parity-tolerance",
+            f"{int8_output}export with --quantize none (fp32) or {other}, check on the person's own labelled "
+            "clips (--parity-clips DATA_FOLDER), or raise --parity-tolerance",
         )
     return report
 

@@ -144,12 +144,16 @@ def test_decoder_is_the_merged_kv_cache_graph(base_bundle):
     layers = load_manifest(base_bundle).model.decoder_layers
     assert sum(n.startswith("past_key_values.") for n in names) == 4 * layers  # self + cross, key + value
     assert count_ops(base_bundle / "decoder.onnx")["If"] == 1
-    # One copy of the weights for both branches: the (tied) vocabulary matrix appears once.
+    # One copy of the weights for both branches. The tied vocabulary matrix is stored as the embedding and,
+    # transposed, as the output projection, both in the outer graph: no branch transposes a weight itself
+    # (onnxruntime would fold one more copy per branch into memory).
     import onnx
 
     vocab = load_manifest(base_bundle).model.vocab_size
     graph = onnx.load(str(base_bundle / "decoder.onnx")).graph
-    assert sum(vocab in t.dims for t in graph.initializer) == 1
+    weights = {t.name for t in graph.initializer}
+    assert sum(vocab in t.dims for t in graph.initializer) == 2
+    assert not [n.name for n in walk_nodes(graph) if n.op_type == "Transpose" and n.input[0] in weights]
 
 
 def test_parity_passed_with_identical_tokens(base_bundle):
@@ -272,6 +276,11 @@ def test_quantized_export(quantize, base_bundle, tiny_whisper, tmp_path):
             out / "decoder.onnx"
         )  # the decoder's layers, not just the encoder
         assert count_ops(out / "encoder.onnx")["MatMulInteger"] > 0
+        import onnx
+
+        vocab = load_manifest(out).model.vocab_size  # the output projection is quantised too
+        decoder = onnx.load(str(out / "decoder.onnx")).graph
+        assert any(vocab in t.dims and t.data_type == onnx.TensorProto.INT8 for t in decoder.initializer)
         assert (out / "encoder.onnx").stat().st_size < 0.85 * (base_bundle / "encoder.onnx").stat().st_size
     else:
         session = ort.InferenceSession(str(out / "decoder.onnx"), providers=["CPUExecutionProvider"])
@@ -309,7 +318,12 @@ def test_int8_preset_for_avx2_writes_unsigned_per_channel_weights(base_bundle, t
     out = tmp_path / "avx2"
     export_bundle(str(tiny_whisper), out, quantize="int8", int8_preset="avx2", parity_tolerance=1.0)
     manifest = load_manifest(out)
-    assert manifest.quantization == {"int8_preset": "avx2", "weight_type": "QUInt8", "per_channel": True}
+    assert manifest.quantization == {
+        "int8_preset": "avx2",
+        "weight_type": "QUInt8",
+        "per_channel": True,
+        "output_projection": "int8",
+    }
     weights = _int8_weights(out / "encoder.onnx")
     assert weights and {dtype for dtype, _ in weights.values()} == {np.dtype("uint8")}
     assert all(scales > 1 for _, scales in weights.values())  # one scale per output channel
@@ -343,8 +357,8 @@ def _corrupting(monkeypatch):
 
     real = onnx_export.write_onnx_files
 
-    def corrupt(raw, bundle, quantize):
-        precision = real(raw, bundle, quantize)
+    def corrupt(raw, bundle, *settings):
+        precision = real(raw, bundle, *settings)
         model = onnx.load(str(bundle / "decoder.onnx"))
         biggest = max(model.graph.initializer, key=lambda t: np.prod(t.dims))  # the tied embedding
         array = onnx.numpy_helper.to_array(biggest)
@@ -460,13 +474,24 @@ def test_whisper_base_runtime_matches_pytorch(whisper_base, tmp_path):
 
 @pytest.mark.slow
 def test_whisper_base_int8_within_tolerance(whisper_base, tmp_path):
+    """The *generic* model on the demo's dysarthric clips: with per-channel weights (the default preset) its
+    greedy path falls apart (measured: +54 points of CER), which the parity check refuses with what to try;
+    one scale per matrix passes. (A personal model is the other way round: README, Speed.)"""
+    with pytest.raises(ParityError, match="--int8-preset per-tensor"):
+        export_bundle(str(whisper_base), tmp_path / "q", quantize="int8", parity_clips=[DEMO_DATA / "take2"])
+    assert not (tmp_path / "q").exists()
     bundle = export_bundle(
-        str(whisper_base), tmp_path / "int8", quantize="int8", parity_clips=[DEMO_DATA / "take2"]
+        str(whisper_base),
+        tmp_path / "int8",
+        quantize="int8",
+        int8_preset="per-tensor",
+        parity_clips=[DEMO_DATA / "take2"],
     )
     parity = load_manifest(bundle).parity
     assert parity["precision"] == "int8" and parity["criterion"] == "accuracy loss vs labels"
     assert parity["accuracy_loss"] <= parity["tolerance"] == 0.10
-    fp32_size = 82e6 + 208e6  # whisper-base fp32 encoder + decoder
+    # int8 layers and output projection; the embedding (a Gather, not quantised) stays float: 106 MB of it
+    fp32_size = 82e6 + 208e6  # whisper-base fp32 encoder + decoder (embedding + 6 layers)
     assert (
-        sum(e["bytes"] for k, e in load_manifest(bundle).files.items() if k != "tokenizer") < 0.6 * fp32_size
+        sum(e["bytes"] for k, e in load_manifest(bundle).files.items() if k != "tokenizer") < 0.7 * fp32_size
     )
