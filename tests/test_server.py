@@ -152,7 +152,7 @@ def server(tmp_path_factory, tiny_bundle):
     incomplete = copy_bundle(tiny_bundle, models, "incomplete")
     (incomplete / "decoder.onnx").unlink()
     shutil.copytree(tiny_bundle, models / ".p2.tmp-123")  # fsutil.atomic_directory's temp folder
-    config = write_config(root / "test.yaml", max_audio_seconds=5, max_upload_mb=1, max_concurrent_requests=2)
+    config = write_config(root / "test.yaml", max_audio_seconds=5, max_upload_mb=3, max_concurrent_requests=2)
     srv = Server(models, config)
     yield srv
     srv.stop()
@@ -260,6 +260,13 @@ def _nan_wav() -> bytes:
     return wav(samples, subtype="FLOAT")
 
 
+def _inf_wav() -> bytes:
+    samples = _samples(0.5)
+    samples[200] = np.inf
+    samples[300] = -np.inf
+    return wav(samples, subtype="FLOAT")
+
+
 def _truncated_data() -> bytes:
     data = wav(_samples(1.0))
     return data[: len(data) // 2]  # header promises 1 s, half of it arrived
@@ -286,6 +293,7 @@ UPLOADS = {
     "random bytes": (lambda: np.random.default_rng(0).bytes(30000), 400, "bad_audio"),
     "PNG renamed .wav": (lambda: b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(2000), 400, "bad_audio"),
     "NaN samples": (_nan_wav, 400, "bad_audio"),
+    "inf samples": (_inf_wav, 400, "bad_audio"),
     "FLAC": (lambda: _encoded(_samples(1.0), "FLAC"), 200, None),
     "OGG Vorbis": (lambda: _encoded(_samples(1.0), "OGG"), 200, None),
     "longer than max_audio_seconds": (lambda: wav(_samples(6.0)), 413, "audio_too_long"),
@@ -294,7 +302,8 @@ UPLOADS = {
         413,
         "audio_too_long",
     ),
-    "body over max_upload_mb": (lambda: wav(_samples(40.0)), 413, "too_large"),
+    "body over max_upload_mb": (lambda: wav(_samples(120.0)), 413, "too_large"),  # 3.8 MB
+    "10 min audio (8 kHz 8-bit)": (lambda: wav(_samples(600.0, 8000), 8000, "PCM_U8"), 413, "too_large"),
 }
 
 
@@ -308,6 +317,14 @@ def test_bad_input_matrix_uploads(server, case):
     else:
         assert_error(response, status, code)
     print(f"MATRIX {case}: {response.status_code}")
+
+
+def test_a_body_far_over_the_cap_is_refused_before_it_is_read(server):
+    """Beyond twice max_upload_mb waitress itself answers 413 (plain text: it never reaches the app, so no
+    body is buffered), and the server keeps serving."""
+    response = server.post(files={"file": ("huge.wav", bytes(8 * 1024 * 1024), "audio/wav")})
+    assert response.status_code == 413
+    assert server.get("/health").status_code == 200
 
 
 def test_zero_seconds_of_audio_is_an_empty_transcript(server):
