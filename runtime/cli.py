@@ -182,7 +182,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--warmup",
         type=int,
-        help="good requests sent first and not counted, before the 'before' memory reading (default 4 per client)",
+        help="requests of every kind sent first and not counted, before the baseline memory reading (default 4 per client)",
     )
     p.add_argument(
         "--max-rss-growth",

@@ -152,5 +152,5 @@ def test_int8_presets_are_the_same_names_in_export_and_in_every_device_config():
     assert tuple(INT8_PRESETS) == CONTRACT
     presets = {name: load_device_config(name).int8_preset for name in list_device_configs()}
     assert (
-        presets["jetson-orin-nano"] == presets["jetson-agx-orin"] == "arm64" and presets["pc-cpu"] == "avx2"
+        presets["jetson-orin-nano"] == presets["jetson-agx-orin"] == "arm64" and presets["pc-cpu"] == "avx512"
     )

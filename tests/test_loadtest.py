@@ -26,8 +26,16 @@ def server(tmp_path_factory, tiny_bundle):
 
 
 def test_mixed_load_gets_no_unexpected_5xx(server):
+    # 40 requests are too few to hold memory to the 10 % target (the 1000-request run in the README does);
+    # here the verdict is about statuses, and the memory readings must be there.
     settings = LoadtestSettings(
-        url=server.base, clients=2, requests=40, max_seconds=120, bad_fraction=0.4, server_pid=server.proc.pid
+        url=server.base,
+        clients=2,
+        requests=40,
+        max_seconds=120,
+        bad_fraction=0.4,
+        server_pid=server.proc.pid,
+        max_rss_growth=0.5,
     )
     report = run_loadtest(settings)
     summary = report.summary()
