@@ -49,7 +49,8 @@ class DecodingOptions:
     repetition_ngram: int = 8
     # Whisper mixes Traditional and Simplified characters; training labels and users expect Simplified.
     to_simplified: bool = True
-    # Greedy search only (beam search costs beam_size x the decoder work for little gain on short phrases).
+    # Greedy only. Beam search, measured in PyTorch on speaker A's personal model: 4 beams CER 10.6 -> 9.0 %
+    # for 2x the time (batched; ~4x the decoder work here). The phrase board is the bigger win; not built yet.
     beam_size: int = 1
 
     def __post_init__(self) -> None:
