@@ -266,6 +266,7 @@ class Transcriber:
                 repetition_ngram=opts.repetition_ngram,
                 runner=runner,
                 primed=primed,
+                beam_size=opts.beam_size,
             )
             if out.stopped_by == "repetition":
                 log.info("decoding stopped by the repetition guard after %d tokens", len(out.tokens))

@@ -470,6 +470,9 @@ def test_whisper_base_runtime_matches_pytorch(whisper_base, tmp_path):
         ids = model.generate(features, language="zh", task="transcribe", max_new_tokens=40, num_beams=1)
     expected = to_simplified(processor.batch_decode(ids, skip_special_tokens=True)[0].strip())
     assert result.text == expected == "我还想吃一点"
+    # Beam search (optional) agrees on a clip greedy gets right.
+    beam = Transcriber(bundle, options={"beam_size": 4}).transcribe(clip)
+    assert beam.text == "我还想吃一点"
 
 
 @pytest.mark.slow

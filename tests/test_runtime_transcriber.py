@@ -187,3 +187,18 @@ def test_corrupt_bundle_is_refused(bundle, tmp_path):
         fh.write(b"\x00\x01\x02\x03")
     with pytest.raises(BundleError, match="sha256"):
         Transcriber(broken)
+
+
+def test_beam_search_is_optional_and_bounded(tiny_bundle):
+    """beam_size 1 is the greedy path; more beams decode within the same token budget."""
+    from resonance.runtime.decoding import DecodingOptions
+
+    audio = tone(1.5)
+    greedy = Transcriber(tiny_bundle).transcribe(audio)
+    assert Transcriber(tiny_bundle, options={"beam_size": 1}).transcribe(audio).tokens == greedy.tokens
+    beam = Transcriber(tiny_bundle, options={"beam_size": 3, "max_new_tokens": 6, "tokens_per_second": None})
+    result = beam.transcribe(audio)
+    assert isinstance(result.text, str) and len(result.tokens) <= 6
+    for bad in (0, 17):
+        with pytest.raises(ResonanceError, match="beam_size"):
+            DecodingOptions(beam_size=bad)
