@@ -36,11 +36,8 @@ INT8_PRESETS = {
     "arm64": {"weight_type": "QInt8", "per_channel": True},  # Jetson
     "per-tensor": {"weight_type": "QInt8", "per_channel": False},  # one scale per matrix (Resonance <= 0.1)
 }
-DEFAULT_INT8_PRESET = "avx512"
-INT8_OUTPUTS = (
-    "int8",
-    "fp32",
-)  # the decoder's output projection in an int8 bundle  # the names are the bundle contract's (runtime/bundle.py INT8_PRESETS)
+DEFAULT_INT8_PRESET = "avx512"  # the names are the bundle contract's (runtime/bundle.py INT8_PRESETS)
+INT8_OUTPUTS = ("int8", "fp32")  # the decoder's output projection in an int8 bundle
 
 SINGLE_FILE_LIMIT = 2**31 - 1  # protobuf's 2 GB limit: a bigger model would need external data files
 
@@ -62,19 +59,20 @@ def convert_decoder(
         untied = raw / "decoder_model_merged.untied.onnx"
         model = _load(raw / "decoder_model_merged.onnx")
         projection = set(untie_output_projection(model))
+        if precision == "fp32":  # the untied graph is the fp32 decoder: no second load and save
+            save_single_file(model, dst)
+            log.info("%s: fp32, %.1f MB", dst.name, dst.stat().st_size / 1e6)
+            return
+        if precision != "int8":
+            raise ResonanceError(f"unknown precision {precision!r}", "use fp32, int8 or fp16")
         keep_float = sorted(
             {n.name for n in walk_nodes(model.graph) if n.op_type == "MatMul" and projection & set(n.input)}
         )
-        save_single_file(model, untied)
+        save_single_file(model, untied)  # quantize_dynamic reads a file
         del model
-        if precision == "int8":
-            check_int8_output(int8_output)
-            quantize_int8(untied, dst, int8_preset, keep_float if int8_output == "fp32" else [])
-            log.info(
-                "%s: int8, output projection %s, %.1f MB", dst.name, int8_output, dst.stat().st_size / 1e6
-            )
-        else:
-            convert(untied, dst, precision)
+        check_int8_output(int8_output)
+        quantize_int8(untied, dst, int8_preset, keep_float if int8_output == "fp32" else [])
+        log.info("%s: int8, output projection %s, %.1f MB", dst.name, int8_output, dst.stat().st_size / 1e6)
         return
     # float16's converter breaks an already merged graph (the If branches' outputs end up referring to the
     # outer graph), so convert the two decoders and merge them afterwards, as Optimum merges fp32 ones.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Iterable
+
 
 class ResonanceError(Exception):
     """An error caused by input or environment, with a hint telling the user what to do.
@@ -38,3 +40,13 @@ def require(module: str, extra: str, purpose: str):
             f"{purpose} needs the Python package '{module}', which is not installed ({exc}).",
             f"pip install 'resonance-asr[{extra}]'",
         ) from exc
+
+
+def reject_unknown_fields(cls: type, values: Iterable[str], what: str) -> None:
+    """A mapping meant for dataclass ``cls`` (from YAML/JSON/an API) may name only its fields."""
+    from dataclasses import fields
+
+    known = sorted(f.name for f in fields(cls))
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ResonanceError(f"unknown {what}(s) {unknown}", f"known options: {known}")

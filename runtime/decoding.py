@@ -14,12 +14,12 @@ tasks, <|nocaptions|>, timestamps: we decode without timestamps, so none of them
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from resonance.errors import ResonanceError
+from resonance.errors import ResonanceError, reject_unknown_fields
 from resonance.runtime.bundle import ModelSpec, TokenSpec
 from resonance.runtime.sessions import numpy_dtype
 
@@ -74,10 +74,7 @@ class DecodingOptions:
             return cls()
         if isinstance(value, cls):
             return value
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(value) - known)
-        if unknown:
-            raise ResonanceError(f"unknown decoding option(s) {unknown}", f"known options: {sorted(known)}")
+        reject_unknown_fields(cls, value, "decoding option")
         return cls(**dict(value))
 
     def token_budget(self, audio_seconds: float) -> int:
@@ -194,7 +191,7 @@ class GreedyDecoder:
             return DecodeOutput((), no_speech_prob, "no_speech")
         if beam_size > 1:
             tokens, stopped_by = self._beam(
-                encoder_hidden_states, logits, presents, cross, budget, beam_size, suppress_blank, runner
+                encoder_hidden_states, logits, presents, budget, beam_size, suppress_blank
             )
             drop = repeated_tail(tokens, repetition_count, repetition_ngram)
             if drop:
@@ -231,11 +228,9 @@ class GreedyDecoder:
         encoder_hidden_states,
         logits,
         presents: Dict[str, Any],
-        cross: Dict[str, Any],
         budget: int,
         beam_size: int,
         suppress_blank: bool,
-        runner: StepRunner,
     ) -> Tuple[List[int], str]:
         """Beam search: the beams share one decoder call per step (batch = beams); the audio's cross-attention
         cache stays batch 1 and the graph broadcasts it (as in phrase scoring). A hypothesis ends at eot and
@@ -244,10 +239,10 @@ class GreedyDecoder:
         # Host arrays throughout (beams are re-ordered with numpy): an IOBinding first step is copied back once.
         runner = NumpyStepRunner(self.session)
         presents = {name: _host(value) for name, value in presents.items()}
-        cross = {name: _host(value) for name, value in cross.items()}
+        cross = {name: value for name, value in presents.items() if ".encoder." in name}
+        self_past = {name: value for name, value in presents.items() if ".encoder." not in name}
         beams: List[Tuple[List[int], float]] = [([], 0.0)]  # (tokens, summed log-probability)
         finished: List[Tuple[float, List[int]]] = []
-        self_past = {name: value for name, value in presents.items() if ".encoder." not in name}
         step_logits = _host(logits)[:, -1]  # (beams, vocab)
         for _ in range(budget):
             candidates: List[Tuple[float, int, int]] = []  # (score, beam index, token)
@@ -283,12 +278,18 @@ class GreedyDecoder:
         return max(beams, key=lambda b: b[1] / (len(b[0]) + 1))[0], "budget"
 
     def _log_softmax(self, logits: np.ndarray, first: bool) -> np.ndarray:
-        x = np.array(logits, dtype=np.float64)
+        x = self._allowed(logits, first, np.float64)
+        x -= x.max()
+        return x - np.log(np.exp(x).sum())
+
+    def _allowed(self, logits: np.ndarray, first: bool, dtype) -> np.ndarray:
+        """A copy of ``logits`` (the session's buffer stays untouched) with Whisper's suppressed ids at -inf,
+        and at the first generated position the begin-suppress ids too."""
+        x = np.array(logits, dtype=dtype)
         x[self.mask] = -np.inf
         if first:
             x[list(self.tokens.begin_suppress)] = -np.inf
-        x -= x.max()
-        return x - np.log(np.exp(x).sum())
+        return x
 
     def prime(self, encoder_hidden_states, runner: Optional[StepRunner] = None) -> Tuple[Any, Dict[str, Any]]:
         """The first step: the SOT sequence with empty pasts -> (logits [1, len(sot), vocab], presents).
@@ -303,11 +304,7 @@ class GreedyDecoder:
         return runner.step(feeds, self.present_to_past)
 
     def _next_token(self, logits: np.ndarray, first: bool) -> int:
-        logits = np.array(logits, dtype=np.float32)  # a copy: the mask must not touch the session's buffer
-        logits[self.mask] = -np.inf
-        if first:
-            logits[list(self.tokens.begin_suppress)] = -np.inf
-        return int(np.argmax(logits))
+        return int(np.argmax(self._allowed(logits, first, np.float32)))
 
     def no_speech_prob(self, sot_logits: np.ndarray) -> float:
         # openai/whisper: softmax of the logits at the SOT position, probability of <|nocaptions|>.

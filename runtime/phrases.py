@@ -36,12 +36,12 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from resonance.errors import ResonanceError
+from resonance.errors import ResonanceError, reject_unknown_fields
 
 log = logging.getLogger(__name__)
 
@@ -92,10 +92,7 @@ class PhraseOptions:
             return base
         if isinstance(value, cls):
             return value
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(value) - known)
-        if unknown:
-            raise ResonanceError(f"unknown phrase option(s) {unknown}", f"known options: {sorted(known)}")
+        reject_unknown_fields(cls, value, "phrase option")
         return replace(base, **dict(value))
 
 
