@@ -86,8 +86,19 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
         default = f.default_factory() if f.default_factory is not MISSING else f.default
         text = helps.get(f.name, "")
         if isinstance(default, bool):
-            parser.add_argument(
-                flag, action=argparse.BooleanOptionalAction, default=None, help=f"{text} (default: {default})"
+            # --x / --no-x by hand: argparse.BooleanOptionalAction is Python 3.9+, and this parser is
+            # built on every `resonance` call, including the runtime's on JetPack 5 (Python 3.8).
+            group = parser.add_mutually_exclusive_group()
+            group.add_argument(
+                flag,
+                dest=f.name,
+                action="store_const",
+                const=True,
+                default=None,
+                help=f"{text} (default: {default}; --no-{flag[2:]} undoes a --config)",
+            )
+            group.add_argument(
+                "--no-" + flag[2:], dest=f.name, action="store_const", const=False, help=argparse.SUPPRESS
             )
         elif isinstance(default, list):
             parser.add_argument(
