@@ -78,6 +78,11 @@ def _name(spec: ProviderSpec) -> str:
     return spec if isinstance(spec, str) else spec[0]
 
 
+# What has been warned about in this process: the encoder, the decoder and every patient's bundle resolve the
+# same wish list, and the caregiver should read the fallback once, not once per session.
+_WARNED: set = set()
+
+
 def resolve_providers(requested: Sequence[ProviderSpec]) -> List[ProviderSpec]:
     """Keep the requested providers this build has, in order; CPU is always the last resort."""
     ort = import_onnxruntime()
@@ -85,13 +90,14 @@ def resolve_providers(requested: Sequence[ProviderSpec]) -> List[ProviderSpec]:
     chosen = [spec for spec in requested if _name(spec) in available]
     if CPU not in [_name(spec) for spec in chosen]:
         chosen.append(CPU)
-    for spec in requested:
-        if _name(spec) not in available:
-            log.warning("%s", unavailable_message(_name(spec), fallback=_name(chosen[0])))
+    missing = tuple(_name(spec) for spec in requested if _name(spec) not in available)
+    if missing and (missing, _name(chosen[0])) not in _WARNED:
+        _WARNED.add((missing, _name(chosen[0])))
+        log.warning("%s", unavailable_message(missing, fallback=_name(chosen[0])))
     return chosen
 
 
-def unavailable_message(name: str, fallback: str = CPU) -> str:
+def unavailable_message(names: Sequence[str], fallback: str = CPU) -> str:
     """One line that says what is missing, what happens instead and how to get it."""
     dists = _installed_distributions()
     if "onnxruntime" in dists and any(d.startswith("onnxruntime-gpu") for d in dists):
@@ -100,8 +106,10 @@ def unavailable_message(name: str, fallback: str = CPU) -> str:
             "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu"
         )
     else:
-        how = _INSTALL_HINT.get(name, "install an onnxruntime build that has it")
-    return f"{name} not available in this onnxruntime build ({how}); falling back to {_short(fallback)}"
+        hints = [_INSTALL_HINT.get(name, "install an onnxruntime build that has it") for name in names]
+        how = "; ".join(dict.fromkeys(hints))  # unique, in order
+    missing = ", ".join(_short(name) for name in names)
+    return f"{missing} not available in this onnxruntime build ({how}); falling back to {_short(fallback)}"
 
 
 def _short(name: str) -> str:

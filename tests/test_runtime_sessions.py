@@ -23,30 +23,36 @@ def bundle(tiny_bundle) -> Path:
 
 
 @pytest.fixture
-def cpu_only_build():
+def cpu_only_build(monkeypatch):
     if CUDA in ort.get_available_providers():
         pytest.skip("this onnxruntime build has CUDA: the fallback cannot be observed")
+    monkeypatch.setattr(sessions, "_WARNED", set())  # each test sees the process's first fallback
 
 
-def test_missing_provider_falls_back_to_cpu_with_one_warning(cpu_only_build, caplog):
+def _warnings(caplog) -> list:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+
+def test_missing_providers_fall_back_to_cpu_with_one_warning(cpu_only_build, caplog):
     with caplog.at_level(logging.WARNING, logger="resonance.runtime.sessions"):
         chosen = resolve_providers(["TensorrtExecutionProvider", CUDA, "CPUExecutionProvider"])
+        resolve_providers(["TensorrtExecutionProvider", CUDA, "CPUExecutionProvider"])  # a second session
     assert chosen == ["CPUExecutionProvider"]
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 2  # one line per missing provider
-    cuda_line = next(w for w in warnings if w.startswith(CUDA))
-    assert "not available in this onnxruntime build" in cuda_line
-    assert "onnxruntime-gpu" in cuda_line  # says how to get it
-    assert cuda_line.endswith("falling back to CPU")
+    [line] = _warnings(caplog)  # one line for both providers, and not again for the next session
+    assert line.startswith("Tensorrt, CUDA not available in this onnxruntime build")
+    assert "onnxruntime-gpu" in line and "TensorRT" in line  # says how to get each
+    assert line.endswith("falling back to CPU")
 
 
 def test_transcriber_reports_the_providers_in_use(cpu_only_build, bundle, caplog):
     from resonance.runtime.transcriber import Transcriber
 
     with caplog.at_level(logging.WARNING):
-        transcriber = Transcriber(bundle, providers=(CUDA,))
+        transcriber = Transcriber(bundle, providers=(CUDA,))  # an encoder and a decoder session
+        Transcriber(bundle, providers=(CUDA,))  # a second patient's bundle
     assert transcriber.providers == ["CPUExecutionProvider"]
-    assert any("CUDAExecutionProvider not available" in r.getMessage() for r in caplog.records)
+    assert _warnings(caplog) == [caplog.records[0].getMessage()]
+    assert _warnings(caplog)[0].startswith("CUDA not available")
     assert not transcriber.on_gpu
 
 
@@ -58,7 +64,7 @@ def test_cpu_is_always_the_last_resort():
 
 def test_both_wheels_installed_gets_the_conflict_fix(monkeypatch):
     monkeypatch.setattr(sessions, "_installed_distributions", lambda: ["onnxruntime", "onnxruntime-gpu"])
-    message = sessions.unavailable_message(CUDA)
+    message = sessions.unavailable_message([CUDA])
     assert "both onnxruntime and onnxruntime-gpu are installed" in message
     assert "pip uninstall -y onnxruntime onnxruntime-gpu" in message
 
