@@ -14,7 +14,7 @@ from conftest import tone
 
 from resonance.errors import ResonanceError
 from resonance.runtime.bundle import BundleError, load_manifest
-from resonance.runtime.decoding import DecodingOptions, repeated_tail, suppress_mask
+from resonance.runtime.decoding import DecodingOptions, GreedyDecoder, repeated_tail, suppress_mask
 from resonance.runtime.transcriber import Transcriber, TranscriptionResult
 
 
@@ -202,3 +202,51 @@ def test_beam_search_is_optional_and_bounded(tiny_bundle):
     for bad in (0, 17):
         with pytest.raises(ResonanceError, match="beam_size"):
             DecodingOptions(beam_size=bad)
+
+
+class _ScriptedDecoder:
+    """The real decoder session, with its logits overridden to say ``script`` then eot.
+
+    A random model says nothing in particular; scripting its output tests the decoding rules themselves.
+    """
+
+    def __init__(self, session, script, eot: int) -> None:
+        self.session, self.script, self.eot = session, list(script), eot
+        self.position = 0  # generated tokens so far (one per run: the greedy path decodes one token a step)
+
+    def __getattr__(self, name):
+        return getattr(self.session, name)
+
+    def run(self, output_names, feeds, *args):
+        values = self.session.run(output_names, feeds, *args)
+        logits = values[output_names.index("logits")]
+        logits[..., -1, :] = 0.0
+        wanted = self.script[self.position] if self.position < len(self.script) else self.eot
+        logits[..., -1, wanted] = 1e4
+        logits[..., -1, self.eot] = max(logits[0, -1, self.eot], 5e3)  # eot always close behind
+        self.position += 1
+        return values
+
+
+def _scripted(bundle: Path, text: str = "", **options) -> Transcriber:
+    transcriber = Transcriber(bundle, options=options)
+    eot = transcriber.manifest.tokens.eot
+    script = transcriber.tokenizer.encode(text) if text else []
+    transcriber.decoder = _ScriptedDecoder(transcriber.decoder, script, eot)
+    transcriber.greedy = GreedyDecoder(
+        transcriber.decoder, transcriber.manifest.tokens, transcriber.manifest.model
+    )
+    return transcriber
+
+
+def test_begin_suppress_keeps_the_first_token_from_ending_the_text(bundle):
+    # The model's first choice is eot (an empty transcript for audio that has sound): Whisper's begin_suppress
+    # masks eot and blank at the first step, so the runner-up is taken and eot ends the text after it.
+    assert len(_scripted(bundle).transcribe(tone(1.0)).tokens) == 1
+    assert _scripted(bundle, suppress_blank=False).transcribe(tone(1.0)).tokens == ()
+
+
+def test_traditional_characters_come_out_simplified_unless_turned_off(bundle):
+    said = "我們說話對嗎"
+    assert _scripted(bundle, said).transcribe(tone(1.0)).text == "我们说话对吗"
+    assert _scripted(bundle, said, to_simplified=False).transcribe(tone(1.0)).text == said
