@@ -2,7 +2,7 @@
 
 Endpoints:
   GET  /                          the caregiver's web page (runtime/static: record or upload, see the text)
-  GET  /health                    liveness, version, providers, number of patients (never their ids)
+  GET  /health                    liveness, version, providers, number of patients (+ their ids if authorized)
   GET  /patients                  the patients this server has (id, base model, precision, metrics ...)
   POST /transcribe                multipart field ``file`` (+ optional ``patient``, ``mode``) -> {"text", ...}
                                   mode=both (default): text + the best known phrase ("phrase",
@@ -179,19 +179,23 @@ def create_app(
     slots = _Slots(device_config.max_concurrent_requests, device_config.queue_timeout_s)
     retention = Retention(settings.retain_dir, SAMPLE_RATE) if settings.retain_dir else None
 
+    def _authorized() -> bool:
+        """An open server, or the request carries its bearer token."""
+        if not settings.auth_token:
+            return True
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            token.strip().encode(), settings.auth_token.encode()
+        )
+
     @app.before_request
     def _check_auth() -> Optional[Response]:
         g.started = time.perf_counter()
         g.log_fields = {}
         # Open: liveness, and the page itself (it holds no patient data and must load to ask for the token).
-        if not settings.auth_token or request.path in ("/", "/health") or request.path.startswith("/static/"):
+        if request.path in ("/", "/health") or request.path.startswith("/static/") or _authorized():
             return None
         header = request.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() == "bearer" and hmac.compare_digest(
-            token.strip().encode(), settings.auth_token.encode()
-        ):
-            return None
         return error_response(
             401,
             "unauthorized",
@@ -252,7 +256,7 @@ def create_app(
             for name in getattr(bundle.transcriber, "providers", ()):
                 if name not in providers:
                     providers.append(name)
-        return jsonify(
+        body = dict(
             status="ok",
             version=__version__,
             device=device_config.name,
@@ -261,6 +265,9 @@ def create_app(
             rss_mb=rss_mb(),
             retaining=retention is not None,  # whether recordings are kept on disk (serve --retain)
         )
+        if _authorized():  # /health is open with --auth too (liveness): ids only for those who may see them
+            body["patient_ids"] = sorted(registry.patients)
+        return jsonify(**body)
 
     @app.get("/")
     def page() -> Response:

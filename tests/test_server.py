@@ -161,12 +161,13 @@ def server(tmp_path_factory, tiny_bundle):
 # -- the good path -----------------------------------------------------------------------------------------------------
 
 
-def test_health_says_ok_without_patient_data(server):
+def test_health_says_what_is_loaded(server):
     health = server.get("/health").json()
     assert health["status"] == "ok"
     assert health["version"]
     assert health["providers"] == ["CPUExecutionProvider"]
-    assert health["patients"] == 1  # a count, never ids
+    assert health["patients"] == 1
+    assert health["patient_ids"] == ["p1"]  # an open server: everyone on the LAN may see them
     assert health["rss_mb"] > 10
 
 
@@ -414,7 +415,8 @@ def test_auth_token_made_once_stored_0600_and_required(tmp_path, tiny_bundle):
         assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
         assert token in srv.output  # printed at the first start
         clip = {"file": ("clip.wav", wav(tone(1.0)), "audio/wav")}
-        assert srv.get("/health").json()["patients"] == 1  # open: the app can probe; a count, no ids
+        health = srv.get("/health").json()
+        assert health["patients"] == 1 and "patient_ids" not in health  # open to probe: a count, no ids
         response = srv.post(files=clip)
         assert_error(response, 401, "unauthorized")
         assert response.headers["WWW-Authenticate"].startswith("Bearer")
@@ -424,6 +426,7 @@ def test_auth_token_made_once_stored_0600_and_required(tmp_path, tiny_bundle):
         assert srv.post(files=clip, headers=good).status_code == 200
         assert srv.post("/v1/audio/transcriptions", files=clip, headers=good).status_code == 200
         assert srv.get("/patients", headers=good).json()[0]["id"] == "p1"
+        assert srv.get("/health", headers=good).json()["patient_ids"] == ["p1"]
     finally:
         srv.stop()
     again = Server(models, config, "--auth", "--token-file", str(token_file))
