@@ -82,7 +82,8 @@ def _decode(source: str | Path | bytes | bytearray) -> tuple[np.ndarray, int]:
     name = "the uploaded audio" if is_bytes else f"'{source}'"
     raise AudioError(
         f"could not decode {name}: not a recognised audio format, or a damaged file",
-        "use a WAV/FLAC/OGG/MP3 file (install 'av' for M4A/AAC), or convert it: resonance data convert",
+        "use a WAV/FLAC/OGG/MP3 file (M4A/AAC need pip install 'resonance-asr[formats]'), or convert it: "
+        "resonance data convert",
     ) from cause
 
 

@@ -47,6 +47,14 @@ def test_mel_filters_match_transformers():
     np.testing.assert_allclose(mel_filters(80), expected, rtol=1e-6, atol=1e-9)
 
 
+@pytest.mark.parametrize("n_mels", [80, 128])
+def test_mel_filters_match_librosa(n_mels):
+    # openai/whisper's mel_filters.npz was made with librosa.filters.mel; large-v3 uses 128 bands.
+    librosa = pytest.importorskip("librosa")
+    expected = librosa.filters.mel(sr=16000, n_fft=400, n_mels=n_mels).T
+    np.testing.assert_allclose(mel_filters(n_mels), expected, rtol=1e-5, atol=1e-7)
+
+
 def test_silence_is_the_floor_value():
     # log10(1e-10) = -10, max - 8 floor does not lift an all-zero input: (-10 + 4) / 4 everywhere.
     features = log_mel_spectrogram(np.zeros(16000, np.float32), window_seconds=5)
