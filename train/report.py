@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from resonance.fsutil import write_json_atomic, write_text_atomic
+from resonance.text import to_simplified
 
 FEW_RECORDINGS = 30  # below this the guide expects little gain
 GOOD_RECORDINGS = 50
@@ -35,12 +36,30 @@ def verdict(report: dict) -> tuple[str, list[str]]:
         )
     if len(report["train_texts"]) < max(3, report["n_train"] // 4):
         warnings.append("Few distinct phrases: the model may only learn these. Vary the phrases.")
-    val = report["history"].get("val", [])
-    if len(val) >= 2 and val[-1][1] > min(v for _, v in val) + 0.05:
+    if report.get("eval_is_validation"):
         warnings.append(
-            f"Validation CER rose after step {report['best_step']} (over-fitting); the best step was kept."
+            "The evaluation recordings are the validation phrases that also chose the kept step, so the "
+            "personalised accuracy above is optimistic. Pass a second take as --eval-data for a fair measure."
         )
-    return line, warnings
+    rose = overfitting_warning(
+        report["history"].get("val", []), report["best_step"], report.get("selection_margin") or 0.0
+    )
+    return line, warnings + ([rose] if rose else [])
+
+
+def overfitting_warning(val: list[list[float]], kept_step: int, margin: float) -> str | None:
+    """A warning when an earlier step was kept because every later evaluation was worse beyond the margin.
+
+    ``val``: [step, validation CER] per evaluation; the trainer keeps the latest within ``margin`` of the best.
+    """
+    later = [cer for step, cer in val if step > kept_step]
+    if not later or not all(cer > min(c for _, c in val) + margin for cer in later):
+        return None  # the last evaluation was kept, or these numbers are not an over-fitting run
+    return (
+        f"Validation CER rose after step {kept_step} (over-fitting): the {len(later)} later evaluation(s), "
+        f"up to step {val[-1][0]}, were more than {margin:.3f} above the best, so step {kept_step} was kept, "
+        "not the last one."
+    )
 
 
 def write_report(folder: Path, report: dict) -> dict:
@@ -67,10 +86,13 @@ def render_text(report: dict) -> str:
         f"{report['steps']} steps (kept {report['best_step']}{_margin(report)}), {report['train_seconds']} s on {report['device']} "
         f"({report['samples_per_second']} samples/s), audio window {report['window_seconds']:.0f} s",
         "",
-        "per recording: reference | generic | personalised",
+        "per recording: reference | generic | personalised (in Simplified characters, as the runtime writes "
+        "them and as CER is counted)",
     ]
-    for row in report["utterances"]:
-        lines.append(f"  {row['reference']} | {row['before']} | {row['hypothesis']}")
+    for row in report["utterances"]:  # report.json keeps the models' raw output
+        lines.append(
+            f"  {row['reference']} | {to_simplified(row['before'])} | {to_simplified(row['hypothesis'])}"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -24,6 +24,25 @@ from resonance.train.window import choose_window, shorten_audio_window
 
 log = logging.getLogger("resonance.train")
 FULL_WINDOW = 30.0
+EVAL_IS_VALIDATION = "validation split (also used to pick the step: optimistic)"
+# Options that a checkpoint's weights, data split and optimiser state depend on: resuming with other values
+# would silently mix two runs (peft loads LoRA weights non-strictly; the restored optimiser keeps its own
+# learning rate). Steps, epochs, patience, eval data and the machine may change.
+RESUME_MUST_MATCH = (
+    "data",
+    "max_train_samples",
+    "val_fraction",
+    "seed",
+    "base_model",
+    "language",
+    "task",
+    "window_seconds",
+    "lora_r",
+    "lora_alpha",
+    "target_modules",
+    "learning_rate",
+    "weight_decay",
+)
 
 
 def train(config: TrainConfig, generic_cache: dict | None = None) -> dict:
@@ -42,7 +61,8 @@ def train(config: TrainConfig, generic_cache: dict | None = None) -> dict:
 
     out = Path(config.out)
     checkpoint_path = out.with_name(out.name + ".partial") / "checkpoint.pt"
-    if not (config.resume and checkpoint_path.exists()):
+    checkpoint = _load_checkpoint(checkpoint_path, config) if config.resume else None
+    if checkpoint is None:
         refuse_to_overwrite(out, config.force, "adapter")
     _seed_everything(config.seed)
     _quiet_transformers()
@@ -58,9 +78,14 @@ def train(config: TrainConfig, generic_cache: dict | None = None) -> dict:
     tokenizer.set_prefix_tokens(language=config.language, task=config.task, predict_timestamps=False)
     examples = load_examples(utterances, tokenizer)
     train_set, val_set = split_examples(examples, config.val_fraction, config.seed)
+    # Without --eval-data the report is measured on the validation split, which also picks the kept step.
     eval_set = load_examples(eval_utterances, tokenizer) if config.eval_data else val_set
     if len(train_set) < 1:
         raise ResonanceError("no training utterances left after the validation split", "add recordings")
+    if not eval_set:  # TrainConfig refuses val_fraction 0 without eval_data; this is the last guard
+        raise ResonanceError(
+            "nothing to evaluate on", "pass --eval-data (a second take) or a --val-fraction above 0"
+        )
     window = config.window_seconds or choose_window(max(e.seconds for e in train_set), WINDOW_CHOICES)
     if not math.isfinite(window):
         raise ResonanceError("a training clip is longer than 30 s", "cut recordings into short phrases")
@@ -133,12 +158,12 @@ def train(config: TrainConfig, generic_cache: dict | None = None) -> dict:
     history: dict[str, list] = {"loss": [], "val": []}
     best = {"cer": math.inf, "step": 0, "state": None}
     step, bad_evals = 0, 0
-    if config.resume and checkpoint_path.exists():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
-        set_peft_model_state_dict(model, state["lora"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        step, history, best, bad_evals = state["step"], state["history"], state["best"], state["bad_evals"]
+    if checkpoint is not None:
+        set_peft_model_state_dict(model, checkpoint["lora"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        step, history, best = checkpoint["step"], checkpoint["history"], checkpoint["best"]
+        bad_evals = checkpoint["bad_evals"]
         log.info("resumed from step %d of %d", step, max_steps)
 
     # --- the loop
@@ -203,6 +228,7 @@ def train(config: TrainConfig, generic_cache: dict | None = None) -> dict:
                         "history": history,
                         "best": best,
                         "bad_evals": bad_evals,
+                        "config": config.to_json(),
                     },
                     checkpoint_path,
                 )
@@ -227,7 +253,8 @@ def train(config: TrainConfig, generic_cache: dict | None = None) -> dict:
         "cer_before": cer_before,
         "cer_after": cer_after,
         "improved": cer_after < cer_before,
-        "eval_source": config.eval_data or "held-out phrases of --data",
+        "eval_source": config.eval_data or EVAL_IS_VALIDATION,
+        "eval_is_validation": not config.eval_data,
         "n_train": len(train_set),
         "n_validation": len(val_set),
         "n_eval": len(eval_set),
@@ -263,6 +290,30 @@ def train(config: TrainConfig, generic_cache: dict | None = None) -> dict:
     checkpoint_path.unlink(missing_ok=True)
     _remove_empty(checkpoint_path.parent)
     return report
+
+
+def _load_checkpoint(path: Path, config: TrainConfig) -> dict | None:
+    """The interrupted run's state to resume from (None: there is none), if it was made with these options."""
+    import torch
+
+    if not path.exists():
+        log.info("--resume: no checkpoint at %s, starting from step 0", path)
+        return None
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    saved = checkpoint.get("config")
+    if saved is None:  # written before checkpoints recorded their options
+        log.warning("checkpoint %s does not record its options: resuming unchecked", path)
+        return checkpoint
+    current = config.to_json()
+    changed = [
+        f"{k}={saved.get(k)!r} (now {current[k]!r})" for k in RESUME_MUST_MATCH if saved.get(k) != current[k]
+    ]
+    if changed:
+        raise ResonanceError(
+            f"cannot resume: the checkpoint in {path.parent} was made with {', '.join(changed)}",
+            "resume with the interrupted run's options, or run without --resume to start over",
+        )
+    return checkpoint
 
 
 def selection_margin(configured: float | None, lowest_cer: float, n_chars: int) -> float:

@@ -1,0 +1,57 @@
+"""Every `resonance` command explains itself: worked examples and a help text for every option."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from typing import Iterator
+
+from resonance.cli import build_parser
+
+
+def _commands(
+    parser: argparse.ArgumentParser, path: str = "resonance"
+) -> Iterator[tuple[str, argparse.ArgumentParser, bool]]:
+    """(command line, parser, whether it is a leaf) for the parser and every nested subcommand."""
+    groups = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    yield path, parser, not groups
+    for group in groups:
+        for name, child in group.choices.items():
+            yield from _commands(child, f"{path} {name}")
+
+
+def _says_something(help: str | None) -> bool:
+    """A help text that explains more than its default: " (default: 16)" alone does not."""
+    return bool(re.sub(r"\(default[^)]*\)", "", help or "").strip())
+
+
+def _undocumented(parser: argparse.ArgumentParser) -> list[str]:
+    """Options, positionals and listed subcommands without a help (-h and hidden --no-x pairs excepted)."""
+    blank = []
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction) or action.help == argparse.SUPPRESS:
+            continue
+        if isinstance(action, argparse._SubParsersAction):
+            blank += [choice.dest for choice in action._choices_actions if not _says_something(choice.help)]
+        elif not _says_something(action.help):
+            blank.append("/".join(action.option_strings) or action.dest)
+    return blank
+
+
+def test_every_command_has_examples_and_every_option_has_help():
+    problems = []
+    commands = list(_commands(build_parser()))
+    for path, parser, leaf in commands:
+        if leaf and "examples:" not in parser.format_help():
+            problems.append(f"{path}: no examples in --help")
+        problems += [f"{path}: {name} has no help" for name in _undocumented(parser)]
+    assert not problems, "\n".join(problems)
+    leaves = {path for path, _, leaf in commands if leaf}
+    assert {"resonance train", "resonance data check", "resonance model import-ct2"} <= leaves
+    assert {"resonance eval curve", "resonance eval phrases", "resonance phrases add"} <= leaves
+
+
+def test_train_help_has_no_empty_defaults():
+    parser = {path: p for path, p, _ in _commands(build_parser())}["resonance train"]
+    text = " ".join(parser.format_help().split())  # argparse wraps lines anywhere
+    assert "(default: )" not in text and "(default: None)" not in text
