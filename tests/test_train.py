@@ -139,6 +139,9 @@ def test_train_cli_end_to_end_on_tiny_model(tiny_whisper, demo_data, tmp_path, r
 
     base = shorten_audio_window(WhisperForConditionalGeneration.from_pretrained(tiny_whisper), 5.0)
     assert PeftModel.from_pretrained(base, out).peft_config["default"].r == 16
+    card = (out / "README.md").read_text(encoding="utf-8")
+    assert "load_personal_model" in card and "[More Information Needed]" not in card  # ours, not peft's
+    _check_load_personal_model(out)
 
     # An adapter that made things worse is not deployed by accident.
     (out / "report.json").write_text(json.dumps({**report, "improved": False}))
@@ -150,6 +153,28 @@ def test_train_cli_end_to_end_on_tiny_model(tiny_whisper, demo_data, tmp_path, r
     again = run_cli(*args)
     assert again.returncode == 2 and "already exists" in again.stderr and "--force" in again.stderr
     assert (out / "adapter_model.safetensors").read_bytes() == before  # the user's adapter is untouched
+
+
+def _check_load_personal_model(adapter) -> None:
+    """The Python entry point loads the adapter on its trained window: features from the adapter's processor
+    go straight in, and merging gives the same logits as the peft model."""
+    import numpy as np
+    import torch
+
+    from resonance.train.personal import load_personal_model
+
+    model, processor = load_personal_model(adapter)
+    merged, _ = load_personal_model(adapter, merge=True)
+    assert type(merged).__name__ == "WhisperForConditionalGeneration"
+    audio = np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.1
+    features = processor(audio, sampling_rate=16000, return_tensors="pt").input_features
+    assert features.shape[-1] == 500  # 5 s of mel frames: the stock 3000 would be refused
+    prompt = torch.tensor([[model.config.decoder_start_token_id]])
+    with torch.no_grad():
+        peft_logits = model(input_features=features, decoder_input_ids=prompt).logits
+        merged_logits = merged(input_features=features, decoder_input_ids=prompt).logits
+        assert model.generate(input_features=features, max_new_tokens=3).shape[-1] >= 1
+    torch.testing.assert_close(peft_logits, merged_logits, rtol=1e-4, atol=1e-4)
 
 
 def test_train_cli_bad_data_is_a_clear_error(tiny_whisper, tmp_path, run_cli):

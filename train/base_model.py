@@ -791,8 +791,7 @@ def load_whisper(base_model: str, device: str = "cpu"):
         if (folder / "model.bin").is_file() and not has_hf_weights:
             raise ResonanceError(
                 f"'{folder}' is a faster-whisper (CTranslate2) model, which training cannot use directly.",
-                'convert it once: python -c "from resonance.train.base_model import import_ct2; '
-                f"import_ct2('{folder}', 'my-base-model')\" and pass that folder",
+                f"convert it once: resonance model import-ct2 {folder} models/my-base-model, and pass that folder",
             )
         try:
             return _from_pretrained(resolved, device)

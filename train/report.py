@@ -14,7 +14,8 @@ GOOD_RECORDINGS = 50
 def verdict(report: dict) -> tuple[str, list[str]]:
     """One sentence on whether the model got better, and the warnings a person should read."""
     before, after = report["cer_before"], report["cer_after"]
-    acc_before, acc_after = 100 * (1 - before), 100 * (1 - after)
+    # CER counts insertions too, so a looping model can pass 1.0; accuracy stops at 0 %.
+    acc_before, acc_after = 100 * max(0.0, 1 - before), 100 * max(0.0, 1 - after)
     if after < before:
         line = (
             f"The personalised model is better: character accuracy {acc_before:.0f}% -> {acc_after:.0f}% "
@@ -70,6 +71,46 @@ def write_report(folder: Path, report: dict) -> dict:
     write_text_atomic(Path(folder) / "report.txt", render_text(report))
     plot(report, Path(folder) / "report.png")
     return report
+
+
+def model_card(report: dict, made_with: dict, name: str) -> str:
+    """The adapter folder's README.md (instead of peft's empty template): what it is and how to use it."""
+    window = report["window_seconds"]
+    return "\n".join(
+        [
+            f"# Resonance adapter `{name}`",
+            "",
+            "A LoRA adapter for Whisper, trained by `resonance train` on one person's recordings.",
+            "",
+            report["verdict"],
+            "",
+            f"- base model: `{made_with['base_model']}`, language `{made_with['language']}`, "
+            f"audio window {window:g} s",
+            f"- LoRA r={made_with['lora_r']}, alpha={made_with['lora_alpha']} on "
+            f"{', '.join(made_with['target_modules'])}",
+            f"- trained on {report['n_train']} recordings of `{made_with['data']}`; CER "
+            f"{report['cer_before']:.3f} -> {report['cer_after']:.3f} on {report['eval_source']}",
+            "- details: report.txt, report.json, report.png; every option used: train_config.json",
+            "",
+            "## Use it",
+            "",
+            "```bash",
+            f"resonance export --adapter {made_with['out']} --out bundles/{name} --quantize int8   # for the device",
+            "```",
+            "",
+            "In Python (PyTorch):",
+            "",
+            "```python",
+            "from resonance.train.personal import load_personal_model",
+            f'model, processor = load_personal_model("{made_with["out"]}")  # peft model; merge=True for a plain one',
+            "```",
+            "",
+            f"With transformers + peft alone, cut the base model's encoder to the {window:g} s window it was trained",
+            "on before applying the adapter (`resonance.train.window.shorten_audio_window(base, "
+            f"{window:g})`): the processor saved here makes {window:g} s features.",
+            "",
+        ]
+    )
 
 
 def render_text(report: dict) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from resonance.errors import ResonanceError
-from resonance.fsutil import atomic_directory, refuse_to_overwrite, write_json_atomic
+from resonance.fsutil import atomic_directory, refuse_to_overwrite, write_json_atomic, write_text_atomic
 from resonance.text import normalize_for_cer
 from resonance.train.config import WINDOW_CHOICES, TrainConfig
 from resonance.train.data import Augmenter, Example, collate, load_examples, split_examples
@@ -57,7 +57,7 @@ def train(config: TrainConfig, generic_cache: dict | None = None) -> dict:
 
     from resonance.data.labels import load_labels
     from resonance.train.base_model import load_whisper
-    from resonance.train.report import write_report
+    from resonance.train.report import model_card, write_report
 
     out = Path(config.out)
     checkpoint_path = out.with_name(out.name + ".partial") / "checkpoint.pt"
@@ -285,8 +285,10 @@ def train(config: TrainConfig, generic_cache: dict | None = None) -> dict:
         model.save_pretrained(tmp)
         processor.feature_extractor = feature_extractor
         processor.save_pretrained(tmp)
-        write_json_atomic(tmp / "train_config.json", {**config.to_json(), "window_seconds": window})
+        made_with = {**config.to_json(), "window_seconds": window}
+        write_json_atomic(tmp / "train_config.json", made_with)
         report = write_report(tmp, report)
+        write_text_atomic(tmp / "README.md", model_card(report, made_with, out.name))  # not peft's template
     checkpoint_path.unlink(missing_ok=True)
     _remove_empty(checkpoint_path.parent)
     return report

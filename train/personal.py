@@ -1,0 +1,56 @@
+"""Load a trained patient adapter in Python (evaluation, notebooks, your own scripts).
+
+An adapter is a standard peft folder, but it was trained on an encoder cut to a short audio window
+(train/window.py), so the stock base model must get the same cut before the adapter is applied; the
+processor saved with the adapter already makes features of that length. This does both.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional, Union
+
+from resonance.errors import ResonanceError
+from resonance.train.config import DEFAULT_BASE_MODEL
+
+
+def load_personal_model(
+    adapter: Union[str, Path], base_model: Optional[str] = None, merge: bool = False, device: str = "cpu"
+):
+    """(model in eval mode, WhisperProcessor) for an adapter made by `resonance train`.
+
+    ``base_model``: default the one in the adapter's train_config.json. ``merge``: fold the LoRA weights into
+    the base (a plain WhisperForConditionalGeneration, as export does) instead of a peft model.
+    """
+    from peft import PeftModel
+    from transformers import WhisperProcessor
+
+    from resonance.train.base_model import load_whisper
+    from resonance.train.window import shorten_audio_window, window_of
+
+    adapter = Path(adapter)
+    if not (adapter / "adapter_config.json").is_file():
+        raise ResonanceError(
+            f"'{adapter}' is not a LoRA adapter folder (no adapter_config.json)",
+            "pass the folder that `resonance train --out` created",
+        )
+    made_with = _train_config(adapter)
+    _, model = load_whisper(base_model or made_with.get("base_model") or DEFAULT_BASE_MODEL, device)
+    window = made_with.get("window_seconds")
+    if window and window < window_of(model):
+        shorten_audio_window(model, float(window))
+    model = PeftModel.from_pretrained(model, str(adapter))
+    if merge:
+        model = model.merge_and_unload()
+    return model.to(device).eval(), WhisperProcessor.from_pretrained(str(adapter))
+
+
+def _train_config(adapter: Path) -> dict:
+    path = adapter / "train_config.json"
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ResonanceError(f"{path} is not valid JSON: {exc}", "train the adapter again") from exc
