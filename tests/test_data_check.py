@@ -205,7 +205,7 @@ def test_check_finds_label_and_file_problems(make_dataset):
         {"audio": "audio/missing.wav", "text": "不见了"},
         {"audio": "audio/empty_text.wav", "text": " "},
         {"audio": "../outside.wav", "text": "外面"},
-        {"audio": "audio/dup_text.wav", "text": good[2]["text"]},
+        {"audio": "audio/dup_text.wav", "text": good[2]["text"] + "。"},  # the same phrase as CER sees it
         {"text": "没有路径"},
     ]
     write(root, "audio/dup_text.wav", tone(1.0, freq=620))

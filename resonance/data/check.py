@@ -29,6 +29,7 @@ from resonance.data.labels import (
 )
 from resonance.data.quality import level_findings, measure
 from resonance.errors import AudioError, ResonanceError
+from resonance.text import normalize_for_cer
 
 TARGET_RATE = 16000
 FEW_UTTERANCES = 30  # below this LoRA has too little to learn from; the guide asks for 50-100
@@ -147,11 +148,13 @@ def _duplicate_reference_problems(utterances: List[Utterance]) -> List[Problem]:
 
 
 def _duplicate_text_problems(utterances: List[Utterance]) -> List[Problem]:
+    # The same phrase as training and CER see it: 我想喝水。and 我想喝水, or 說話 and 说话, are one phrase.
     by_text: Dict[str, List[Utterance]] = defaultdict(list)
     for utterance in utterances:
-        by_text[utterance.text].append(utterance)
+        by_text[normalize_for_cer(utterance.text)].append(utterance)
     problems = []
-    for text, group in by_text.items():
+    for group in by_text.values():
+        text = group[0].text
         files = {u.audio for u in group}
         if len(files) > 1:
             names = ", ".join(u.rel for u in group[:4]) + (" …" if len(group) > 4 else "")
