@@ -6,6 +6,7 @@ Public API (imported on first use, so ``import resonance.runtime`` stays light):
 
     from resonance.runtime import Transcriber
     result = Transcriber("bundles/grandpa").transcribe("clip.wav")
+    result = Transcriber.for_device("bundles/grandpa", "jetson-orin-nano").transcribe(samples, sample_rate=44100)
     match = Transcriber("bundles/grandpa").match_phrases("clip.wav")
 """
 

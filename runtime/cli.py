@@ -319,13 +319,10 @@ def _run_install_service(args: argparse.Namespace) -> int:
 
 def _run_transcribe(args: argparse.Namespace) -> int:
     from resonance.errors import AudioError
-    from resonance.runtime.device_config import load_device_config
-    from resonance.runtime.models import default_transcriber_factory, warn_on_precision
     from resonance.runtime.phrases import summary
+    from resonance.runtime.transcriber import Transcriber
 
-    config = load_device_config(args.config)
-    transcriber = default_transcriber_factory(Path(args.bundle), config)
-    warn_on_precision(Path(args.bundle).name, transcriber.manifest, config)
+    transcriber = Transcriber.for_device(args.bundle, args.config)
     failures = 0
     for file in args.files:
         try:

@@ -289,14 +289,13 @@ def listen(
     """Caption the microphone (or ``from_file``) with ``bundle_dir`` until Ctrl+C; returns the utterance count."""
     from dataclasses import replace
 
-    from resonance.runtime.models import default_transcriber_factory, warn_on_precision
     from resonance.runtime.phrases import check_mode, summary
+    from resonance.runtime.transcriber import Transcriber
 
     check_mode(mode)
     sinks = sinks or ResultSinks(say=say)
 
-    transcriber = default_transcriber_factory(bundle_dir, config)
-    warn_on_precision(str(bundle_dir), transcriber.manifest, config)
+    transcriber = Transcriber.for_device(bundle_dir, config)
     options = options or VadOptions()
     options = replace(options, max_utterance_s=min(options.max_utterance_s, config.max_audio_seconds))
 

@@ -1,4 +1,5 @@
-"""The runtime's one entry point: ``Transcriber(bundle).transcribe(audio, mode=...) -> TranscriptionResult``.
+"""The runtime's one entry point: ``Transcriber(bundle).transcribe(audio, mode=...) -> TranscriptionResult``
+(or ``Transcriber.for_device(bundle, "jetson-orin-nano")`` to take providers and threads from a device config).
 
 ``mode="free"`` transcribes; ``"phrases"`` picks one of the patient's known phrases or "none of these"
 (runtime/phrases.py); ``"both"`` does both on one encoder pass. Loads a bundle once (manifest, two onnxruntime
@@ -116,6 +117,19 @@ class Transcriber:
         self.window_frames = frames_for(audio.window_seconds, audio.sample_rate, audio.hop_length)
         self._phrase_sets: Dict[Tuple[str, ...], PhraseSet] = {}
         self._broadcast: Optional[bool] = None  # phrase scoring: see phrases.broadcast_works (checked once)
+
+    @classmethod
+    def for_device(cls, bundle_dir: Union[str, Path], device: Any = "pc-cpu", **kwargs: Any) -> Transcriber:
+        """A Transcriber set up as ``device`` says (a device_configs/ name, a YAML path or a DeviceConfig): its
+        providers in order and threads, with a warning when the bundle was made for another precision or CPU."""
+        from resonance.runtime.device_config import DeviceConfig, load_device_config
+        from resonance.runtime.models import provider_specs, session_threads, warn_on_precision
+
+        config = device if isinstance(device, DeviceConfig) else load_device_config(device)
+        kwargs.setdefault("threads", session_threads(config))
+        transcriber = cls(bundle_dir, providers=provider_specs(config, Path(bundle_dir)), **kwargs)
+        warn_on_precision(Path(bundle_dir).name, transcriber.manifest, config)
+        return transcriber
 
     @property
     def providers(self) -> List[str]:

@@ -154,3 +154,17 @@ def test_int8_presets_are_the_same_names_in_export_and_in_every_device_config():
     assert (
         presets["jetson-orin-nano"] == presets["jetson-agx-orin"] == "arm64" and presets["pc-cpu"] == "avx512"
     )
+
+
+def test_a_transcriber_takes_providers_and_threads_from_a_device_config(tmp_path, tiny_bundle, caplog):
+    import logging
+
+    from resonance.runtime.transcriber import Transcriber
+
+    custom = _write(tmp_path, {"name": "my-box", "intra_op_threads": 1, "precision": "fp32"})
+    transcriber = Transcriber.for_device(tiny_bundle, custom)
+    assert transcriber.providers == ["CPUExecutionProvider"]
+    assert transcriber.encoder.get_session_options().intra_op_num_threads == 1
+    with caplog.at_level(logging.WARNING, logger="resonance.runtime.models"):
+        Transcriber.for_device(tiny_bundle, "pc-cpu")  # an fp32 bundle where int8 is expected: runs, warns
+    assert any("expects int8" in r.getMessage() for r in caplog.records)
