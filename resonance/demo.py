@@ -90,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
             "127.0.0.1",
             "--port",
             str(port),
+            "--log-level",
+            "WARNING",  # no line per request: they would interleave with the table below
         ],
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
