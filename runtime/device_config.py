@@ -47,6 +47,7 @@ class DeviceConfig:
     max_upload_mb: float  # larger request bodies get 413
     max_concurrent_requests: int  # transcriptions running at once; more wait for a slot
     queue_timeout_s: float  # how long a request waits for a slot before 503 "busy"
+    beam_size: int  # 1 = greedy decoding; more keeps that many hypotheses (slower, sometimes more accurate)
     host: str  # interface the server binds (0.0.0.0 = all, for the LAN)
     port: int  # TCP port
     source: str = dataclasses.field(default="", compare=False)  # file it was read from (not a YAML key)
@@ -129,6 +130,7 @@ SCHEMA: Dict[str, Check] = {
     "max_upload_mb": _typed("a number", _is_number, lambda v: 0 < v <= 1024, "> 0 and <= 1024"),
     "max_concurrent_requests": _typed("an integer", _is_int, lambda v: 1 <= v <= 64, "between 1 and 64"),
     "queue_timeout_s": _typed("a number", _is_number, lambda v: 0 <= v <= 600, ">= 0 and <= 600"),
+    "beam_size": _typed("an integer", _is_int, lambda v: 1 <= v <= 16, "between 1 (greedy) and 16"),
     "host": _check_host,
     "port": _typed("an integer", _is_int, lambda v: 1 <= v <= 65535, "between 1 and 65535"),
 }

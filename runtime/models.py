@@ -101,8 +101,7 @@ def session_threads(config: DeviceConfig) -> int:
 def default_transcriber_factory(bundle_dir: Path, config: DeviceConfig) -> Any:
     from resonance.runtime.transcriber import Transcriber
 
-    providers = provider_specs(config, bundle_dir)
-    return Transcriber(bundle_dir, providers=providers, threads=session_threads(config), verify=True)
+    return Transcriber.for_device(bundle_dir, config, verify=True, warn=False)  # the registry warns itself
 
 
 def warn_on_precision(bundle: str, manifest: Manifest, config: DeviceConfig) -> None:

@@ -119,16 +119,21 @@ class Transcriber:
         self._broadcast: Optional[bool] = None  # phrase scoring: see phrases.broadcast_works (checked once)
 
     @classmethod
-    def for_device(cls, bundle_dir: Union[str, Path], device: Any = "pc-cpu", **kwargs: Any) -> Transcriber:
+    def for_device(
+        cls, bundle_dir: Union[str, Path], device: Any = "pc-cpu", warn: bool = True, **kwargs: Any
+    ) -> Transcriber:
         """A Transcriber set up as ``device`` says (a device_configs/ name, a YAML path or a DeviceConfig): its
-        providers in order and threads, with a warning when the bundle was made for another precision or CPU."""
+        providers in order, threads and beam size, with a warning when the bundle was made for another
+        precision or CPU. ``kwargs`` go to the constructor and win over the config."""
         from resonance.runtime.device_config import DeviceConfig, load_device_config
         from resonance.runtime.models import provider_specs, session_threads, warn_on_precision
 
         config = device if isinstance(device, DeviceConfig) else load_device_config(device)
         kwargs.setdefault("threads", session_threads(config))
+        kwargs.setdefault("options", DecodingOptions(beam_size=config.beam_size))
         transcriber = cls(bundle_dir, providers=provider_specs(config, Path(bundle_dir)), **kwargs)
-        warn_on_precision(Path(bundle_dir).name, transcriber.manifest, config)
+        if warn:
+            warn_on_precision(Path(bundle_dir).name, transcriber.manifest, config)
         return transcriber
 
     @property

@@ -103,6 +103,8 @@ def test_a_custom_file_with_the_same_schema_loads(tmp_path):
         ({"max_audio_seconds": 0}, (), "max_audio_seconds"),
         ({"max_upload_mb": -5}, (), "max_upload_mb"),
         ({"queue_timeout_s": -1}, (), "queue_timeout_s"),
+        ({"beam_size": 0}, (), "beam_size"),
+        ({"beam_size": 17}, (), "beam_size"),
         ({"name": ""}, (), "name"),
     ],
 )
@@ -161,10 +163,12 @@ def test_a_transcriber_takes_providers_and_threads_from_a_device_config(tmp_path
 
     from resonance.runtime.transcriber import Transcriber
 
-    custom = _write(tmp_path, {"name": "my-box", "intra_op_threads": 1, "precision": "fp32"})
+    custom = _write(tmp_path, {"name": "my-box", "intra_op_threads": 1, "precision": "fp32", "beam_size": 3})
     transcriber = Transcriber.for_device(tiny_bundle, custom)
     assert transcriber.providers == ["CPUExecutionProvider"]
     assert transcriber.encoder.get_session_options().intra_op_num_threads == 1
+    assert transcriber.options.beam_size == 3
+    assert Transcriber.for_device(tiny_bundle, custom, options={"beam_size": 2}).options.beam_size == 2
     with caplog.at_level(logging.WARNING, logger="resonance.runtime.models"):
         Transcriber.for_device(tiny_bundle, "pc-cpu")  # an fp32 bundle where int8 is expected: runs, warns
     assert any("expects int8" in r.getMessage() for r in caplog.records)

@@ -59,6 +59,14 @@ def test_transcribe_reports_a_missing_bundle_and_config(run_cli, tmp_path, clips
     assert "unknown device config 'toaster'" in proc.stderr
 
 
+def test_beam_size_from_the_command_line_is_checked_like_the_config(run_cli, tiny_bundle, clips):
+    proc = run_cli("transcribe", "--bundle", tiny_bundle, "--beam-size", "3", "--json", clips[0])
+    assert proc.returncode == 0, proc.stderr
+    assert isinstance(json.loads(proc.stdout)["text"], str)
+    proc = run_cli("transcribe", "--bundle", tiny_bundle, "--beam-size", "0", clips[0])
+    assert proc.returncode == 2 and "'beam_size' must be between 1 (greedy) and 16" in proc.stderr
+
+
 @pytest.mark.parametrize("command", ["serve", "transcribe", "loadtest"])
 def test_help_ends_with_worked_examples(run_cli, command):
     proc = run_cli(command, "--help")
