@@ -347,3 +347,20 @@ def test_whisper_base_transcribes_clear_speech_exactly(whisper_base):
     text = processor.batch_decode(ids, skip_special_tokens=True)[0]
     assert normalize_for_cer(text) == "pleasebringmeaglassofwater"
     assert text.strip().lower().rstrip(".") == "please bring me a glass of water"
+
+
+def test_import_cli_bad_input_is_a_clear_error_and_keeps_the_output(ct2_tiny, tmp_path, run_cli):
+    out = tmp_path / "base"
+    missing = run_cli("model", "import-ct2", tmp_path / "nowhere", out)
+    assert missing.returncode == 2 and "does not exist" in missing.stderr and "what to do" in missing.stderr
+    unknown = run_cli("model", "import-ct2", "pypi:whisper-huge", out)
+    assert unknown.returncode == 2 and "pypi:whisper-base" in unknown.stderr
+    assert not out.exists()
+
+    done = run_cli("model", "import-ct2", ct2_tiny, out)  # model.bin in two parts
+    assert done.returncode == 0, done.stderr
+    assert f"resonance train --base-model {out}" in done.stdout
+    before = (out / "model.safetensors").read_bytes()
+    again = run_cli("model", "import-ct2", ct2_tiny, out)
+    assert again.returncode == 2 and "--force" in again.stderr
+    assert (out / "model.safetensors").read_bytes() == before
