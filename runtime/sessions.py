@@ -151,13 +151,15 @@ def create_session(
         ) from exc
     in_use = session.get_providers()
     wanted = [_name(spec) for spec in chosen]
-    if wanted[0] != in_use[0]:
-        # The build has the provider but it failed to initialise (missing CUDA/cuDNN/TensorRT libraries).
+    if wanted[0] != in_use[0] and ("init", wanted[0], in_use[0]) not in _WARNED:
+        # The build has the provider but it failed to initialise (missing CUDA/cuDNN/TensorRT libraries);
+        # every later session fails the same way, so say it once.
+        _WARNED.add(("init", wanted[0], in_use[0]))
         log.warning(
-            "%s could not be initialised for %s (check the CUDA/cuDNN/TensorRT libraries); running on %s",
-            wanted[0],
-            Path(path).name,
-            in_use[0],
+            "%s is installed but could not be initialised (check the GPU driver and the CUDA/cuDNN/TensorRT "
+            "libraries; onnxruntime's own error is above); running on %s",
+            _short(wanted[0]),
+            _short(in_use[0]),
         )
     log.debug("%s runs on %s", Path(path).name, in_use)
     return session

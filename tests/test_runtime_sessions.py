@@ -56,6 +56,20 @@ def test_transcriber_reports_the_providers_in_use(cpu_only_build, bundle, caplog
     assert not transcriber.on_gpu
 
 
+def test_a_provider_that_fails_to_start_is_one_warning(cpu_only_build, bundle, monkeypatch, caplog):
+    # onnxruntime-gpu on a PC without the CUDA libraries lists CUDA but cannot start it. A CPU build given CUDA
+    # anyway behaves the same way (it drops the provider at session creation), so no GPU is needed here.
+    monkeypatch.setattr(sessions, "resolve_providers", lambda requested: list(requested))
+    with caplog.at_level(logging.WARNING, logger="resonance.runtime.sessions"):
+        for name in ("encoder.onnx", "decoder.onnx"):
+            session = create_session(bundle / name, providers=[CUDA, "CPUExecutionProvider"])
+            assert session.get_providers() == ["CPUExecutionProvider"]
+    [line] = _warnings(caplog)
+    assert line.startswith("CUDA is installed but could not be initialised") and line.endswith(
+        "running on CPU"
+    )
+
+
 def test_cpu_is_always_the_last_resort():
     assert resolve_providers([]) == ["CPUExecutionProvider"]
     options = {"arena_extend_strategy": "kSameAsRequested"}
