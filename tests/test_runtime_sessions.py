@@ -100,6 +100,33 @@ def test_unloadable_model_is_a_resonance_error(tmp_path):
         create_session(bad)
 
 
+def test_iobinding_step_runner_gives_the_same_text_with_outputs_bound_on_the_host(bundle):
+    """The CUDA decoder loop (IOBinding: OrtValues carried from step to step, logits alone to the host) run
+    with every output bound to the CPU: the binding logic is checked here; only the device differs on a GPU."""
+    from resonance.runtime.decoding import DecodingOptions, IOBindingStepRunner
+    from resonance.runtime.transcriber import Transcriber
+
+    t = np.arange(24000) / 16000
+    audio = (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+    plain = Transcriber(bundle)
+    bound = Transcriber(bundle)
+    runners = []
+
+    def host_bound_runner():
+        runners.append(IOBindingStepRunner(bound.decoder, "cpu", 0))
+        return runners[-1]
+
+    bound._runner = host_bound_runner
+    for options in (DecodingOptions(repetition_count=0), DecodingOptions(beam_size=3, max_new_tokens=8)):
+        assert (
+            bound.transcribe(audio, options=options).tokens == plain.transcribe(audio, options=options).tokens
+        )
+    assert runners  # the bound path really ran
+    phrases = ["我想喝水", "帮我开灯", "我饿了"]
+    expected = plain.transcribe(audio, mode="phrases", phrases=phrases).phrases
+    assert bound.transcribe(audio, mode="phrases", phrases=phrases).phrases == expected
+
+
 @pytest.mark.gpu
 def test_cuda_iobinding_matches_cpu(bundle, tmp_path):
     """On a GPU the decoder loop keeps the KV cache on the device (IOBinding); text must not change."""
