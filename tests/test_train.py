@@ -296,8 +296,8 @@ def test_required_options_are_checked_after_merging_the_config(tmp_path, run_cli
     config = tmp_path / "recipe.yaml"
     config.write_text("lora_r: 8\n", encoding="utf-8")
     proc = run_cli("train", "--config", config, "--out", tmp_path / "a")
-    assert proc.returncode != 0 and "Traceback" not in proc.stderr
-    assert "--data required" in proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "--data required" in proc.stderr and "what to do" in proc.stderr
     proc = run_cli("train", "--config", config)
     assert "--data and --out required" in proc.stderr and "Traceback" not in proc.stderr
 

@@ -7,6 +7,7 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 
 from resonance.cli import add_command
+from resonance.errors import ResonanceError
 from resonance.runtime.cli import register_eval_phrases
 from resonance.train.config import TrainConfig, field_kind, split_list
 
@@ -130,8 +131,9 @@ def _config_from_args(args: argparse.Namespace, required: tuple[str, ...]) -> Tr
     # After merging: a --config may supply them, or lack them as much as the command line does.
     missing = [name for name in required if not merged.get(name)]
     if missing:
-        raise SystemExit(
-            f"resonance: error: --{' and --'.join(m.replace('_', '-') for m in missing)} required"
+        raise ResonanceError(
+            f"--{' and --'.join(m.replace('_', '-') for m in missing)} required",
+            "give them on the command line or in the --config file, e.g. --data my_data --out adapters/grandpa",
         )
     return TrainConfig(**merged)
 
