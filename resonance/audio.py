@@ -88,16 +88,22 @@ def _decode(source: str | Path | bytes | bytearray) -> tuple[np.ndarray, int]:
 
 
 def _decode_with_av(source: str | Path | bytes | bytearray) -> tuple[np.ndarray, int]:
+    """(samples, channels) float32 at the file's own rate: load_audio averages the channels and resamples as
+    for every other format (FFmpeg's stereo -> mono downmix adds 3 dB, which clips loud phone recordings)."""
     import av  # optional: M4A/AAC and anything else FFmpeg reads
 
     with av.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else str(source)) as container:
         if not container.streams.audio:
             raise ValueError("the file has no audio stream")
         stream = container.streams.audio[0]
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+        # Float, one row per channel; rate and layout unchanged, so the converter holds nothing back.
+        planar = av.AudioResampler(format="fltp")
         chunks = [
-            frame.to_ndarray().reshape(-1)
-            for packet in container.decode(stream)
-            for frame in resampler.resample(packet)
+            converted.to_ndarray()
+            for frame in container.decode(stream)
+            for converted in planar.resample(frame)
         ]
-    return (np.concatenate(chunks) if chunks else np.zeros(0, np.float32)), SAMPLE_RATE
+        rate = stream.codec_context.sample_rate or stream.rate
+    if not chunks:
+        return np.zeros(0, np.float32), SAMPLE_RATE
+    return np.concatenate(chunks, axis=1).T, int(rate)

@@ -26,14 +26,15 @@ def tree_digest(root: Path) -> dict:
     }
 
 
-def write_m4a(path: Path, samples: np.ndarray, rate: int) -> None:
-    """AAC in an MP4 container, as phones record, encoded with PyAV."""
+def write_m4a(path: Path, samples: np.ndarray, rate: int, layout: str = "mono") -> None:
+    """AAC in an MP4 container, as phones record, encoded with PyAV (stereo: the same signal twice)."""
     import av  # the [formats] extra (in [train] and [dev]): M4A is what phones record
 
+    channels = np.stack([samples] * (2 if layout == "stereo" else 1)).astype(np.float32)
     with av.open(str(path), "w", format="mp4") as container:
         stream = container.add_stream("aac", rate=rate)
-        stream.layout = "mono"
-        frame = av.AudioFrame.from_ndarray(samples[None, :].astype(np.float32), format="fltp", layout="mono")
+        stream.layout = layout
+        frame = av.AudioFrame.from_ndarray(channels, format="fltp", layout=layout)
         frame.rate = rate
         for packet in [*stream.encode(frame), *stream.encode(None)]:
             container.mux(packet)
@@ -95,6 +96,18 @@ def test_keeps_levels_and_clips_instead_of_wrapping(tmp_path):
     assert np.all(np.sign(out[loud]) == reference[loud])  # a wrapped int16 would flip the sign
     quiet, _ = sf.read(tmp_path / "dst/audio/002_小声.wav", dtype="float32")
     assert np.abs(quiet).max() == pytest.approx(0.1, abs=0.01)
+
+
+def test_a_loud_stereo_phone_recording_keeps_its_level(tmp_path):
+    # FFmpeg's own stereo -> mono downmix adds 3 dB: a recording peaking at 0.8 came out at 1.13 and clipped.
+    src = tmp_path / "src"
+    src.mkdir()
+    write_m4a(src / "001_我想喝水.m4a", tone(1.0, 44100, amp=0.8), 44100, layout="stereo")
+    convert_dataset(src, tmp_path / "dst")
+    out, rate = sf.read(tmp_path / "dst/audio/001_我想喝水.wav", dtype="float32")
+    assert rate == 16000 and out.ndim == 1
+    assert np.abs(out).max() == pytest.approx(0.8, abs=0.05)
+    assert len(out) == pytest.approx(16000, abs=1600)  # the codec's padding, not a lost or doubled second
 
 
 def test_plain_folder_gets_labels_from_file_names(tmp_path, run_cli):
