@@ -27,6 +27,10 @@ from resonance.mic import open_input_device
 SAMPLE_RATE = 16000
 
 
+# While no pause has been heard, an utterance this long calibrates the noise floor from its quietest block.
+CALIBRATE_S = 2.0
+
+
 @dataclass(frozen=True)
 class VadOptions:
     block_s: float = 0.1  # one block of audio (100 ms); every decision below is made per block
@@ -59,6 +63,7 @@ class UtteranceSegmenter:
         pre_blocks = self.options.start_blocks + round(self.options.pre_roll_s / self.options.block_s)
         self._before: Deque[np.ndarray] = deque(maxlen=pre_blocks)
         self._current: List[np.ndarray] = []
+        self._levels: List[float] = []  # dBFS of the blocks in _before / _current (for the first calibration)
         self._floor: Optional[float] = None
         self._voiced_run = 0
         self._silent_run = 0
@@ -69,7 +74,11 @@ class UtteranceSegmenter:
         return self._floor
 
     def _voiced(self, level: float) -> bool:
-        floor = self._floor if self._floor is not None else level
+        # Until a pause has been heard, assume a quiet room: someone who speaks the moment listening starts
+        # would otherwise set the floor to their own voice, and their first phrase would be lost.
+        floor = (
+            self._floor if self._floor is not None else self.options.min_level_dbfs - self.options.margin_db
+        )
         return level > max(floor + self.options.margin_db, self.options.min_level_dbfs)
 
     def _track_floor(self, level: float) -> None:
@@ -82,20 +91,28 @@ class UtteranceSegmenter:
     def feed(self, block: np.ndarray) -> List[np.ndarray]:
         block = np.asarray(block, dtype=np.float32).reshape(-1)
         level = level_dbfs(block)
-        voiced = self._voiced(level)
         opts = self.options
         if not self._current:
+            voiced = self._voiced(level)
             self._before.append(block)
+            self._levels = (
+                [*self._levels[-(len(self._before) - 1) :], level] if len(self._before) > 1 else [level]
+            )
             self._voiced_run = self._voiced_run + 1 if voiced else 0
             if not voiced:
                 self._track_floor(level)
             if self._voiced_run >= opts.start_blocks:
                 self._current = list(self._before)
+                self._levels = self._levels[-len(self._current) :]
                 self._before.clear()
                 self._speech_blocks = self._voiced_run
                 self._silent_run = 0
             return []
         self._current.append(block)
+        self._levels.append(level)
+        if self._floor is None and len(self._current) * opts.block_s >= CALIBRATE_S - 1e-9:
+            self._calibrate()
+        voiced = self._voiced(level)
         if voiced:
             self._speech_blocks += 1
             self._silent_run = 0
@@ -108,6 +125,14 @@ class UtteranceSegmenter:
             return [done] if done is not None else []
         return []
 
+    def _calibrate(self) -> None:
+        """No pause heard yet: the quietest block of this utterance is the room, and what was counted as
+        speech is counted again against it (a steady hum is then no speech at all)."""
+        self._floor = min(self._levels)
+        voiced = [self._voiced(level) for level in self._levels]
+        self._speech_blocks = sum(voiced)
+        self._silent_run = len(voiced) - (max(i for i, v in enumerate(voiced) if v) + 1 if any(voiced) else 0)
+
     def flush(self) -> Optional[np.ndarray]:
         """The utterance in progress (at the end of the input), if it has enough speech."""
         return self._finish() if self._current else None
@@ -118,7 +143,10 @@ class UtteranceSegmenter:
         if keep_silence:
             blocks = blocks[:-keep_silence]
         speech_s = self._speech_blocks * self.options.block_s
+        if self._floor is None:
+            self._floor = min(self._levels)  # the pause that ended it, or its quietest moment
         self._current, self._voiced_run, self._silent_run, self._speech_blocks = [], 0, 0, 0
+        self._levels = []
         if speech_s < self.options.min_speech_s - 1e-9:
             return None
         return np.concatenate(blocks).astype(np.float32, copy=False)

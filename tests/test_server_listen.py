@@ -60,6 +60,17 @@ def test_endless_speech_is_cut_at_max_utterance():
     assert all(u.size / 16000 <= 3.0 + 1e-6 for u in utterances)
 
 
+def test_speech_from_the_first_block_is_not_lost():
+    # Someone speaks the moment listening starts: no pause yet to learn the room from. A phrase whose level
+    # varies (syllables at -10, a soft middle at -30 dBFS) must still come out whole, with its onset.
+    loud, soft = tone(0.4, amp=0.5), tone(0.4, amp=0.05)
+    utterances, segmenter = segment([loud, soft, loud, soft, loud, room(1.5), tone(1.0), room(1.5, 1)])
+    assert len(utterances) == 2
+    assert utterances[0].size / 16000 >= 2.0  # all five parts, from the first sample
+    assert np.array_equal(utterances[0][:BLOCK], loud[:BLOCK])
+    assert -70 < segmenter.noise_floor_dbfs < -50  # learnt from the pause
+
+
 def test_loud_room_raises_the_floor_instead_of_triggering():
     hum = (0.05 * np.sin(2 * np.pi * 50 * np.arange(48000) / 16000)).astype(np.float32)  # -29 dBFS mains hum
     utterances, segmenter = segment([hum, hum[:24000] + tone(1.5, amp=0.5), hum])
