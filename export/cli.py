@@ -40,9 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--int8-preset",
         choices=tuple(INT8_PRESETS),
-        help="with --quantize int8: the CPU of the device that runs the bundle (avx512: recent Intel/AMD, the "
-        "default; avx2: PCs without AVX-512; arm64: Jetson, Raspberry Pi; per-tensor: one scale per matrix) -- "
-        "the device config's int8_preset names it; `resonance bench` compares them",
+        help="with --quantize int8: the CPU of the device that runs the bundle (default: this machine's; "
+        "avx512: recent Intel/AMD; avx2: PCs without AVX-512; arm64: Jetson, Raspberry Pi; per-tensor: one "
+        "scale per matrix) -- the device config's int8_preset names it; `resonance bench` compares them",
     )
     p.add_argument(
         "--int8-output",

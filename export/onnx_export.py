@@ -36,6 +36,7 @@ from resonance.runtime.bundle import (
     ModelSpec,
     TokenSpec,
     file_entry,
+    host_int8_preset,
 )
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,13 @@ def export_bundle(
     if int8_preset is not None and quantize != "int8":
         raise ResonanceError(
             "--int8-preset applies to --quantize int8 only", "add --quantize int8 or drop it"
+        )
+    if quantize == "int8" and int8_preset is None:
+        int8_preset = (
+            host_int8_preset()
+        )  # most bundles run where they are made; a Jetson's gets --int8-preset
+        log.info(
+            "int8 for this machine's CPU (--int8-preset %s); name another for another device", int8_preset
         )
     int8_preset = int8_preset or DEFAULT_INT8_PRESET
     check_int8_preset(int8_preset)

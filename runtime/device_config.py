@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from resonance.errors import ResonanceError
-from resonance.runtime.bundle import INT8_PRESETS, PRECISIONS
+from resonance.runtime.bundle import HOST_PRESET, INT8_PRESETS, PRECISIONS, host_int8_preset
 
 PACKAGE = "resonance.device_configs"
 
@@ -41,7 +41,8 @@ class DeviceConfig:
     description: str  # one human line, shown at start and in /health
     providers: Tuple[str, ...]  # onnxruntime execution providers, best first
     precision: str  # bundle precision this device runs best (fp32|int8|fp16); others load with a warning
-    int8_preset: str  # the CPU an int8 bundle should be quantised for (`resonance export --int8-preset`)
+    int8_preset: str  # the CPU an int8 bundle should be quantised for (`resonance export --int8-preset`);
+    # "auto" in the YAML is resolved on load to this machine's (runtime/bundle.py host_int8_preset)
     intra_op_threads: int  # threads per onnxruntime session; 0 = auto: CPUs / max_concurrent_requests
     max_audio_seconds: float  # longer recordings get 413
     max_upload_mb: float  # larger request bodies get 413
@@ -121,7 +122,10 @@ SCHEMA: Dict[str, Check] = {
         "a string", lambda v: isinstance(v, str), lambda v: v in PRECISIONS, f"one of {PRECISIONS}"
     ),
     "int8_preset": _typed(
-        "a string", lambda v: isinstance(v, str), lambda v: v in INT8_PRESETS, f"one of {INT8_PRESETS}"
+        "a string",
+        lambda v: isinstance(v, str),
+        lambda v: v in (*INT8_PRESETS, HOST_PRESET),
+        f"one of {(*INT8_PRESETS, HOST_PRESET)}",
     ),
     "intra_op_threads": _typed(
         "an integer", _is_int, lambda v: 0 <= v <= 256, "between 0 and 256 (0 = auto)"
@@ -157,6 +161,8 @@ def _from_mapping(data: Any, source: str) -> DeviceConfig:
             raise ResonanceError(f"{where}: '{key}' {problem}", f"fix '{key}' in {source}")
     values = dict(data)
     values["providers"] = tuple(values["providers"])
+    if values["int8_preset"] == HOST_PRESET:
+        values["int8_preset"] = host_int8_preset()  # "auto": the CPU this config is loaded on
     for key in ("max_audio_seconds", "max_upload_mb", "queue_timeout_s"):
         values[key] = float(values[key])
     return DeviceConfig(source=source, **values)

@@ -152,10 +152,27 @@ def test_int8_presets_are_the_same_names_in_export_and_in_every_device_config():
     from resonance.runtime.bundle import INT8_PRESETS as CONTRACT
 
     assert tuple(INT8_PRESETS) == CONTRACT
+    from resonance.runtime.bundle import host_int8_preset
+
     presets = {name: load_device_config(name).int8_preset for name in list_device_configs()}
-    assert (
-        presets["jetson-orin-nano"] == presets["jetson-agx-orin"] == "arm64" and presets["pc-cpu"] == "avx512"
-    )
+    assert presets["jetson-orin-nano"] == presets["jetson-agx-orin"] == "arm64"
+    assert presets["pc-cpu"] == presets["pc-cuda"] == host_int8_preset()  # "auto": this machine's CPU
+
+
+@pytest.mark.parametrize(
+    ("machine", "flags", "preset"),
+    [
+        ("x86_64", ["sse4_2", "avx2", "avx512f", "avx512_vnni"], "avx512"),
+        ("x86_64", ["sse4_2", "avx2", "fma"], "avx2"),  # signed int8 weights would saturate AVX2's madd
+        ("aarch64", ["fp", "asimd"], "arm64"),  # Jetson, Raspberry Pi
+        ("arm64", [], "arm64"),  # Apple silicon
+        ("AMD64", [], "avx2"),  # Windows: no /proc/cpuinfo; unsigned weights are right on any x86
+    ],
+)
+def test_the_int8_preset_follows_the_cpu(machine, flags, preset):
+    from resonance.runtime.bundle import int8_preset_for
+
+    assert int8_preset_for(machine, flags) == preset
 
 
 def test_a_transcriber_takes_providers_and_threads_from_a_device_config(tmp_path, tiny_bundle, caplog):

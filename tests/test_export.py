@@ -278,9 +278,16 @@ def test_quantized_export(quantize, base_bundle, tiny_whisper, tmp_path):
         assert count_ops(out / "encoder.onnx")["MatMulInteger"] > 0
         import onnx
 
+        from resonance.export.quantize import INT8_PRESETS
+        from resonance.runtime.bundle import host_int8_preset
+
+        preset = manifest.quantization["int8_preset"]
+        assert preset == host_int8_preset()  # no --int8-preset: made for the CPU it was exported on
+        weights = {"QInt8": onnx.TensorProto.INT8, "QUInt8": onnx.TensorProto.UINT8}
         vocab = load_manifest(out).model.vocab_size  # the output projection is quantised too
         decoder = onnx.load(str(out / "decoder.onnx")).graph
-        assert any(vocab in t.dims and t.data_type == onnx.TensorProto.INT8 for t in decoder.initializer)
+        expected = weights[INT8_PRESETS[preset]["weight_type"]]
+        assert any(vocab in t.dims and t.data_type == expected for t in decoder.initializer)
         assert (out / "encoder.onnx").stat().st_size < 0.85 * (base_bundle / "encoder.onnx").stat().st_size
     else:
         session = ort.InferenceSession(str(out / "decoder.onnx"), providers=["CPUExecutionProvider"])
