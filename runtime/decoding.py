@@ -215,12 +215,9 @@ class GreedyDecoder:
             if len(generated) >= budget:
                 stopped_by = "budget" if budget == max_new_tokens else "context"
                 break
-            feeds = {name: value for name, value in presents.items() if ".encoder." not in name}
-            feeds.update(cross)
-            feeds["input_ids"] = np.asarray([[token]], dtype=np.int64)
-            feeds["encoder_hidden_states"] = encoder_hidden_states
-            feeds["use_cache_branch"] = np.asarray([True])
-            logits, presents = runner.step(feeds, self.present_to_past)
+            past = {**_self_attention(presents), **cross}
+            ids = np.asarray([[token]], dtype=np.int64)
+            logits, presents = self.cached_step(runner, past, ids, encoder_hidden_states)
         return DecodeOutput(tuple(generated), no_speech_prob, stopped_by)
 
     def _beam(
@@ -240,7 +237,7 @@ class GreedyDecoder:
         runner = NumpyStepRunner(self.session)
         presents = {name: _host(value) for name, value in presents.items()}
         cross = {name: value for name, value in presents.items() if ".encoder." in name}
-        self_past = {name: value for name, value in presents.items() if ".encoder." not in name}
+        self_past = _self_attention(presents)
         beams: List[Tuple[List[int], float]] = [([], 0.0)]  # (tokens, summed log-probability)
         finished: List[Tuple[float, List[int]]] = []
         step_logits = _host(logits)[:, -1]  # (beams, vocab)
@@ -265,14 +262,11 @@ class GreedyDecoder:
             if len(finished) >= beam_size or not next_beams:
                 break
             beams = next_beams
-            feeds = {name: np.take(value, sources, axis=0) for name, value in self_past.items()}
-            feeds.update(cross)
-            feeds["input_ids"] = np.asarray([[tokens[-1]] for tokens, _ in beams], dtype=np.int64)
-            feeds["encoder_hidden_states"] = encoder_hidden_states
-            feeds["use_cache_branch"] = np.asarray([True])
-            out_logits, out_presents = runner.step(feeds, self.present_to_past)
+            past = {name: np.take(value, sources, axis=0) for name, value in self_past.items()}
+            ids = np.asarray([[tokens[-1]] for tokens, _ in beams], dtype=np.int64)
+            out_logits, out_presents = self.cached_step(runner, {**past, **cross}, ids, encoder_hidden_states)
             step_logits = out_logits[:, -1]
-            self_past = {name: value for name, value in out_presents.items() if ".encoder." not in name}
+            self_past = _self_attention(out_presents)
         if finished:
             return max(finished, key=lambda f: f[0])[1], "eot"
         return max(beams, key=lambda b: b[1] / (len(b[0]) + 1))[0], "budget"
@@ -303,6 +297,18 @@ class GreedyDecoder:
         feeds["use_cache_branch"] = np.asarray([False])
         return runner.step(feeds, self.present_to_past)
 
+    def cached_step(
+        self, runner: StepRunner, past: Dict[str, Any], input_ids: np.ndarray, encoder_hidden_states
+    ):
+        """A step of the cache branch: ``past`` (self- and cross-attention caches) + ``input_ids`` (batch, new
+        tokens) -> (logits, presents). The graph reads the audio only through the cross-attention cache here;
+        ``encoder_hidden_states`` is still one of its inputs."""
+        feeds = dict(past)
+        feeds["input_ids"] = input_ids
+        feeds["encoder_hidden_states"] = encoder_hidden_states
+        feeds["use_cache_branch"] = np.asarray([True])
+        return runner.step(feeds, self.present_to_past)
+
     def _next_token(self, logits: np.ndarray, first: bool) -> int:
         return int(np.argmax(self._allowed(logits, first, np.float32)))
 
@@ -313,6 +319,11 @@ class GreedyDecoder:
         x = np.asarray(sot_logits, dtype=np.float64)
         x = np.exp(x - x.max())
         return float(x[self.tokens.no_speech] / x.sum())
+
+
+def _self_attention(presents: Dict[str, Any]) -> Dict[str, Any]:
+    """The self-attention part of a step's cache (it grows each step; the cross-attention part is fixed)."""
+    return {name: value for name, value in presents.items() if ".encoder." not in name}
 
 
 def _host(value: Any) -> np.ndarray:

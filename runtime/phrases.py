@@ -313,13 +313,8 @@ def teacher_forced_logprobs(
         ids = np.full((len(group), width), eot, dtype=np.int64)
         for row, i in enumerate(group):
             ids[row, : len(candidates[i])] = candidates[i]
-        feeds: Dict[str, Any] = dict(cache)
-        feeds.update({name: value[: len(group)] for name, value in tiled.items()})
-        feeds["input_ids"] = ids
-        # The cache branch reads the audio only through the cross-attention cache; this input is unused there.
-        feeds["encoder_hidden_states"] = encoder_hidden_states
-        feeds["use_cache_branch"] = np.asarray([True])
-        logits, _ = runner.step(feeds, greedy.present_to_past)
+        past = {**cache, **{name: value[: len(group)] for name, value in tiled.items()}}
+        logits, _ = greedy.cached_step(runner, past, ids, encoder_hidden_states)
         # Only the real positions (not the padding): position j predicts token j+1, the last one end of text.
         row_index = np.concatenate([np.full(len(candidates[i]), r) for r, i in enumerate(group)])
         position = np.concatenate([np.arange(len(candidates[i])) for i in group])
