@@ -62,8 +62,9 @@ class UtteranceSegmenter:
         self.sample_rate = sample_rate
         pre_blocks = self.options.start_blocks + round(self.options.pre_roll_s / self.options.block_s)
         self._before: Deque[np.ndarray] = deque(maxlen=pre_blocks)
+        self._before_levels: Deque[float] = deque(maxlen=pre_blocks)  # their dBFS
         self._current: List[np.ndarray] = []
-        self._levels: List[float] = []  # dBFS of the blocks in _before / _current (for the first calibration)
+        self._levels: List[float] = []  # dBFS of the blocks in _current (for the first calibration)
         self._floor: Optional[float] = None
         self._voiced_run = 0
         self._silent_run = 0
@@ -95,16 +96,14 @@ class UtteranceSegmenter:
         if not self._current:
             voiced = self._voiced(level)
             self._before.append(block)
-            self._levels = (
-                [*self._levels[-(len(self._before) - 1) :], level] if len(self._before) > 1 else [level]
-            )
+            self._before_levels.append(level)
             self._voiced_run = self._voiced_run + 1 if voiced else 0
             if not voiced:
                 self._track_floor(level)
             if self._voiced_run >= opts.start_blocks:
-                self._current = list(self._before)
-                self._levels = self._levels[-len(self._current) :]
+                self._current, self._levels = list(self._before), list(self._before_levels)
                 self._before.clear()
+                self._before_levels.clear()
                 self._speech_blocks = self._voiced_run
                 self._silent_run = 0
             return []
@@ -131,7 +130,7 @@ class UtteranceSegmenter:
         self._floor = min(self._levels)
         voiced = [self._voiced(level) for level in self._levels]
         self._speech_blocks = sum(voiced)
-        self._silent_run = len(voiced) - (max(i for i, v in enumerate(voiced) if v) + 1 if any(voiced) else 0)
+        self._silent_run = next((i for i, v in enumerate(reversed(voiced)) if v), len(voiced))  # trailing
 
     def flush(self) -> Optional[np.ndarray]:
         """The utterance in progress (at the end of the input), if it has enough speech."""
