@@ -89,9 +89,8 @@ def export_bundle(
             "--int8-preset applies to --quantize int8 only", "add --quantize int8 or drop it"
         )
     if quantize == "int8" and int8_preset is None:
-        int8_preset = (
-            host_int8_preset()
-        )  # most bundles run where they are made; a Jetson's gets --int8-preset
+        # Most bundles run where they are made; a Jetson's is exported with --int8-preset arm64.
+        int8_preset = host_int8_preset()
         log.info(
             "int8 for this machine's CPU (--int8-preset %s); name another for another device", int8_preset
         )

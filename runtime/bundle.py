@@ -61,7 +61,7 @@ def int8_preset_for(machine: str, cpu_flags: Sequence[str]) -> str:
     """The int8 preset for a CPU: arm64 for ARM; avx512 with AVX-512; otherwise avx2, whose unsigned weights
     are right on every x86 CPU (signed ones saturate AVX2's u8 x s8 multiply-add), including when the flags
     are unknown (not Linux; Intel's consumer CPUs since 2021 have no AVX-512)."""
-    if machine.lower() in ("aarch64", "arm64") or machine.lower().startswith("arm"):
+    if machine.lower().startswith(("aarch64", "arm")):
         return "arm64"
     return "avx512" if "avx512f" in cpu_flags else "avx2"
 

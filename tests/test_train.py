@@ -96,23 +96,7 @@ def test_shortened_window_takes_fewer_frames(tiny_whisper):
 
 def test_train_cli_end_to_end_on_tiny_model(tiny_whisper, demo_data, tmp_path, run_cli):
     out = tmp_path / "adapters" / "p1"
-    args = [
-        "train",
-        "--data",
-        demo_data,
-        "--out",
-        out,
-        "--base-model",
-        tiny_whisper,
-        "--max-steps",
-        "3",
-        "--batch-size",
-        "4",
-        "--window-seconds",
-        "5",
-        "--threads",
-        "2",
-    ]
+    args = ["train", "--data", demo_data, "--out", out, *_tiny_train_args(tiny_whisper, max_steps=3)]
     proc = run_cli(*args)
     assert proc.returncode in (0, 3), proc.stderr  # 3 = trained but not better (a random model can't improve)
     for name in (
