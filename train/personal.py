@@ -11,8 +11,8 @@ import json
 from pathlib import Path
 from typing import Optional, Union
 
+from resonance.constants import DEFAULT_BASE_MODEL
 from resonance.errors import ResonanceError
-from resonance.train.config import DEFAULT_BASE_MODEL
 
 
 def load_personal_model(

@@ -14,6 +14,7 @@ from typing import Dict, List, Tuple, Union
 
 import numpy as np
 
+from resonance.constants import SAMPLE_RATE
 from resonance.data.check import wav_data_shortfall
 from resonance.data.labels import (
     AUDIO_DIR,
@@ -28,7 +29,6 @@ from resonance.errors import AudioError, ResonanceError
 from resonance.fsutil import atomic_directory
 
 log = logging.getLogger(__name__)
-SAMPLE_RATE = 16000
 _NUMBER_PREFIX = re.compile(r"^\d+[_\-. ]*")  # "001_我想喝水" -> "我想喝水"
 
 

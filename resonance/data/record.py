@@ -19,12 +19,12 @@ from typing import Any, Callable, List, Optional, Sequence, Union
 
 import numpy as np
 
+from resonance.constants import SAMPLE_RATE
 from resonance.data.labels import AUDIO_DIR, LABELS_FILE, load_labels, read_labels_json, save_labels
 from resonance.data.quality import MAX_SECONDS, Finding, level_findings, measure, trim_silence
 from resonance.errors import ResonanceError
 from resonance.mic import open_input_device
 
-SAMPLE_RATE = 16000
 Recorder = Callable[[float], np.ndarray]  # seconds -> mono float32 samples at SAMPLE_RATE
 _UNSAFE = re.compile(r'[/\\:*?"<>|\s\x00-\x1f]+')  # not allowed in Windows/Unix file names, and spaces
 _MAX_NAME_CHARS = 50  # 50 CJK characters = 150 UTF-8 bytes, well under the 255-byte file name limit
