@@ -1,27 +1,30 @@
-"""Greedy Whisper decoding over Optimum's merged decoder (one graph, KV cache), with Whisper's token rules.
+"""Whisper decoding over the merged decoder graph, shaped like openai/whisper ``decoding.py``.
 
-The merged ``decoder.onnx`` has a boolean input ``use_cache_branch``: the first step runs the whole SOT sequence
-with empty past tensors (shape [B, heads, 0, head_dim]) and ``use_cache_branch=False``; every later step feeds
-the previous step's ``present.*`` outputs back as ``past_key_values.*`` with ``use_cache_branch=True`` and only
-the newest token. Input/output names are read from the session, so any layer count works.
+* :class:`DecodingOptions`: every decoding choice, one frozen dataclass passed whole.
+* The guards, all in this module: logit filters applied at every step (:class:`SuppressTokens`,
+  :class:`SuppressBlank`), and the rules of a window (:class:`WindowGuards`: digital silence, the token budget,
+  no speech; :class:`RepetitionStop`).
+* Search strategies that drive a :class:`~resonance.runtime.merged_decoder.MergedDecoder` with the options
+  whole: :class:`GreedySearch` and :class:`BeamSearch`.
+* :class:`WindowDecoding` (whisper's ``DecodingTask``): one audio window from its first decoder step to tokens.
 
-Token rules follow openai/whisper ``decoding.py``: the language and task are forced by the SOT sequence;
-``suppress`` tokens are masked at every step, and so is every special token above ``eot`` (other languages,
-tasks, <|nocaptions|>, timestamps: we decode without timestamps, so none of them is ever valid output);
-``begin_suppress`` (blank, eot) is masked at the first generated step so the model cannot return nothing.
+Token rules follow openai/whisper: the language and task are forced by the SOT sequence; ``suppress`` tokens are
+masked at every step, and so is every special token above ``eot`` (other languages, tasks, <|nocaptions|>,
+timestamps: we decode without timestamps, so none of them is ever valid output); ``begin_suppress`` (blank,
+eot) is masked at the first generated step so the model cannot return nothing.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from resonance.errors import ResonanceError, reject_unknown_fields
-from resonance.runtime.bundle import ModelSpec, TokenSpec
-from resonance.runtime.sessions import numpy_dtype
+from resonance.runtime.bundle import TokenSpec
+from resonance.runtime.merged_decoder import MergedDecoder, NumpyStepRunner, Step, StepRunner, to_host
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,43 @@ class DecodeOutput:
     stopped_by: str  # "eot", "budget", "context" (max_target_positions), "repetition", "no_speech"
 
 
+# -- the guards -------------------------------------------------------------------------------------------------
+
+
+def dbfs(value: float) -> float:
+    """Amplitude (1.0 = full scale) in dB relative to full scale; -inf for 0."""
+    return 20.0 * math.log10(value) if value > 0 else -math.inf
+
+
+@dataclass(frozen=True)
+class WindowGuards:
+    """The rules one audio window is decoded under, decided from its samples before the model runs."""
+
+    skip: bool  # no samples, or digital silence (peak below silence_peak_dbfs): the model does not run
+    max_new_tokens: int  # the token budget for the window's length (DecodingOptions.token_budget)
+    # Quiet window (RMS below no_speech_rms_dbfs): P(no speech) above this is an empty result. None: loud.
+    no_speech_threshold: Optional[float]
+
+    @classmethod
+    def for_window(cls, window: np.ndarray, sample_rate: int, options: DecodingOptions) -> WindowGuards:
+        peak = float(np.max(np.abs(window))) if window.size else 0.0
+        if window.size == 0 or (
+            options.silence_peak_dbfs is not None and dbfs(peak) < options.silence_peak_dbfs
+        ):
+            return cls(skip=True, max_new_tokens=0, no_speech_threshold=None)
+        rms = float(np.sqrt(np.mean(np.square(window, dtype=np.float64))))
+        quiet = dbfs(rms) < options.no_speech_rms_dbfs
+        return cls(
+            skip=False,
+            max_new_tokens=options.token_budget(window.size / sample_rate),
+            no_speech_threshold=options.no_speech_threshold if quiet else None,
+        )
+
+    def no_speech(self, no_speech_prob: float) -> bool:
+        """Whether the model's P(no speech) makes this window an empty result (quiet audio only)."""
+        return self.no_speech_threshold is not None and no_speech_prob > self.no_speech_threshold
+
+
 def repeated_tail(tokens: Sequence[int], count: int, max_ngram: int) -> int:
     """How many tokens to drop so a tail of ``count`` identical n-grams keeps only one; 0 if no such loop."""
     if count < 2:
@@ -113,6 +153,18 @@ def repeated_tail(tokens: Sequence[int], count: int, max_ngram: int) -> int:
     return 0
 
 
+@dataclass(frozen=True)
+class RepetitionStop:
+    """Fine-tuned Whisper loops (on silence, in Chinese): a tail of ``count`` identical n-grams is a loop."""
+
+    count: int
+    max_ngram: int
+
+    def excess(self, tokens: Sequence[int]) -> int:
+        """Tokens to drop from the end so the loop keeps one copy; 0 when the tail is no loop."""
+        return repeated_tail(tokens, self.count, self.max_ngram)
+
+
 def suppress_mask(tokens: TokenSpec, vocab_size: int) -> np.ndarray:
     """Boolean mask of ids never allowed: the manifest's suppress list and every special id above eot."""
     mask = np.zeros(vocab_size, dtype=bool)
@@ -122,129 +174,128 @@ def suppress_mask(tokens: TokenSpec, vocab_size: int) -> np.ndarray:
     return mask
 
 
-class GreedyDecoder:
-    """Greedy search over the merged decoder session. Stateless between calls: safe to share across threads."""
+class LogitFilter:
+    """Changes one hypothesis's next-token logits in place, given the tokens it has generated so far."""
 
-    def __init__(self, session, tokens: TokenSpec, model: ModelSpec) -> None:
-        self.session = session
-        self.tokens = tokens
-        self.max_positions = model.max_target_positions
-        self.input_names = [i.name for i in session.get_inputs()]
-        self.output_names = [o.name for o in session.get_outputs()]
-        for required in ("input_ids", "encoder_hidden_states", "use_cache_branch", "logits"):
-            if required not in self.input_names + self.output_names:
-                raise ResonanceError(
-                    f"decoder.onnx has no '{required}': not an Optimum merged Whisper decoder",
-                    "re-export the bundle with `resonance export`",
-                )
-        self.past_names = [n for n in self.input_names if n.startswith("past_key_values.")]
-        # present.3.decoder.key (output) -> past_key_values.3.decoder.key (input of the next step)
-        self.present_to_past = {
-            n: "past_key_values." + n[len("present.") :]
-            for n in self.output_names
-            if n.startswith("present.")
-        }
-        missing = set(self.past_names) - set(self.present_to_past.values())
-        if missing:
-            raise ResonanceError(
-                f"decoder.onnx has no present output for {sorted(missing)}", "re-export the bundle"
-            )
-        self.empty_past = {
-            i.name: self._empty_past(i, model) for i in session.get_inputs() if i.name in self.past_names
-        }
-        self.mask = suppress_mask(tokens, model.vocab_size)
+    def apply(self, logits: np.ndarray, generated: Sequence[int]) -> None:
+        raise NotImplementedError
 
-    @staticmethod
-    def _empty_past(arg, model: ModelSpec) -> np.ndarray:
-        heads, head_dim = arg.shape[1], arg.shape[3]
-        if not isinstance(heads, int):
-            heads = model.decoder_attention_heads
-        if not isinstance(head_dim, int):
-            head_dim = model.d_model // model.decoder_attention_heads
-        return np.zeros((1, heads, 0, head_dim), dtype=numpy_dtype(arg.type))
 
-    def decode(
-        self,
-        encoder_hidden_states,
-        max_new_tokens: int,
-        suppress_blank: bool = True,
-        stop_if_no_speech: Optional[float] = None,
-        repetition_count: int = 0,
-        repetition_ngram: int = 8,
-        runner: Optional[StepRunner] = None,
-        primed: Optional[Tuple[Any, Dict[str, Any]]] = None,
-        beam_size: int = 1,
-    ) -> DecodeOutput:
-        """Decode one window. ``stop_if_no_speech``: a threshold checked after the first step (quiet audio).
+class SuppressTokens(LogitFilter):
+    """Ids that are never valid output (:func:`suppress_mask`) get -inf at every step."""
 
-        ``primed``: the result of :meth:`prime` for these encoder states, when the caller already ran it
-        (phrase scoring reuses the same first step). ``beam_size`` > 1: beam search (:meth:`_beam`).
-        """
-        runner = runner or NumpyStepRunner(self.session)
-        budget = min(max_new_tokens, self.max_positions - len(self.tokens.sot_sequence))
-        logits, presents = primed if primed is not None else self.prime(encoder_hidden_states, runner)
-        # Cross-attention keys/values depend only on the audio: computed once in the first step. In the cache
-        # branch Optimum's merged graph returns empty placeholders for them, so they are never taken from there.
-        cross = {name: value for name, value in presents.items() if ".encoder." in name}
-        no_speech_prob = self.no_speech_prob(logits[0, 0])
-        if stop_if_no_speech is not None and no_speech_prob > stop_if_no_speech:
-            return DecodeOutput((), no_speech_prob, "no_speech")
-        if beam_size > 1:
-            tokens, stopped_by = self._beam(
-                encoder_hidden_states, logits, presents, budget, beam_size, suppress_blank
-            )
-            drop = repeated_tail(tokens, repetition_count, repetition_ngram)
-            if drop:
-                tokens, stopped_by = tokens[:-drop], "repetition"
-            if stopped_by == "budget" and budget < max_new_tokens:
-                stopped_by = "context"
-            return DecodeOutput(tuple(tokens), no_speech_prob, stopped_by)
+    def __init__(self, mask: np.ndarray) -> None:
+        self.mask = mask
+
+    def apply(self, logits: np.ndarray, generated: Sequence[int]) -> None:
+        logits[self.mask] = -np.inf
+
+
+class SuppressBlank(LogitFilter):
+    """Blank and eot get -inf at the first generated step, so audio that reached the decoder is never "" ."""
+
+    def __init__(self, begin_suppress: Sequence[int]) -> None:
+        self.ids = list(begin_suppress)
+
+    def apply(self, logits: np.ndarray, generated: Sequence[int]) -> None:
+        if not generated:
+            logits[self.ids] = -np.inf
+
+
+def logit_filters(graph: MergedDecoder, options: DecodingOptions) -> List[LogitFilter]:
+    filters: List[LogitFilter] = [SuppressTokens(suppress_mask(graph.tokens, graph.vocab_size))]
+    if options.suppress_blank:
+        filters.append(SuppressBlank(graph.tokens.begin_suppress))
+    return filters
+
+
+def filtered(
+    filters: Sequence[LogitFilter], logits: np.ndarray, generated: Sequence[int], dtype
+) -> np.ndarray:
+    """A copy of ``logits`` in ``dtype`` with every filter applied (the session's buffer stays untouched)."""
+    x = np.array(logits, dtype=dtype)
+    for logit_filter in filters:
+        logit_filter.apply(x, generated)
+    return x
+
+
+# -- search strategies --------------------------------------------------------------------------------------------
+
+
+class SearchStrategy:
+    """Turns a window's first decoder step into tokens: ``search(...) -> (tokens, "eot" | "budget" | ...)``."""
+
+    def __init__(self, graph: MergedDecoder, options: DecodingOptions) -> None:
+        self.graph = graph
+        self.options = options
+        self.filters = logit_filters(graph, options)
+        self.repetition = RepetitionStop(options.repetition_count, options.repetition_ngram)
+
+    def search(
+        self, primed: Step, encoder_hidden_states, runner: StepRunner, budget: int
+    ) -> Tuple[List[int], str]:
+        raise NotImplementedError
+
+
+class GreedySearch(SearchStrategy):
+    """The most likely token at every step; stops at eot, at the budget, or at the first loop."""
+
+    def search(
+        self, primed: Step, encoder_hidden_states, runner: StepRunner, budget: int
+    ) -> Tuple[List[int], str]:
+        eot = self.graph.tokens.eot
+        cross = primed.cross_attention
+        step = primed
         generated: List[int] = []
-        stopped_by = "budget"
         while len(generated) < budget:
-            token = self._next_token(logits[0, -1], first=not generated and suppress_blank)
-            if token == self.tokens.eot:
-                stopped_by = "eot"
-                break
+            logits = filtered(self.filters, step.logits[0, -1], generated, np.float32)
+            token = int(np.argmax(logits))
+            if token == eot:
+                return generated, "eot"
             generated.append(token)
-            drop = repeated_tail(generated, repetition_count, repetition_ngram)
+            drop = self.repetition.excess(generated)
             if drop:
                 del generated[-drop:]
-                stopped_by = "repetition"
-                break
+                return generated, "repetition"
             if len(generated) >= budget:
-                stopped_by = "budget" if budget == max_new_tokens else "context"
                 break
-            past = {**_self_attention(presents), **cross}
             ids = np.asarray([[token]], dtype=np.int64)
-            logits, presents = self.cached_step(runner, past, ids, encoder_hidden_states)
-        return DecodeOutput(tuple(generated), no_speech_prob, stopped_by)
+            step = self.graph.cached_step(
+                runner, {**step.self_attention, **cross}, ids, encoder_hidden_states
+            )
+        return generated, "budget"
 
-    def _beam(
-        self,
-        encoder_hidden_states,
-        logits,
-        presents: Dict[str, Any],
-        budget: int,
-        beam_size: int,
-        suppress_blank: bool,
+
+class BeamSearch(SearchStrategy):
+    """``beam_size`` hypotheses share one decoder call per step (batch = beams); the audio's cross-attention
+    cache stays batch 1 and the graph broadcasts it (as in phrase scoring). A hypothesis ends at eot and is
+    ranked by log-probability / (tokens + 1); the search ends when ``beam_size`` have ended or at the budget.
+    A loop at the end of the winner is cut to one copy."""
+
+    def search(
+        self, primed: Step, encoder_hidden_states, runner: StepRunner, budget: int
     ) -> Tuple[List[int], str]:
-        """Beam search: the beams share one decoder call per step (batch = beams); the audio's cross-attention
-        cache stays batch 1 and the graph broadcasts it (as in phrase scoring). A hypothesis ends at eot and
-        is ranked by log-probability / (tokens + 1); the search ends when ``beam_size`` have ended or at the
-        budget. Returns (tokens, "eot" | "budget")."""
+        tokens, stopped_by = self._beams(primed, encoder_hidden_states, budget)
+        drop = self.repetition.excess(tokens)
+        if drop:
+            return tokens[:-drop], "repetition"
+        return tokens, stopped_by
+
+    def _beams(self, primed: Step, encoder_hidden_states, budget: int) -> Tuple[List[int], str]:
+        beam_size = self.options.beam_size
+        eot = self.graph.tokens.eot
         # Host arrays throughout (beams are re-ordered with numpy): an IOBinding first step is copied back once.
-        runner = NumpyStepRunner(self.session)
-        presents = {name: _host(value) for name, value in presents.items()}
-        cross = {name: value for name, value in presents.items() if ".encoder." in name}
-        self_past = _self_attention(presents)
+        runner = NumpyStepRunner(self.graph.session)
+        host = Step(to_host(primed.logits), {name: to_host(value) for name, value in primed.presents.items()})
+        cross = host.cross_attention
+        self_past = host.self_attention
         beams: List[Tuple[List[int], float]] = [([], 0.0)]  # (tokens, summed log-probability)
         finished: List[Tuple[float, List[int]]] = []
-        step_logits = _host(logits)[:, -1]  # (beams, vocab)
+        step_logits = host.logits[:, -1]  # (beams, vocab)
         for _ in range(budget):
             candidates: List[Tuple[float, int, int]] = []  # (score, beam index, token)
             for b, (tokens, score) in enumerate(beams):
-                logprobs = self._log_softmax(step_logits[b], first=not tokens and suppress_blank)
+                logprobs = _log_softmax(filtered(self.filters, step_logits[b], tokens, np.float64))
                 for token in np.argsort(logprobs)[::-1][: beam_size + 1]:
                     if np.isfinite(logprobs[token]):
                         candidates.append((score + float(logprobs[token]), b, int(token)))
@@ -252,7 +303,7 @@ class GreedyDecoder:
             next_beams: List[Tuple[List[int], float]] = []
             sources: List[int] = []
             for score, b, token in candidates:
-                if token == self.tokens.eot:
+                if token == eot:
                     finished.append((score / (len(beams[b][0]) + 1), beams[b][0]))
                 elif len(next_beams) < beam_size:
                     next_beams.append((beams[b][0] + [token], score))
@@ -264,123 +315,41 @@ class GreedyDecoder:
             beams = next_beams
             past = {name: np.take(value, sources, axis=0) for name, value in self_past.items()}
             ids = np.asarray([[tokens[-1]] for tokens, _ in beams], dtype=np.int64)
-            out_logits, out_presents = self.cached_step(runner, {**past, **cross}, ids, encoder_hidden_states)
-            step_logits = out_logits[:, -1]
-            self_past = _self_attention(out_presents)
+            step = self.graph.cached_step(runner, {**past, **cross}, ids, encoder_hidden_states)
+            step_logits = step.logits[:, -1]
+            self_past = step.self_attention
         if finished:
             return max(finished, key=lambda f: f[0])[1], "eot"
         return max(beams, key=lambda b: b[1] / (len(b[0]) + 1))[0], "budget"
 
-    def _log_softmax(self, logits: np.ndarray, first: bool) -> np.ndarray:
-        x = self._allowed(logits, first, np.float64)
-        x -= x.max()
-        return x - np.log(np.exp(x).sum())
 
-    def _allowed(self, logits: np.ndarray, first: bool, dtype) -> np.ndarray:
-        """A copy of ``logits`` (the session's buffer stays untouched) with Whisper's suppressed ids at -inf,
-        and at the first generated position the begin-suppress ids too."""
-        x = np.array(logits, dtype=dtype)
-        x[self.mask] = -np.inf
-        if first:
-            x[list(self.tokens.begin_suppress)] = -np.inf
-        return x
-
-    def prime(self, encoder_hidden_states, runner: Optional[StepRunner] = None) -> Tuple[Any, Dict[str, Any]]:
-        """The first step: the SOT sequence with empty pasts -> (logits [1, len(sot), vocab], presents).
-
-        The presents hold the prompt's self-attention cache and the audio's cross-attention keys/values.
-        """
-        runner = runner or NumpyStepRunner(self.session)
-        feeds: Dict[str, Any] = dict(self.empty_past)
-        feeds["input_ids"] = np.asarray([list(self.tokens.sot_sequence)], dtype=np.int64)
-        feeds["encoder_hidden_states"] = encoder_hidden_states
-        feeds["use_cache_branch"] = np.asarray([False])
-        return runner.step(feeds, self.present_to_past)
-
-    def cached_step(
-        self, runner: StepRunner, past: Dict[str, Any], input_ids: np.ndarray, encoder_hidden_states
-    ):
-        """A step of the cache branch: ``past`` (self- and cross-attention caches) + ``input_ids`` (batch, new
-        tokens) -> (logits, presents). The graph reads the audio only through the cross-attention cache here;
-        ``encoder_hidden_states`` is still one of its inputs."""
-        feeds = dict(past)
-        feeds["input_ids"] = input_ids
-        feeds["encoder_hidden_states"] = encoder_hidden_states
-        feeds["use_cache_branch"] = np.asarray([True])
-        return runner.step(feeds, self.present_to_past)
-
-    def _next_token(self, logits: np.ndarray, first: bool) -> int:
-        return int(np.argmax(self._allowed(logits, first, np.float32)))
-
-    def no_speech_prob(self, sot_logits: np.ndarray) -> float:
-        # openai/whisper: softmax of the logits at the SOT position, probability of <|nocaptions|>.
-        if self.tokens.no_speech is None:
-            return 0.0
-        x = np.asarray(sot_logits, dtype=np.float64)
-        x = np.exp(x - x.max())
-        return float(x[self.tokens.no_speech] / x.sum())
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max()
+    return x - np.log(np.exp(x).sum())
 
 
-def _self_attention(presents: Dict[str, Any]) -> Dict[str, Any]:
-    """The self-attention part of a step's cache (it grows each step; the cross-attention part is fixed)."""
-    return {name: value for name, value in presents.items() if ".encoder." not in name}
+# -- one window -----------------------------------------------------------------------------------------------------
 
 
-def _host(value: Any) -> np.ndarray:
-    """A numpy array from a numpy array or an onnxruntime OrtValue (IOBinding keeps outputs on the device)."""
-    return value if isinstance(value, np.ndarray) else value.numpy()
+class WindowDecoding:
+    """A window's free transcription under ``options`` (whisper's ``DecodingTask``): the no-speech rule on the
+    first step, then the search strategy within the token budget and the decoder's positions."""
 
+    def __init__(self, graph: MergedDecoder, options: DecodingOptions) -> None:
+        self.graph = graph
+        self.options = options
+        strategy = BeamSearch if options.beam_size > 1 else GreedySearch
+        self.strategy: SearchStrategy = strategy(graph, options)
 
-class StepRunner:
-    """Runs one decoder step; returns (logits as numpy, the presents renamed as next step's past inputs)."""
-
-    def step(self, feeds: Dict[str, Any], present_to_past: Dict[str, str]):
-        raise NotImplementedError
-
-
-class NumpyStepRunner(StepRunner):
-    """CPU path: numpy in, numpy out (the KV cache is host memory anyway)."""
-
-    def __init__(self, session) -> None:
-        self.session = session
-        self.output_names = [o.name for o in session.get_outputs()]
-
-    def step(self, feeds: Dict[str, Any], present_to_past: Dict[str, str]):
-        values = self.session.run(self.output_names, feeds)
-        out = dict(zip(self.output_names, values))
-        presents = {present_to_past[n]: v for n, v in out.items() if n in present_to_past}
-        return out["logits"], presents
-
-
-class IOBindingStepRunner(StepRunner):
-    """CUDA path: the KV cache and encoder states stay on the GPU as OrtValues between steps.
-
-    Without IOBinding every step would copy all past tensors to the host and back (for whisper-small at 50
-    tokens that is tens of MB per step); only the logits (vocab floats) come to the host here, for the argmax.
-    Inputs that are numpy arrays (input_ids, use_cache_branch, the empty first-step pasts) are bound from host
-    memory; OrtValues (encoder states, presents) are bound where they live.
-    """
-
-    def __init__(self, session, device: str = "cuda", device_id: int = 0) -> None:
-        self.session = session
-        self.device = device
-        self.device_id = device_id
-        self.output_names = [o.name for o in session.get_outputs()]
-
-    def step(self, feeds: Dict[str, Any], present_to_past: Dict[str, str]):
-        binding = self.session.io_binding()
-        for name, value in feeds.items():
-            if isinstance(value, np.ndarray):
-                binding.bind_cpu_input(name, np.ascontiguousarray(value))
-            else:
-                binding.bind_ortvalue_input(name, value)
-        for name in self.output_names:
-            if name == "logits":
-                binding.bind_output(name, "cpu")
-            else:
-                binding.bind_output(name, self.device, self.device_id)
-        self.session.run_with_iobinding(binding)
-        values = binding.get_outputs()
-        out = dict(zip(self.output_names, values))
-        presents = {present_to_past[n]: v for n, v in out.items() if n in present_to_past}
-        return out["logits"].numpy(), presents
+    def run(
+        self, primed: Step, encoder_hidden_states, runner: StepRunner, guards: WindowGuards
+    ) -> DecodeOutput:
+        """``primed`` is ``graph.prime(encoder_hidden_states, runner)`` (phrase scoring shares it)."""
+        no_speech_prob = self.graph.no_speech_prob(primed)
+        if guards.no_speech(no_speech_prob):
+            return DecodeOutput((), no_speech_prob, "no_speech")
+        budget = min(guards.max_new_tokens, self.graph.max_new_positions)
+        tokens, stopped_by = self.strategy.search(primed, encoder_hidden_states, runner, budget)
+        if stopped_by == "budget" and budget < guards.max_new_tokens:
+            stopped_by = "context"  # the decoder's positions ran out before the window's budget
+        return DecodeOutput(tuple(tokens), no_speech_prob, stopped_by)

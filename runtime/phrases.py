@@ -42,6 +42,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from resonance.errors import ResonanceError, reject_unknown_fields
+from resonance.runtime.merged_decoder import MergedDecoder, Step, StepRunner, to_host
 
 log = logging.getLogger(__name__)
 
@@ -241,11 +242,6 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return x - top - np.log(np.exp(x - top).sum())
 
 
-def to_host(value) -> np.ndarray:
-    """numpy for an OrtValue (IOBinding on a GPU) or an array."""
-    return value if isinstance(value, np.ndarray) else value.numpy()
-
-
 # Cost of one extra decoder call, in decoder positions (its fixed overhead), when grouping candidates by length.
 CALL_OVERHEAD_POSITIONS = 8
 
@@ -276,17 +272,17 @@ def length_groups(lengths: Sequence[int], max_batch: int) -> List[List[int]]:
 
 
 def teacher_forced_logprobs(
-    greedy,
-    primed: Tuple[Any, Dict[str, Any]],
+    graph: MergedDecoder,
+    primed: Step,
     candidates: Sequence[Sequence[int]],
     encoder_hidden_states,
-    runner,
+    runner: StepRunner,
     batch_memory_mb: float = 256.0,
     broadcast: bool = True,
 ) -> List[np.ndarray]:
     """log p(token) of each candidate's tokens and end of text, given the audio: one array per candidate.
 
-    ``primed`` is ``greedy.prime(...)``: the SOT prompt's logits and presents. Candidates run in batches on the
+    ``primed`` is ``graph.prime(...)``: the SOT prompt's logits and presents. Candidates run in batches on the
     cache branch of the merged decoder (``input_ids`` of several positions; checked equal to step-by-step
     decoding in tests/test_phrases.py), grouped by length so padding stays small. ``broadcast``: pass the
     audio's cross-attention cache once (batch 1) and let the graph's MatMul broadcast it over the batch
@@ -294,7 +290,7 @@ def teacher_forced_logprobs(
     """
     if not candidates:
         return []
-    eot = greedy.tokens.eot
+    eot = graph.tokens.eot
     logits0, presents = primed
     first = np.asarray(to_host(logits0))[0, -1]
     cache = {name: to_host(value) for name, value in presents.items()}
@@ -314,7 +310,7 @@ def teacher_forced_logprobs(
         for row, i in enumerate(group):
             ids[row, : len(candidates[i])] = candidates[i]
         past = {**cache, **{name: value[: len(group)] for name, value in tiled.items()}}
-        logits, _ = greedy.cached_step(runner, past, ids, encoder_hidden_states)
+        logits, _ = graph.cached_step(runner, past, ids, encoder_hidden_states)
         # Only the real positions (not the padding): position j predicts token j+1, the last one end of text.
         row_index = np.concatenate([np.full(len(candidates[i]), r) for r, i in enumerate(group)])
         position = np.concatenate([np.arange(len(candidates[i])) for i in group])
@@ -330,22 +326,22 @@ def teacher_forced_logprobs(
     return results
 
 
-def broadcast_works(greedy, primed: Tuple[Any, Dict[str, Any]], encoder_hidden_states, runner) -> bool:
+def broadcast_works(graph: MergedDecoder, primed: Step, encoder_hidden_states, runner: StepRunner) -> bool:
     """Whether this decoder graph broadcasts a batch-1 cross-attention cache over a batch, exactly.
 
     Optimum's Whisper decoder does (ONNX MatMul broadcasts batch dimensions), so phrase scoring need not copy
     the audio's keys/values per candidate. Checked once per Transcriber on two rows against the copied cache,
     because another exporter or execution provider could reshape by batch size and fail, or differ.
     """
-    candidates = [[greedy.tokens.eot - 1, 220], [220, greedy.tokens.eot - 2]]  # any two real text tokens
+    candidates = [[graph.tokens.eot - 1, 220], [220, graph.tokens.eot - 2]]  # any two real text tokens
     try:
         fast = teacher_forced_logprobs(
-            greedy, primed, candidates, encoder_hidden_states, runner, broadcast=True
+            graph, primed, candidates, encoder_hidden_states, runner, broadcast=True
         )
     except _run_errors() as exc:
         log.info("phrase scoring copies the cross-attention cache per candidate (%s)", exc)
         return False
-    slow = teacher_forced_logprobs(greedy, primed, candidates, encoder_hidden_states, runner, broadcast=False)
+    slow = teacher_forced_logprobs(graph, primed, candidates, encoder_hidden_states, runner, broadcast=False)
     same = all(np.allclose(a, b, rtol=0, atol=1e-3) for a, b in zip(fast, slow))
     if not same:
         log.warning("this decoder broadcasts the cross-attention cache differently; copying it per candidate")

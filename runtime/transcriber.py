@@ -10,7 +10,6 @@ sessions, tokenizer); every call keeps its state local, so one Transcriber serve
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,15 +19,15 @@ import numpy as np
 
 from resonance.audio import SAMPLE_RATE, AudioSource, load_audio
 from resonance.runtime.bundle import Manifest, load_manifest
-from resonance.runtime.decoding import (
-    DecodeOutput,
-    DecodingOptions,
-    GreedyDecoder,
+from resonance.runtime.decoding import DecodeOutput, DecodingOptions, WindowDecoding, WindowGuards
+from resonance.runtime.features import frames_for, log_mel_spectrogram
+from resonance.runtime.merged_decoder import (
     IOBindingStepRunner,
+    MergedDecoder,
     NumpyStepRunner,
+    Step,
     StepRunner,
 )
-from resonance.runtime.features import frames_for, log_mel_spectrogram
 from resonance.runtime.phrases import (
     NO_PHRASES,
     NO_SPEECH,
@@ -70,9 +69,53 @@ class TranscriptionResult:
     phrases: Optional[PhraseMatch] = None
 
 
-def dbfs(value: float) -> float:
-    """Amplitude (1.0 = full scale) in dB relative to full scale; -inf for 0."""
-    return 20.0 * math.log10(value) if value > 0 else -math.inf
+@dataclass(frozen=True)
+class WindowResult:
+    """What one window of audio produced, with its own timings."""
+
+    decoded: Optional[DecodeOutput] = None  # its free transcription; None: not asked for, or digital silence
+    match: Optional[PhraseMatch] = None  # the phrase board's answer (the first window of a matching call)
+    no_speech_prob: Optional[float] = None  # None: the model did not run (digital silence)
+    # features_ms, encoder_ms, decoder_ms (+ phrases_ms where phrases were scored); {} when the model did not run
+    timings: Dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one ``transcribe`` call computes, decided from (mode, phrase list) before any audio is decoded."""
+
+    mode: str
+    phrases: Optional[PhraseSet]  # matched on the first window; None: no matching (mode free, or no list)
+    free_text: bool  # the reply's text is the free transcription of every window; False: the accepted phrase
+    # Mode "phrases" with a list too long to score whole: the first window's free text ranks the shortlist.
+    decode_for_shortlist: bool
+
+    @classmethod
+    def build(cls, mode: str, phrase_set: Optional[PhraseSet], popts: PhraseOptions) -> Plan:
+        matching = phrase_set is not None and len(phrase_set) > 0
+        # Without a list, mode "phrases" falls back to the free transcription.
+        free_text = mode != "phrases" or not matching
+        too_long = matching and popts.max_rows is not None and phrase_set.rows() > popts.max_rows
+        return cls(mode, phrase_set if matching else None, free_text, bool(too_long))
+
+    def runs_window(self, index: int) -> bool:
+        return self.free_text or index == 0
+
+    def decodes_window(self, index: int) -> bool:
+        return self.free_text or (index == 0 and self.decode_for_shortlist)
+
+    def phrases_for_window(self, index: int) -> Optional[PhraseSet]:
+        return self.phrases if index == 0 else None
+
+    def phrase_result(self, first: Optional[WindowResult]) -> Optional[PhraseMatch]:
+        """The call's phrase answer: None in mode "free"; otherwise always a PhraseMatch (maybe empty)."""
+        if self.mode == "free":
+            return None
+        if self.phrases is None:
+            return empty_match(NO_PHRASES)
+        if first is None or first.match is None:
+            return empty_match(NO_SPEECH, len(self.phrases))  # no audio, or digital silence: no model run
+        return first.match
 
 
 class Transcriber:
@@ -108,7 +151,7 @@ class Transcriber:
                 self.decoder.get_providers(),
             )
         self.tokenizer = Tokenizer(self.bundle_dir / files["tokenizer"]["path"], self.manifest.tokens.eot)
-        self.greedy = GreedyDecoder(self.decoder, self.manifest.tokens, self.manifest.model)
+        self.merged_decoder = MergedDecoder(self.decoder, self.manifest.tokens, self.manifest.model)
         self._encoder_in = self.encoder.get_inputs()[0]
         self._encoder_out = self.encoder.get_outputs()[0].name
         self._device_id = _device_id(providers)
@@ -165,47 +208,33 @@ class Transcriber:
         popts = PhraseOptions.coerce(phrase_options, self.phrase_options)
         start = time.perf_counter()
         samples = load_audio(audio, SAMPLE_RATE, source_rate=sample_rate)
-        duration = samples.size / SAMPLE_RATE
-        timings = {"features_ms": 0.0, "encoder_ms": 0.0, "decoder_ms": 0.0}
-        phrase_set = self.phrase_set(phrases) if mode != "free" else None
-        matching = phrase_set is not None and len(phrase_set) > 0
-        # The whole free transcription: modes free and both, and "phrases" without a list (the reply falls
-        # back to it). Mode "phrases" decodes the first window freely when the list needs a shortlist (the
-        # free text ranks it); phrases are matched on the first window only.
-        full_free = mode != "phrases" or not matching
-        first_free = full_free or not self._fits(phrase_set, popts)
-        tokens: List[int] = []
-        no_speech: List[float] = []
-        found: Optional[PhraseMatch] = None
-        for offset in range(0, samples.size, self.window_samples):
-            first = offset == 0
-            if not first and not full_free:
+        plan = Plan.build(mode, self.phrase_set(phrases) if mode != "free" else None, popts)
+        decoding = WindowDecoding(self.merged_decoder, opts)
+        windows: List[WindowResult] = []
+        for index, offset in enumerate(range(0, samples.size, self.window_samples)):
+            if not plan.runs_window(index):
                 break
             window = samples[offset : offset + self.window_samples]
-            out, found_here = self._transcribe_window(
-                window, opts, timings, first_free, phrase_set if first and matching else None, popts
-            )
-            if first:
-                found = found_here
-            if out is not None:
-                tokens.extend(out.tokens)
-                no_speech.append(out.no_speech_prob)
+            windows.append(self._transcribe_window(window, decoding, plan, index, popts))
+        tokens = [token for w in windows if w.decoded is not None for token in w.decoded.tokens]
         text = self.tokenizer.decode(tokens)
         if opts.to_simplified and text:
             from resonance.text import to_simplified
 
             text = to_simplified(text)
-        if mode != "free" and not matching:
-            found = empty_match(NO_PHRASES)
-        elif mode != "free" and found is None:
-            found = empty_match(NO_SPEECH, len(phrase_set))  # digital silence: the model did not run
-        if not full_free:
+        found = plan.phrase_result(windows[0] if windows else None)
+        if not plan.free_text:
             text, tokens = found.best or "", []  # mode "phrases": the answer is the accepted phrase
+        timings = {"features_ms": 0.0, "encoder_ms": 0.0, "decoder_ms": 0.0}
+        for w in windows:
+            for key, ms in w.timings.items():
+                timings[key] = timings.get(key, 0.0) + ms
         timings["total_ms"] = (time.perf_counter() - start) * 1000.0
+        no_speech = [w.no_speech_prob for w in windows if w.no_speech_prob is not None]
         return TranscriptionResult(
             text=text,
             language=self.manifest.language,
-            duration_s=duration,
+            duration_s=samples.size / SAMPLE_RATE,
             tokens=tuple(tokens),
             no_speech_prob=min(no_speech) if no_speech else None,
             timings={k: round(v, 2) for k, v in timings.items()},
@@ -236,7 +265,7 @@ class Transcriber:
         key = tuple(self.manifest.phrases if phrases is None else phrases)
         prepared = self._phrase_sets.get(key)
         if prepared is None:
-            budget = self.manifest.model.max_target_positions - len(self.manifest.tokens.sot_sequence) - 1
+            budget = self.merged_decoder.max_new_positions - 1  # the phrase's tokens, then eot
             prepared = PhraseSet.build(key, self.tokenizer, budget)
             # A few lists at most (the bundle's, a client's): no unbounded cache.
             if len(self._phrase_sets) >= 8:
@@ -244,83 +273,63 @@ class Transcriber:
             self._phrase_sets[key] = prepared
         return prepared
 
-    @staticmethod
-    def _fits(phrase_set: PhraseSet, popts: PhraseOptions) -> bool:
-        return popts.max_rows is None or phrase_set.rows() <= popts.max_rows
-
     def _transcribe_window(
-        self,
-        window: np.ndarray,
-        opts: DecodingOptions,
-        timings: Dict[str, float],
-        free: bool = True,
-        phrase_set: Optional[PhraseSet] = None,
-        popts: Optional[PhraseOptions] = None,
-    ) -> Tuple[Optional[DecodeOutput], Optional[PhraseMatch]]:
-        """Decode one window of at most ``window_seconds``; (None, None) when it is digital silence.
+        self, window: np.ndarray, decoding: WindowDecoding, plan: Plan, index: int, popts: PhraseOptions
+    ) -> WindowResult:
+        """Decode (and on the first window, match phrases on) at most ``window_seconds`` of audio.
 
-        With ``phrase_set``, also score the phrases on this window, sharing the encoder pass and first step.
+        The free transcription and the phrase scoring share the encoder pass and the decoder's first step.
         """
-        peak = float(np.max(np.abs(window))) if window.size else 0.0
-        if window.size == 0 or (opts.silence_peak_dbfs is not None and dbfs(peak) < opts.silence_peak_dbfs):
-            return None, None
-        seconds = window.size / SAMPLE_RATE
+        guards = WindowGuards.for_window(window, SAMPLE_RATE, decoding.options)
+        if guards.skip:
+            return WindowResult()  # digital silence: the model does not run
         t0 = time.perf_counter()
         features = self.features(window)
         t1 = time.perf_counter()
-        runner = self._runner()
+        runner = self.step_runner()
         hidden = self._encode(features)
         t2 = time.perf_counter()
-        quiet = dbfs(float(np.sqrt(np.mean(np.square(window, dtype=np.float64))))) < opts.no_speech_rms_dbfs
-        stop_if_no_speech = opts.no_speech_threshold if quiet else None
-        primed = self.greedy.prime(hidden, runner)
-        out: Optional[DecodeOutput] = None
-        if free:
-            out = self.greedy.decode(
-                hidden,
-                max_new_tokens=opts.token_budget(seconds),
-                suppress_blank=opts.suppress_blank,
-                stop_if_no_speech=stop_if_no_speech,
-                repetition_count=opts.repetition_count,
-                repetition_ngram=opts.repetition_ngram,
-                runner=runner,
-                primed=primed,
-                beam_size=opts.beam_size,
-            )
-            if out.stopped_by == "repetition":
-                log.info("decoding stopped by the repetition guard after %d tokens", len(out.tokens))
+        primed = self.merged_decoder.prime(hidden, runner)
+        decoded: Optional[DecodeOutput] = None
+        if plan.decodes_window(index):
+            decoded = decoding.run(primed, hidden, runner, guards)
+            if decoded.stopped_by == "repetition":
+                log.info("decoding stopped by the repetition guard after %d tokens", len(decoded.tokens))
+            no_speech_prob = decoded.no_speech_prob
+        else:
+            no_speech_prob = self.merged_decoder.no_speech_prob(primed)
         t3 = time.perf_counter()
+        timings = {"features_ms": (t1 - t0) * 1000.0, "encoder_ms": (t2 - t1) * 1000.0}
+        timings["decoder_ms"] = (t3 - t2) * 1000.0
         found: Optional[PhraseMatch] = None
+        phrase_set = plan.phrases_for_window(index)
         if phrase_set is not None:
-            free_text = self.tokenizer.decode(out.tokens) if out is not None else None
-            found = self._match(hidden, primed, runner, phrase_set, popts or self.phrase_options, free_text)
-            no_speech_prob = self.greedy.no_speech_prob(primed[0][0, 0])
-            if stop_if_no_speech is not None and no_speech_prob > stop_if_no_speech:
-                found = empty_match(NO_SPEECH, len(phrase_set))  # quiet and the model hears nobody
-        t4 = time.perf_counter()
-        timings["features_ms"] += (t1 - t0) * 1000.0
-        timings["encoder_ms"] += (t2 - t1) * 1000.0
-        timings["decoder_ms"] += (t3 - t2) * 1000.0
-        if phrase_set is not None:
-            timings["phrases_ms"] = timings.get("phrases_ms", 0.0) + (t4 - t3) * 1000.0
-        return out, found
+            if guards.no_speech(no_speech_prob):
+                found = empty_match(NO_SPEECH, len(phrase_set))  # quiet, and the model hears nobody
+            else:
+                free_text = self.tokenizer.decode(decoded.tokens) if decoded is not None else None
+                found = self._match(hidden, primed, runner, phrase_set, popts, free_text)
+            timings["phrases_ms"] = (time.perf_counter() - t3) * 1000.0
+        return WindowResult(decoded, found, no_speech_prob, timings)
 
     def _match(
         self,
         hidden,
-        primed,
+        primed: Step,
         runner: StepRunner,
         phrase_set: PhraseSet,
         popts: PhraseOptions,
         free_text: Optional[str],
     ) -> PhraseMatch:
-        first = primed[0][0, -1]  # logits after the prompt (numpy from every runner): rank by P(first token)
+        first = primed.logits[
+            0, -1
+        ]  # logits after the prompt (numpy from every runner): rank by P(first token)
         first_ids = np.asarray([tokens[0] for tokens in phrase_set.tokens], dtype=np.int64)
         chosen = shortlist(phrase_set, free_text, first[first_ids], popts.max_rows)
         if self._broadcast is None:
-            self._broadcast = broadcast_works(self.greedy, primed, hidden, runner)
+            self._broadcast = broadcast_works(self.merged_decoder, primed, hidden, runner)
         logprobs = teacher_forced_logprobs(
-            self.greedy,
+            self.merged_decoder,
             primed,
             [phrase_set.tokens[i] for i in chosen],
             hidden,
@@ -353,7 +362,8 @@ class Transcriber:
         self.encoder.run_with_iobinding(binding)
         return binding.get_outputs()[0]  # an OrtValue on the GPU, bound straight into the decoder
 
-    def _runner(self) -> StepRunner:
+    def step_runner(self) -> StepRunner:
+        """How this call runs decoder steps: on the GPU with IOBinding (cache stays there), else numpy."""
         if self.on_gpu:
             return IOBindingStepRunner(self.decoder, "cuda", self._device_id)
         return NumpyStepRunner(self.decoder)

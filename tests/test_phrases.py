@@ -16,7 +16,7 @@ from test_server import wav, write_config
 
 from resonance.errors import ResonanceError
 from resonance.runtime.bundle import load_manifest
-from resonance.runtime.decoding import NumpyStepRunner
+from resonance.runtime.merged_decoder import NumpyStepRunner
 from resonance.runtime.phrases import (
     MATCHED,
     NO_PHRASES,
@@ -63,14 +63,14 @@ def audio() -> np.ndarray:
 
 def step_by_step_logprobs(transcriber: Transcriber, hidden, tokens) -> np.ndarray:
     """The reference: log p of each token and then eot, one token at a time as greedy decoding feeds them."""
-    greedy = transcriber.greedy
+    graph = transcriber.merged_decoder
     runner = NumpyStepRunner(transcriber.decoder)
-    logits, presents = greedy.prime(hidden, runner)
+    logits, presents = graph.prime(hidden, runner)
     cross = {k: v for k, v in presents.items() if ".encoder." in k}
     out = []
-    for token in [*tokens, greedy.tokens.eot]:
+    for token in [*tokens, graph.tokens.eot]:
         out.append(log_softmax(logits[0, -1])[token])
-        if token == greedy.tokens.eot:
+        if token == graph.tokens.eot:
             break
         feeds = {k: v for k, v in presents.items() if ".encoder." not in k}
         feeds.update(cross)
@@ -79,7 +79,7 @@ def step_by_step_logprobs(transcriber: Transcriber, hidden, tokens) -> np.ndarra
             encoder_hidden_states=hidden,
             use_cache_branch=np.asarray([True]),
         )
-        logits, presents = runner.step(feeds, greedy.present_to_past)
+        logits, presents = runner.step(feeds, graph.present_to_past)
     return np.asarray(out)
 
 
@@ -89,13 +89,13 @@ def test_batched_teacher_forcing_equals_step_by_step_decoding(transcriber, audio
     lengths = {len(t) for t in phrases.tokens}
     assert len(lengths) > 2  # different lengths in one batch: padding is exercised
     runner = NumpyStepRunner(transcriber.decoder)
-    primed = transcriber.greedy.prime(hidden, runner)
+    primed = transcriber.merged_decoder.prime(hidden, runner)
     row_mb = sum(v.nbytes for v in primed[1].values()) / 1e6
-    assert broadcast_works(transcriber.greedy, primed, hidden, runner)
+    assert broadcast_works(transcriber.merged_decoder, primed, hidden, runner)
     # One batch for all, batches of 2 (memory cap), and the cross-attention cache broadcast or copied per row.
     for memory_mb, broadcast in ((1000.0, True), (1000.0, False), (2.5 * row_mb, False)):
         batched = teacher_forced_logprobs(
-            transcriber.greedy, primed, phrases.tokens, hidden, runner, memory_mb, broadcast
+            transcriber.merged_decoder, primed, phrases.tokens, hidden, runner, memory_mb, broadcast
         )
         assert len(batched) == len(phrases)
         for tokens, got in zip(phrases.tokens, batched):
@@ -138,6 +138,33 @@ def test_both_keeps_the_free_transcription_unchanged(transcriber, audio):
     assert both.text == free.text and both.tokens == free.tokens
     assert both.phrases.best in PHRASES
     assert both.timings["phrases_ms"] > 0
+
+
+def test_the_plan_decodes_only_what_the_mode_needs(transcriber):
+    from resonance.runtime.transcriber import Plan
+
+    phrases = transcriber.phrase_set()
+    fits, too_long = PhraseOptions(max_rows=None), PhraseOptions(max_rows=1)
+    free = Plan.build("free", None, fits)
+    assert free.free_text and free.phrases is None and free.runs_window(3) and free.decodes_window(3)
+    both = Plan.build("both", phrases, too_long)
+    assert both.free_text and both.runs_window(3) and both.phrases_for_window(0) is phrases
+    assert both.phrases_for_window(1) is None  # phrases are matched on the first window only
+    whole = Plan.build("phrases", phrases, fits)  # the list is scored whole: no free decoding at all
+    assert not whole.free_text and not whole.decodes_window(0) and not whole.runs_window(1)
+    ranked = Plan.build("phrases", phrases, too_long)  # the first window's free text ranks the shortlist
+    assert ranked.decodes_window(0) and not ranked.decodes_window(1) and not ranked.runs_window(1)
+    no_list = Plan.build("phrases", transcriber.phrase_set([]), fits)  # falls back to the free transcription
+    assert no_list.free_text and no_list.phrases is None
+    assert no_list.phrase_result(None).reason == NO_PHRASES
+    assert whole.phrase_result(None).reason == "no_speech"  # no window ran the model (silence, no audio)
+
+
+def test_mode_phrases_reports_the_models_no_speech_probability(transcriber, audio):
+    free = transcriber.transcribe(audio, mode="free")
+    phrases = transcriber.transcribe(audio, mode="phrases")
+    assert phrases.tokens == () and phrases.timings["decoder_ms"] > 0  # the list fits: no free decoding
+    assert phrases.no_speech_prob == pytest.approx(free.no_speech_prob)  # the model ran, so it is known
 
 
 def test_an_explicit_list_overrides_the_bundles(transcriber, audio):

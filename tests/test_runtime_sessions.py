@@ -103,7 +103,8 @@ def test_unloadable_model_is_a_resonance_error(tmp_path):
 def test_iobinding_step_runner_gives_the_same_text_with_outputs_bound_on_the_host(bundle):
     """The CUDA decoder loop (IOBinding: OrtValues carried from step to step, logits alone to the host) run
     with every output bound to the CPU: the binding logic is checked here; only the device differs on a GPU."""
-    from resonance.runtime.decoding import DecodingOptions, IOBindingStepRunner
+    from resonance.runtime.decoding import DecodingOptions
+    from resonance.runtime.merged_decoder import IOBindingStepRunner
     from resonance.runtime.transcriber import Transcriber
 
     t = np.arange(24000) / 16000
@@ -116,7 +117,7 @@ def test_iobinding_step_runner_gives_the_same_text_with_outputs_bound_on_the_hos
         runners.append(IOBindingStepRunner(bound.decoder, "cpu", 0))
         return runners[-1]
 
-    bound._runner = host_bound_runner
+    bound.step_runner = host_bound_runner
     for options in (DecodingOptions(repetition_count=0), DecodingOptions(beam_size=3, max_new_tokens=8)):
         assert (
             bound.transcribe(audio, options=options).tokens == plain.transcribe(audio, options=options).tokens

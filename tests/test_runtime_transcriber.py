@@ -14,7 +14,8 @@ from conftest import tone
 
 from resonance.errors import ResonanceError
 from resonance.runtime.bundle import BundleError, load_manifest
-from resonance.runtime.decoding import DecodingOptions, GreedyDecoder, repeated_tail, suppress_mask
+from resonance.runtime.decoding import DecodingOptions, repeated_tail, suppress_mask
+from resonance.runtime.merged_decoder import MergedDecoder
 from resonance.runtime.transcriber import Transcriber, TranscriptionResult
 
 
@@ -82,6 +83,23 @@ def test_repeated_tail():
     assert repeated_tail([5, 1, 2, 1, 2, 1, 2], count=3, max_ngram=4) == 4
     assert repeated_tail([1, 2, 3, 1, 2], count=2, max_ngram=4) == 0
     assert repeated_tail([7, 7, 7], count=0, max_ngram=4) == 0
+
+
+def test_window_guards_decide_from_the_samples():
+    from resonance.runtime.decoding import WindowGuards
+
+    options = DecodingOptions()
+    assert WindowGuards.for_window(np.zeros(0, np.float32), 16000, options).skip
+    assert WindowGuards.for_window(np.zeros(16000, np.float32), 16000, options).skip  # digital silence
+    loud = WindowGuards.for_window(tone(2.0), 16000, options)
+    assert not loud.skip and loud.max_new_tokens == 6 * 2 + 8 and loud.no_speech_threshold is None
+    assert not loud.no_speech(1.0)  # loud audio is decoded whatever the model says about speech
+    room = (10 ** (-55 / 20) * np.random.default_rng(0).standard_normal(16000)).astype(np.float32)
+    quiet = WindowGuards.for_window(room, 16000, options)
+    assert quiet.no_speech_threshold == options.no_speech_threshold
+    assert quiet.no_speech(0.9) and not quiet.no_speech(0.1)
+    unguarded = DecodingOptions(silence_peak_dbfs=None, no_speech_threshold=None)
+    assert not WindowGuards.for_window(np.zeros(16000, np.float32), 16000, unguarded).skip
 
 
 def test_suppress_mask_covers_specials_and_the_list(transcriber):
@@ -233,7 +251,7 @@ def _scripted(bundle: Path, text: str = "", **options) -> Transcriber:
     eot = transcriber.manifest.tokens.eot
     script = transcriber.tokenizer.encode(text) if text else []
     transcriber.decoder = _ScriptedDecoder(transcriber.decoder, script, eot)
-    transcriber.greedy = GreedyDecoder(
+    transcriber.merged_decoder = MergedDecoder(
         transcriber.decoder, transcriber.manifest.tokens, transcriber.manifest.model
     )
     return transcriber
