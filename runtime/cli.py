@@ -350,17 +350,7 @@ def _run_transcribe(args: argparse.Namespace) -> int:
             continue
         latency = result.timings.get("total_ms", 0.0)
         if args.json:
-            record = {
-                "file": file,
-                "text": result.text,
-                "language": result.language,
-                "duration_s": round(result.duration_s, 3),
-                "latency_ms": round(latency, 1),
-                "timings": result.timings,
-            }
-            if result.phrases is not None:
-                record.update(result.phrases.to_json())
-            print(json.dumps(record, ensure_ascii=False), flush=True)
+            print(json.dumps({"file": file, **result.to_json()}, ensure_ascii=False), flush=True)
         else:
             phrase = f"   {summary(result.phrases)}" if result.phrases is not None else ""
             print(

@@ -292,12 +292,9 @@ class ResultSinks:
                 process.wait(timeout=10)
 
 
-def result_record(result: Any, seconds: float) -> dict:
-    record = {"time": time.strftime("%H:%M:%S"), "text": result.text, "duration_s": round(seconds, 2)}
-    record["latency_ms"] = round(result.timings.get("total_ms", 0.0), 1)
-    if result.phrases is not None:
-        record.update(result.phrases.to_json())
-    return record
+def result_record(result: Any) -> dict:
+    """What --json prints and --post sends for one utterance: the time it ended, then the result."""
+    return {"time": time.strftime("%H:%M:%S"), **result.to_json()}
 
 
 def listen(
@@ -325,7 +322,7 @@ def listen(
     options = replace(options, max_utterance_s=min(options.max_utterance_s, config.max_audio_seconds))
 
     def emit(result: Any, seconds: float) -> None:
-        record = result_record(result, seconds)
+        record = result_record(result)
         if as_json:
             say(json.dumps(record, ensure_ascii=False))
         else:

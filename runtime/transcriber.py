@@ -41,7 +41,15 @@ from resonance.runtime.phrases import (
     shortlist,
     teacher_forced_logprobs,
 )
-from resonance.runtime.sessions import DEFAULT_PROVIDERS, ProviderSpec, create_session, numpy_dtype
+from resonance.runtime.sessions import (
+    DEFAULT_PROVIDERS,
+    ProviderSpec,
+    create_session,
+    numpy_dtype,
+    provider_specs,
+    session_threads,
+    warn_on_precision,
+)
 from resonance.runtime.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -67,6 +75,22 @@ class TranscriptionResult:
     # mode "phrases"/"both": the best known phrase or "none of these" (None in mode "free"). In mode "phrases"
     # ``text`` is the accepted phrase ("" when rejected), or the free transcription when there is no list.
     phrases: Optional[PhraseMatch] = None
+
+    def to_json(self) -> Dict[str, Any]:
+        """The result as every front end reports it (the server's endpoints, ``transcribe --json``, ``listen``):
+        one home for the field names. Callers add their context (patient, file, time) beside it."""
+        record: Dict[str, Any] = {
+            "text": self.text,
+            "mode": self.mode,
+            "language": self.language,
+            "duration_s": round(self.duration_s, 3),
+            "latency_ms": round(self.timings.get("total_ms", 0.0), 1),
+            "no_speech_prob": self.no_speech_prob,
+            "timings": dict(self.timings),
+        }
+        if self.phrases is not None:
+            record.update(self.phrases.to_json())
+        return record
 
 
 @dataclass(frozen=True)
@@ -169,7 +193,6 @@ class Transcriber:
         providers in order, threads and beam size, with a warning when the bundle was made for another
         precision or CPU. ``kwargs`` go to the constructor and win over the config."""
         from resonance.runtime.device_config import DeviceConfig, load_device_config
-        from resonance.runtime.models import provider_specs, session_threads, warn_on_precision
 
         config = device if isinstance(device, DeviceConfig) else load_device_config(device)
         kwargs.setdefault("threads", session_threads(config))

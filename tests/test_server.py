@@ -498,9 +498,9 @@ def test_no_usable_bundle_is_a_clear_startup_error(tmp_path, run_cli):
 def test_transcriptions_run_on_a_fixed_pool_of_slot_threads():
     """However many request threads call in, the model only ever runs on `max_concurrent_requests` threads
     (per-thread onnxruntime/malloc buffers are what made the server grow under load)."""
-    from resonance.runtime.server import _Slots
+    from resonance.runtime.server import TranscriptionSlots
 
-    slots = _Slots(2, timeout=30)
+    slots = TranscriptionSlots(2, timeout=30)
     seen: List[str] = []
     active, peak, lock = [0], [0], threading.Lock()
 
@@ -525,3 +525,27 @@ def test_transcriptions_run_on_a_fixed_pool_of_slot_threads():
     assert len(seen) == 40
     assert len(set(seen)) <= 2 and all(name.startswith("transcribe") for name in seen)
     assert peak[0] == 2
+
+
+def test_a_caller_that_finds_every_slot_taken_is_told_when_to_retry():
+    from resonance.runtime.server import Busy, TranscriptionSlots
+
+    slots = TranscriptionSlots(1, timeout=0)
+    started, release = threading.Event(), threading.Event()
+
+    def hold() -> str:
+        started.set()
+        release.wait(10)
+        return "done"
+
+    holder = threading.Thread(target=slots.run, args=(hold,))
+    holder.start()
+    try:
+        assert started.wait(10)
+        with pytest.raises(Busy) as busy:
+            slots.run(lambda: "never runs")
+        assert busy.value.retry_after_s >= 1 and "retry after" in busy.value.hint
+    finally:
+        release.set()
+        holder.join()
+    assert slots.run(lambda: "free again") == "free again"

@@ -1,0 +1,52 @@
+"""What one server app shares with every request: its settings, patients, device limits and slots."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from flask import current_app
+
+from resonance.constants import SAMPLE_RATE
+from resonance.runtime.device_config import DeviceConfig
+from resonance.runtime.models import ModelRegistry
+from resonance.runtime.retention import Retention
+from resonance.runtime.server.slots import TranscriptionSlots
+
+EXTENSION = "resonance"  # the key of the ServerContext in Flask's app.extensions
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """How the server behaves, apart from the model and its decoding (whisper.cpp's `server_params`)."""
+
+    auth_token: Optional[str] = None  # bearer token clients must send; None = open (trusted home LAN)
+    log_transcripts: bool = False  # log full transcripts; off: logs carry only their length (privacy)
+    log_level: str = "INFO"  # level of the resonance loggers while serving
+    reload_interval_s: float = 0.0  # re-scan the models folder this often for new/changed bundles; 0 = never
+    retain_dir: Optional[Path] = None  # keep each request's audio + result under DIR/<patient>/; None: nothing
+
+
+@dataclass(frozen=True)
+class ServerContext:
+    """Read-only for requests: nothing here changes per request (the registry swaps its own table)."""
+
+    registry: ModelRegistry
+    device_config: DeviceConfig
+    settings: ServerSettings
+    slots: TranscriptionSlots
+    retention: Optional[Retention]
+
+    @classmethod
+    def create(
+        cls, registry: ModelRegistry, device_config: DeviceConfig, settings: ServerSettings
+    ) -> ServerContext:
+        slots = TranscriptionSlots(device_config.max_concurrent_requests, device_config.queue_timeout_s)
+        retention = Retention(settings.retain_dir, SAMPLE_RATE) if settings.retain_dir else None
+        return cls(registry, device_config, settings, slots, retention)
+
+
+def server_context() -> ServerContext:
+    """The context of the app handling the current request."""
+    return current_app.extensions[EXTENSION]

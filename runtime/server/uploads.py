@@ -1,0 +1,100 @@
+"""An HTTP upload -> checked audio -> a transcription on a slot: what both transcription endpoints share."""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from typing import TYPE_CHECKING, Any, Optional
+
+from flask import Request, g, request
+
+from resonance.audio import load_audio
+from resonance.constants import SAMPLE_RATE
+from resonance.runtime.models import LoadedBundle
+from resonance.runtime.server.context import server_context
+from resonance.runtime.server.errors import ApiError
+
+if TYPE_CHECKING:  # the transcriber (numpy, onnxruntime) loads with the first bundle
+    from resonance.runtime.transcriber import TranscriptionResult
+
+
+log = logging.getLogger(__name__)
+
+MULTIPART_HINT = "send the recording as a multipart form field named 'file' (curl -F file=@clip.wav ...)"
+
+
+class InMemoryRequest(Request):
+    """Werkzeug spools uploads over 500 KB to a temporary file; keep audio in RAM (size is capped anyway)."""
+
+    def _get_file_stream(self, total_content_length, content_type, filename=None, content_length=None):
+        return io.BytesIO()
+
+
+def read_upload() -> bytes:
+    """The bytes of the multipart field ``file`` of the current request."""
+    if request.mimetype != "multipart/form-data":
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"expected a multipart/form-data upload, got '{request.mimetype or 'no content type'}'",
+            MULTIPART_HINT,
+        )
+    upload = request.files.get("file")
+    if upload is None:
+        others = sorted(set(request.files) | set(request.form))
+        got = f" (got field(s) {others})" if others else ""
+        raise ApiError(400, "missing_file", f"no form field 'file' in the upload{got}", MULTIPART_HINT)
+    return upload.read()
+
+
+def transcribe_upload(
+    bundle: LoadedBundle, data: bytes, endpoint: str, mode: str = "free"
+) -> TranscriptionResult:
+    """Decode ``data``, check its length, transcribe it on a slot (Busy when none frees up), keep it if the
+    caregiver asked (retention), and note what the request log shows."""
+    context = server_context()
+    g.log_fields.update(patient=bundle.patient, bytes=len(data))
+    header_s = _header_duration(data)
+    if header_s is not None:
+        _check_length(header_s)  # before decoding: an hour of 8-bit 8 kHz audio fits in 25 MB
+    audio = load_audio(data, SAMPLE_RATE)  # AudioError -> 400
+    duration_s = audio.size / SAMPLE_RATE
+    g.log_fields["audio_s"] = f"{duration_s:.2f}"
+    _check_length(duration_s)
+    result = context.slots.run(lambda: bundle.transcriber.transcribe(audio, mode=mode))
+    g.log_fields["text_len"] = len(result.text)
+    if context.settings.log_transcripts:
+        g.log_fields["text"] = repr(result.text)
+    if context.retention is not None:
+        record: Any = {
+            **result.to_json(),
+            "patient": bundle.patient,
+            "endpoint": endpoint,
+            "received": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "model_created": bundle.manifest.created,  # which export of the patient's model heard it
+        }
+        context.retention.save_or_log(bundle.patient, audio, record)
+    return result
+
+
+def _check_length(duration_s: float) -> None:
+    limit = server_context().device_config.max_audio_seconds
+    if duration_s > limit:
+        raise ApiError(
+            413,
+            "audio_too_long",
+            f"the recording is {duration_s:.1f} s long; this server accepts up to {limit:g} s",
+            "send one short phrase per request (max_audio_seconds in the device config)",
+        )
+
+
+def _header_duration(data: bytes) -> Optional[float]:
+    """Duration from the file header (no decoding), or None when libsndfile cannot read the header."""
+    import soundfile as sf
+
+    try:
+        info = sf.info(io.BytesIO(data))
+    except Exception:  # any unreadable header: load_audio decides, and explains, what is wrong with it
+        return None
+    return info.frames / info.samplerate if info.samplerate > 0 and info.frames >= 0 else None
