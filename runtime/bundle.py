@@ -46,12 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-# The preset names and CPU detection have their own homes; re-exported as part of the contract's vocabulary.
-from resonance.constants import HOST_PRESET as HOST_PRESET
-from resonance.constants import INT8_PRESETS as INT8_PRESETS
 from resonance.constants import PRECISIONS
-from resonance.cpu import host_int8_preset as host_int8_preset
-from resonance.cpu import int8_preset_for as int8_preset_for
 from resonance.errors import ResonanceError
 
 FORMAT = "resonance-bundle"

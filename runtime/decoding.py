@@ -25,6 +25,7 @@ import numpy as np
 from resonance.errors import ResonanceError, reject_unknown_fields
 from resonance.runtime.bundle import TokenSpec
 from resonance.runtime.merged_decoder import MergedDecoder, NumpyStepRunner, Step, StepRunner, to_host
+from resonance.runtime.schema import check_types
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,9 @@ class DecodingOptions:
     beam_size: int = 1
 
     def __post_init__(self) -> None:
+        wrong = check_types(self)  # options also come from YAML and JSON: "4" or true is not a beam size
+        if wrong:
+            raise ResonanceError(f"'{wrong[0]}' {wrong[1]}", "see DecodingOptions in runtime/decoding.py")
         if self.max_new_tokens < 1:
             raise ResonanceError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}", "use e.g. 128")
         if self.tokens_per_second is not None and self.tokens_per_second <= 0:
@@ -67,7 +71,7 @@ class DecodingOptions:
             raise ResonanceError("repetition_count must be >= 0 and repetition_ngram >= 1", "use 4 and 8")
         if not 1 <= self.beam_size <= 16:
             raise ResonanceError(
-                f"beam_size must be 1 (greedy) to 16, got {self.beam_size}", "use 1 or e.g. 4"
+                f"'beam_size' must be between 1 (greedy) and 16, got {self.beam_size}", "use 1 or e.g. 4"
             )
 
     @classmethod

@@ -1,9 +1,14 @@
-"""Per-device settings: one YAML schema for every target (``device_configs/*.yaml``), checked strictly on load.
+"""Per-device settings: ``device_configs/*.yaml``, one schema whose defaults live in :class:`DeviceConfig`.
 
 ``load_device_config("pc-cpu")`` reads the packaged file ``resonance/device_configs/pc-cpu.yaml``;
-``load_device_config("my-box.yaml")`` reads a file of the same schema. Unknown, missing, mistyped or
-out-of-range keys are a ResonanceError naming the key and the file, so a typo never silently falls back
-to a default.
+``load_device_config("my-box.yaml")`` reads a file of the same schema. A file lists only what differs from
+the defaults below (an ordinary PC, CPU only), and decoding choices apart from the hardware, in a
+``decoding:`` section of :class:`~resonance.runtime.decoding.DecodingOptions` fields (e.g. ``beam_size: 4``).
+Unknown, mistyped or out-of-range keys are a ResonanceError naming the key and the file, so a typo never
+silently falls back to a default.
+
+Adding a setting: one field below (its default, a comment, its rule if any), and the configs whose value
+differs from the default.
 """
 
 from __future__ import annotations
@@ -11,14 +16,23 @@ from __future__ import annotations
 import dataclasses
 import importlib.resources
 import ipaddress
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple, Union
 
+from resonance.constants import HOST_PRESET, INT8_PRESETS, PRECISIONS
+from resonance.cpu import host_int8_preset
 from resonance.errors import ResonanceError
-from resonance.runtime.bundle import HOST_PRESET, INT8_PRESETS, PRECISIONS, host_int8_preset
+from resonance.runtime.decoding import DecodingOptions
+from resonance.runtime.schema import check_types, field_types, type_problem
+
+log = logging.getLogger(__name__)
 
 PACKAGE = "resonance.device_configs"
+# Top-level keys that are decoding options, from before the `decoding:` section: still read (a caregiver's
+# own copy of an old config keeps working), with a warning saying where they go now.
+LEGACY_DECODING_KEYS = ("beam_size",)
 
 # onnxruntime's provider names (`onnxruntime.get_all_providers()` minus the exotic ones); a typo such as
 # "CudaExecutionProvider" would otherwise be skipped silently as "not installed".
@@ -34,47 +48,27 @@ KNOWN_PROVIDERS = (
     "CPUExecutionProvider",
 )
 
-
-@dataclass(frozen=True)
-class DeviceConfig:
-    name: str  # what `--config` names; equals the file's stem for packaged configs
-    description: str  # one human line, shown at start and in /health
-    providers: Tuple[str, ...]  # onnxruntime execution providers, best first
-    precision: str  # bundle precision this device runs best (fp32|int8|fp16); others load with a warning
-    int8_preset: str  # the CPU an int8 bundle should be quantised for (`resonance export --int8-preset`);
-    # "auto" in the YAML is resolved on load to this machine's (runtime/bundle.py host_int8_preset)
-    intra_op_threads: int  # threads per onnxruntime session; 0 = auto: CPUs / max_concurrent_requests
-    max_audio_seconds: float  # longer recordings get 413
-    max_upload_mb: float  # larger request bodies get 413
-    max_concurrent_requests: int  # transcriptions running at once; more wait for a slot
-    queue_timeout_s: float  # how long a request waits for a slot before 503 "busy"
-    beam_size: int  # 1 = greedy decoding; more keeps that many hypotheses (slower, sometimes more accurate)
-    host: str  # interface the server binds (0.0.0.0 = all, for the LAN)
-    port: int  # TCP port
-    source: str = dataclasses.field(default="", compare=False)  # file it was read from (not a YAML key)
-
-    @property
-    def max_upload_bytes(self) -> int:
-        return int(self.max_upload_mb * 1024 * 1024)
-
-    def replace(self, **changes: Any) -> DeviceConfig:
-        """A copy with some fields changed (command-line overrides such as --port), re-validated."""
-        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "source"}
-        data.update(changes)
-        data["providers"] = list(data["providers"])
-        return _from_mapping(data, self.source or "<overrides>")
+Rule = Callable[[Any], Optional[str]]  # what is wrong with a (well-typed) value, or None when it is fine
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)  # YAML `true` is a bool, and bool is an int
+def _between(low: float, high: float, note: str = "") -> Rule:
+    return lambda v: None if low <= v <= high else f"must be between {low} and {high}{note}, got {v!r}"
 
 
-def _is_number(value: Any) -> bool:
-    return _is_int(value) or isinstance(value, float)
+def _above(low: float, high: float) -> Rule:
+    return lambda v: None if low < v <= high else f"must be > {low} and <= {high}, got {v!r}"
 
 
-def _check_providers(value: Any) -> Optional[str]:
-    if not isinstance(value, list) or not value or not all(isinstance(p, str) for p in value):
+def _one_of(choices: Sequence[str]) -> Rule:
+    return lambda v: None if v in choices else f"must be one of {tuple(choices)}, got {v!r}"
+
+
+def _not_blank(value: str) -> Optional[str]:
+    return None if value.strip() else "must be a non-empty string"
+
+
+def _check_providers(value: Tuple[str, ...]) -> Optional[str]:
+    if not value:
         return "must be a non-empty list of onnxruntime provider names"
     unknown = [p for p in value if p not in KNOWN_PROVIDERS]
     if unknown:
@@ -84,7 +78,7 @@ def _check_providers(value: Any) -> Optional[str]:
     return None
 
 
-def _check_host(value: Any) -> Optional[str]:
+def _check_host(value: str) -> Optional[str]:
     if value == "localhost":
         return None
     try:
@@ -94,50 +88,106 @@ def _check_host(value: Any) -> Optional[str]:
     return None
 
 
-Check = Callable[[Any], Optional[str]]  # returns a problem description, or None when the value is fine
+def _setting(default: Any, rule: Optional[Rule] = None) -> Any:
+    """A device-config field: its default, and the rule its value must follow beyond its type."""
+    return field(default=default, metadata={"rule": rule})
 
 
-def _typed(
-    kind: str, ok: Callable[[Any], bool], rule: Callable[[Any], bool] = lambda v: True, need: str = ""
-) -> Check:
-    def check(value: Any) -> Optional[str]:
-        if not ok(value):
-            return f"must be {kind}, got {type(value).__name__} {value!r}"
-        if not rule(value):
-            return f"must be {need}, got {value!r}"
+@dataclass(frozen=True)
+class DeviceConfig:
+    """One device's hardware and serving settings; the defaults describe an ordinary PC, CPU only."""
+
+    # What `--config` names; a packaged config's name is its file name (a YAML file without one: its stem).
+    name: str = field(metadata={"rule": _not_blank})
+    # One human line, shown by `resonance serve` and in /health.
+    description: str = _setting("")
+    # onnxruntime execution providers, best first; those not installed are skipped with one log line.
+    providers: Tuple[str, ...] = _setting(("CPUExecutionProvider",), _check_providers)
+    # The bundle precision this device runs best (fp32|int8|fp16); another one loads, with a warning.
+    # int8 (dynamic MatMul quantisation): weights 4x smaller than fp32 and usually faster on AVX2/VNNI CPUs.
+    precision: str = _setting("int8", _one_of(PRECISIONS))
+    # The CPU an int8 bundle should be quantised for (`resonance export --int8-preset`): avx2|avx512|arm64 …
+    # or "auto", resolved on load to this machine's (resonance/cpu.py), which is also export's default.
+    int8_preset: str = _setting(HOST_PRESET, _one_of((*INT8_PRESETS, HOST_PRESET)))
+    # Threads per onnxruntime session; 0 = auto: the machine's CPUs divided by max_concurrent_requests, so
+    # concurrent requests never run more threads than there are CPUs.
+    intra_op_threads: int = _setting(0, _between(0, 256, " (0 = auto)"))
+    # Longest accepted recording, in seconds (413 above): Whisper hears 30 s windows.
+    max_audio_seconds: float = _setting(30.0, _above(0, 3600))
+    # Largest accepted upload in MB (413 above): 30 s of 48 kHz stereo 32-bit float WAV is ~11.5 MB.
+    max_upload_mb: float = _setting(25.0, _above(0, 1024))
+    # Requests transcribed at the same time; further ones wait for a slot.
+    max_concurrent_requests: int = _setting(2, _between(1, 64))
+    # Seconds a request waits for a free slot before it gets 503 "busy" with Retry-After.
+    queue_timeout_s: float = _setting(10.0, _between(0, 600))
+    # Interface the server binds: 0.0.0.0 = every interface, so the caregiver's phone on the LAN reaches it.
+    host: str = _setting("0.0.0.0", _check_host)
+    # TCP port (the guide's app setting uses 8000).
+    port: int = _setting(8000, _between(1, 65535))
+    # Decoding choices (the YAML's `decoding:` section): beam_size (1 = greedy) and the guards' thresholds.
+    decoding: DecodingOptions = field(default_factory=DecodingOptions)
+    source: str = field(default="", compare=False)  # the file it was read from (not a YAML key)
+
+    def __post_init__(self) -> None:
+        where = f"device config {self.source or '<code>'}"
+        wrong = check_types(self, skip=("decoding", "source")) or self._rule_problem()
+        if wrong is not None:
+            key, problem = wrong
+            raise ResonanceError(
+                f"{where}: '{key}' {problem}", f"fix '{key}' in {self.source or 'the config'}"
+            )
+        if not isinstance(self.decoding, DecodingOptions):
+            raise ResonanceError(f"{where}: 'decoding' must be DecodingOptions", "use DeviceConfig.replace")
+        if self.int8_preset == HOST_PRESET:
+            object.__setattr__(self, "int8_preset", host_int8_preset())  # "auto": the CPU it is loaded on
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+    def _rule_problem(self) -> Optional[Tuple[str, str]]:
+        """(key, problem) for the first setting that breaks its rule (range, known names); None if none does."""
+        for f in dataclasses.fields(self):
+            rule = f.metadata.get("rule")
+            problem = rule(getattr(self, f.name)) if rule is not None else None
+            if problem:
+                return f.name, problem
         return None
 
-    return check
+    def replace(self, **changes: Any) -> DeviceConfig:
+        """A copy with some settings changed (command-line overrides such as --port), checked like the file.
+        ``decoding`` is a mapping of decoding options to change (``{"beam_size": 4}``)."""
+        if "decoding" in changes:
+            merged = {**dataclasses.asdict(self.decoding), **dict(changes["decoding"])}
+            changes["decoding"] = _decoding_options(merged, self.source or "<overrides>")
+        return dataclasses.replace(self, **changes)
 
 
-def _text(value: Any) -> bool:
-    return isinstance(value, str) and bool(value.strip())
+SETTINGS = tuple(f.name for f in dataclasses.fields(DeviceConfig) if f.name != "source")  # the YAML's keys
 
 
-SCHEMA: Dict[str, Check] = {
-    "name": _typed("a non-empty string", _text),
-    "description": _typed("a string", lambda v: isinstance(v, str)),
-    "providers": _check_providers,
-    "precision": _typed(
-        "a string", lambda v: isinstance(v, str), lambda v: v in PRECISIONS, f"one of {PRECISIONS}"
-    ),
-    "int8_preset": _typed(
-        "a string",
-        lambda v: isinstance(v, str),
-        lambda v: v in (*INT8_PRESETS, HOST_PRESET),
-        f"one of {(*INT8_PRESETS, HOST_PRESET)}",
-    ),
-    "intra_op_threads": _typed(
-        "an integer", _is_int, lambda v: 0 <= v <= 256, "between 0 and 256 (0 = auto)"
-    ),
-    "max_audio_seconds": _typed("a number", _is_number, lambda v: 0 < v <= 3600, "> 0 and <= 3600"),
-    "max_upload_mb": _typed("a number", _is_number, lambda v: 0 < v <= 1024, "> 0 and <= 1024"),
-    "max_concurrent_requests": _typed("an integer", _is_int, lambda v: 1 <= v <= 64, "between 1 and 64"),
-    "queue_timeout_s": _typed("a number", _is_number, lambda v: 0 <= v <= 600, ">= 0 and <= 600"),
-    "beam_size": _typed("an integer", _is_int, lambda v: 1 <= v <= 16, "between 1 (greedy) and 16"),
-    "host": _check_host,
-    "port": _typed("an integer", _is_int, lambda v: 1 <= v <= 65535, "between 1 and 65535"),
-}
+def _decoding_options(value: Any, source: str) -> DecodingOptions:
+    """The `decoding:` section as DecodingOptions; every problem names the key and the file."""
+    where = f"device config {source}"
+    if not isinstance(value, Mapping):
+        raise ResonanceError(
+            f"{where}: 'decoding' must be a mapping of decoding options", "e.g. decoding: {beam_size: 4}"
+        )
+    known = field_types(DecodingOptions)
+    unknown = sorted(set(value) - set(known), key=str)
+    if unknown:
+        raise ResonanceError(
+            f"{where} has unknown decoding option(s) {unknown}",
+            f"remove or correct them; the options are: {', '.join(known)}",
+        )
+    for key, hint in known.items():
+        problem = type_problem(hint, value[key]) if key in value else None
+        if problem:
+            raise ResonanceError(f"{where}: 'decoding.{key}' {problem}", f"fix 'decoding.{key}' in {source}")
+    try:
+        return DecodingOptions(**dict(value))
+    except ResonanceError as exc:
+        raise ResonanceError(f"{where}: decoding: {exc.message}", f"fix 'decoding' in {source}") from exc
 
 
 def _from_mapping(data: Any, source: str) -> DeviceConfig:
@@ -146,25 +196,23 @@ def _from_mapping(data: Any, source: str) -> DeviceConfig:
         raise ResonanceError(
             f"{where} is not a YAML mapping of key: value", "copy a packaged config and edit it"
         )
-    unknown = sorted(set(data) - set(SCHEMA), key=str)
+    values = dict(data)
+    legacy = {key: values.pop(key) for key in LEGACY_DECODING_KEYS if key in values}
+    unknown = sorted(set(values) - set(SETTINGS), key=str)
     if unknown:
         raise ResonanceError(
             f"{where} has unknown key(s) {unknown}",
-            f"remove or correct them; the keys are: {', '.join(SCHEMA)}",
+            f"remove or correct them; the keys are: {', '.join(SETTINGS)}",
         )
-    missing = [key for key in SCHEMA if key not in data]
-    if missing:
-        raise ResonanceError(f"{where} is missing key(s) {missing}", "every device config sets every key")
-    for key, check in SCHEMA.items():
-        problem = check(data[key])
-        if problem:
-            raise ResonanceError(f"{where}: '{key}' {problem}", f"fix '{key}' in {source}")
-    values = dict(data)
-    values["providers"] = tuple(values["providers"])
-    if values["int8_preset"] == HOST_PRESET:
-        values["int8_preset"] = host_int8_preset()  # "auto": the CPU this config is loaded on
-    for key in ("max_audio_seconds", "max_upload_mb", "queue_timeout_s"):
-        values[key] = float(values[key])
+    if legacy:
+        log.warning(
+            "%s: %s belongs under 'decoding:' now (read as decoding options this time)", where, sorted(legacy)
+        )
+    decoding = values.get("decoding", {})
+    if legacy and isinstance(decoding, Mapping):
+        decoding = {**legacy, **decoding}
+    values["decoding"] = _decoding_options(decoding if decoding is not None else {}, source)
+    values.setdefault("name", Path(source).stem)
     return DeviceConfig(source=source, **values)
 
 

@@ -17,7 +17,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from resonance.audio import SAMPLE_RATE, AudioSource, load_audio
+from resonance.audio import AudioSource, load_audio
+from resonance.constants import SAMPLE_RATE
 from resonance.runtime.bundle import Manifest, load_manifest
 from resonance.runtime.decoding import DecodeOutput, DecodingOptions, WindowDecoding, WindowGuards
 from resonance.runtime.features import frames_for, log_mel_spectrogram
@@ -190,13 +191,13 @@ class Transcriber:
         cls, bundle_dir: Union[str, Path], device: Any = "pc-cpu", warn: bool = True, **kwargs: Any
     ) -> Transcriber:
         """A Transcriber set up as ``device`` says (a device_configs/ name, a YAML path or a DeviceConfig): its
-        providers in order, threads and beam size, with a warning when the bundle was made for another
+        providers in order, threads and decoding options, with a warning when the bundle was made for another
         precision or CPU. ``kwargs`` go to the constructor and win over the config."""
         from resonance.runtime.device_config import DeviceConfig, load_device_config
 
         config = device if isinstance(device, DeviceConfig) else load_device_config(device)
         kwargs.setdefault("threads", session_threads(config))
-        kwargs.setdefault("options", DecodingOptions(beam_size=config.beam_size))
+        kwargs.setdefault("options", config.decoding)
         transcriber = cls(bundle_dir, providers=provider_specs(config, Path(bundle_dir)), **kwargs)
         if warn:
             warn_on_precision(Path(bundle_dir).name, transcriber.manifest, config)

@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from resonance.constants import PRECISIONS
 from resonance.errors import ResonanceError
-from resonance.runtime.bundle import PRECISIONS
+from resonance.runtime.decoding import DecodingOptions
 from resonance.runtime.device_config import (
     KNOWN_PROVIDERS,
-    SCHEMA,
+    SETTINGS,
     DeviceConfig,
     list_device_configs,
     load_device_config,
@@ -37,14 +38,19 @@ class TestEveryTarget:
         assert by_name == by_path
         assert by_name.name == name
 
-    def test_has_exactly_the_schema_keys_each_with_a_comment(self, name):
+    def test_lists_only_what_differs_from_the_defaults_each_with_a_comment(self, name):
         text = (PACKAGED / f"{name}.yaml").read_text(encoding="utf-8")
         data = yaml.safe_load(text)
-        assert list(data) == list(SCHEMA)  # same keys, same order in every file
+        assert set(data) <= set(SETTINGS)
+        defaults = DeviceConfig(name="defaults")
         lines = text.splitlines()
-        for key in SCHEMA:
+        for key in data:
             index = next(i for i, line in enumerate(lines) if line.startswith(f"{key}:"))
             assert lines[index - 1].startswith("#"), f"{name}.yaml: no comment above '{key}'"
+            if key not in ("name", "description"):
+                assert getattr(load_device_config(name), key) != getattr(defaults, key), (
+                    f"{name}.yaml sets '{key}' to its default: leave it out"
+                )
 
     def test_values_are_sane_for_serving(self, name):
         config = load_device_config(name)
@@ -85,7 +91,6 @@ def test_a_custom_file_with_the_same_schema_loads(tmp_path):
     ("changes", "drop", "key"),
     [
         ({"max_threads": 4}, (), "max_threads"),  # unknown key (a typo must not fall back to a default)
-        ({}, ("port",), "port"),  # missing key
         ({"intra_op_threads": -1}, (), "intra_op_threads"),
         ({"intra_op_threads": "4"}, (), "intra_op_threads"),  # a string, not an int
         ({"intra_op_threads": 2.5}, (), "intra_op_threads"),
@@ -103,8 +108,13 @@ def test_a_custom_file_with_the_same_schema_loads(tmp_path):
         ({"max_audio_seconds": 0}, (), "max_audio_seconds"),
         ({"max_upload_mb": -5}, (), "max_upload_mb"),
         ({"queue_timeout_s": -1}, (), "queue_timeout_s"),
-        ({"beam_size": 0}, (), "beam_size"),
-        ({"beam_size": 17}, (), "beam_size"),
+        ({"beam_size": 0}, (), "beam_size"),  # the old top-level spelling is checked like the new one
+        ({"decoding": {"beam_size": 17}}, (), "beam_size"),
+        ({"decoding": {"beam_size": "4"}}, (), "beam_size"),
+        ({"decoding": {"beam_size": True}}, (), "beam_size"),
+        ({"decoding": {"beem_size": 2}}, (), "beem_size"),  # a misspelt decoding option
+        ({"decoding": [4]}, (), "decoding"),
+        ({"decoding": {"no_speech_threshold": 1.5}}, (), "no_speech_threshold"),
         ({"name": ""}, (), "name"),
     ],
 )
@@ -116,6 +126,32 @@ def test_bad_files_name_the_key_and_the_file(tmp_path, changes, drop, key):
     assert key in message
     assert str(path) in message
     assert info.value.hint
+
+
+def test_a_file_lists_only_what_differs_and_the_rest_is_the_defaults(tmp_path):
+    path = tmp_path / "my-box.yaml"
+    path.write_text("port: 9000\ndecoding:\n  beam_size: 4\n", encoding="utf-8")
+    config = load_device_config(path)
+    assert config.name == "my-box"  # no name: the file's
+    assert config.port == 9000 and config.decoding == DecodingOptions(beam_size=4)
+    defaults = DeviceConfig(name="my-box")
+    assert config.replace(port=defaults.port, decoding={"beam_size": 1}) == defaults
+    assert config.max_audio_seconds == 30.0 and isinstance(config.max_upload_mb, float)  # typed as declared
+
+
+def test_an_old_config_with_every_key_still_loads(tmp_path, caplog):
+    """A caregiver's copy of an older packaged config: every key listed, beam_size at the top level."""
+    import logging
+
+    old = dict(dataclasses.asdict(load_device_config("pc-cuda")), name="old-box", beam_size=3)
+    del old["source"], old["decoding"]
+    path = tmp_path / "old-box.yaml"
+    path.write_text(yaml.safe_dump(old), encoding="utf-8")
+    with caplog.at_level(logging.WARNING, logger="resonance.runtime.device_config"):
+        config = load_device_config(path)
+    assert config.decoding.beam_size == 3
+    assert config.replace(name="pc-cuda") == load_device_config("pc-cuda").replace(decoding={"beam_size": 3})
+    assert any("decoding" in r.getMessage() for r in caplog.records)  # says where it goes now
 
 
 def test_not_a_mapping_and_bad_yaml(tmp_path):
@@ -145,14 +181,17 @@ def test_overrides_are_validated_like_the_file():
     with pytest.raises(ResonanceError, match="host"):
         config.replace(host="not an address")
     assert dataclasses.replace(config, port=1) != config  # frozen dataclass semantics hold
+    assert config.replace(decoding={"beam_size": 4}).decoding.beam_size == 4  # --beam-size
+    with pytest.raises(ResonanceError, match="beam_size"):
+        config.replace(decoding={"beam_size": 0})
 
 
 def test_int8_presets_are_the_same_names_in_export_and_in_every_device_config():
+    from resonance.constants import INT8_PRESETS as CONTRACT
+    from resonance.cpu import host_int8_preset
     from resonance.export.quantize import INT8_PRESETS
-    from resonance.runtime.bundle import INT8_PRESETS as CONTRACT
 
     assert tuple(INT8_PRESETS) == CONTRACT
-    from resonance.runtime.bundle import host_int8_preset
 
     presets = {name: load_device_config(name).int8_preset for name in list_device_configs()}
     assert presets["jetson-orin-nano"] == presets["jetson-agx-orin"] == "arm64"
@@ -170,7 +209,7 @@ def test_int8_presets_are_the_same_names_in_export_and_in_every_device_config():
     ],
 )
 def test_the_int8_preset_follows_the_cpu(machine, flags, preset):
-    from resonance.runtime.bundle import int8_preset_for
+    from resonance.cpu import int8_preset_for
 
     assert int8_preset_for(machine, flags) == preset
 
@@ -180,12 +219,13 @@ def test_a_transcriber_takes_providers_and_threads_from_a_device_config(tmp_path
 
     from resonance.runtime.transcriber import Transcriber
 
-    custom = _write(tmp_path, {"name": "my-box", "intra_op_threads": 1, "precision": "fp32", "beam_size": 3})
+    changes = {"name": "my-box", "intra_op_threads": 1, "precision": "fp32", "decoding": {"beam_size": 3}}
+    custom = _write(tmp_path, changes)
     transcriber = Transcriber.for_device(tiny_bundle, custom)
     assert transcriber.providers == ["CPUExecutionProvider"]
     assert transcriber.encoder.get_session_options().intra_op_num_threads == 1
     assert transcriber.options.beam_size == 3
     assert Transcriber.for_device(tiny_bundle, custom, options={"beam_size": 2}).options.beam_size == 2
-    with caplog.at_level(logging.WARNING, logger="resonance.runtime.models"):
+    with caplog.at_level(logging.WARNING, logger="resonance.runtime.sessions"):
         Transcriber.for_device(tiny_bundle, "pc-cpu")  # an fp32 bundle where int8 is expected: runs, warns
     assert any("expects int8" in r.getMessage() for r in caplog.records)

@@ -278,8 +278,8 @@ def test_quantized_export(quantize, base_bundle, tiny_whisper, tmp_path):
         assert count_ops(out / "encoder.onnx")["MatMulInteger"] > 0
         import onnx
 
+        from resonance.cpu import host_int8_preset
         from resonance.export.quantize import INT8_PRESETS
-        from resonance.runtime.bundle import host_int8_preset
 
         preset = manifest.quantization["int8_preset"]
         assert preset == host_int8_preset()  # no --int8-preset: made for the CPU it was exported on

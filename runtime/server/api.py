@@ -66,7 +66,9 @@ def transcribe() -> Response:
             "(add phrases with `resonance phrases add --bundle ...`)"
         )
     reply["patient"] = bundle.patient
-    reply["latency_ms"] = round((time.perf_counter() - g.started) * 1000, 1)  # the whole request, upload included
+    reply["latency_ms"] = round(
+        (time.perf_counter() - g.started) * 1000, 1
+    )  # the whole request, upload included
     return jsonify(reply)
 
 

@@ -25,7 +25,9 @@ class ServerSettings:
     log_transcripts: bool = False  # log full transcripts; off: logs carry only their length (privacy)
     log_level: str = "INFO"  # level of the resonance loggers while serving
     reload_interval_s: float = 0.0  # re-scan the models folder this often for new/changed bundles; 0 = never
-    retain_dir: Optional[Path] = None  # keep each request's audio + result under DIR/<patient>/; None: nothing
+    retain_dir: Optional[Path] = (
+        None  # keep each request's audio + result under DIR/<patient>/; None: nothing
+    )
 
 
 @dataclass(frozen=True)

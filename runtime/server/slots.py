@@ -21,9 +21,7 @@ class Busy(ResonanceError):
     """Every slot stayed taken for the queue timeout (HTTP: 503 with Retry-After)."""
 
     def __init__(self, retry_after_s: int) -> None:
-        super().__init__(
-            "the server is busy transcribing other recordings", f"retry after {retry_after_s} s"
-        )
+        super().__init__("the server is busy transcribing other recordings", f"retry after {retry_after_s} s")
         self.retry_after_s = retry_after_s
 
 

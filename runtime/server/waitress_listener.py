@@ -19,7 +19,9 @@ class WaitressListener:
     def __init__(self, app: Any, device_config: DeviceConfig, port: Optional[int] = None) -> None:
         from waitress import create_server
 
-        body_cap = device_config.max_upload_bytes * 2 + (1 << 20)  # beyond Flask's JSON 413: waitress's own 413
+        body_cap = device_config.max_upload_bytes * 2 + (
+            1 << 20
+        )  # beyond Flask's JSON 413: waitress's own 413
         threads = device_config.max_concurrent_requests + EXTRA_THREADS
         self._server = create_server(
             app,
