@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 from resonance.errors import ResonanceError
 from resonance.runtime.bundle import MANIFEST, BundleError, load_manifest
 from resonance.runtime.device_config import DeviceConfig
-from resonance.runtime.sessions import warn_on_precision
+from resonance.runtime.device_sessions import warn_on_precision
 
 log = logging.getLogger(__name__)
 

@@ -5,14 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable, List
 
-from resonance.errors import require
+from resonance.errors import DependencyMissing
 
 
 class Tokenizer:
     """Decodes Whisper output; every id from ``eot`` up is special (eot, sot, languages, tasks, timestamps)."""
 
     def __init__(self, path: Path, eot: int) -> None:
-        tokenizers = require("tokenizers", "cpu", "decoding Whisper tokens")
+        try:
+            import tokenizers
+        except ImportError as exc:  # a base dependency: only a broken or partial install gets here
+            raise DependencyMissing(
+                f"decoding Whisper tokens needs the Python package 'tokenizers', which does not load ({exc})",
+                "reinstall it: pip install --only-binary :all: 'tokenizers>=0.15' (a wheel: no Rust compiler "
+                "needed), or pip install --force-reinstall resonance-asr",
+            ) from exc
         self._tokenizer = tokenizers.Tokenizer.from_file(str(path))
         self.eot = eot
 

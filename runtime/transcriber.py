@@ -21,6 +21,8 @@ from resonance.audio import AudioSource, load_audio
 from resonance.constants import SAMPLE_RATE
 from resonance.runtime.bundle import Manifest, load_manifest
 from resonance.runtime.decoding import DecodeOutput, DecodingOptions, WindowDecoding, WindowGuards
+from resonance.runtime.device_config import DeviceConfig, load_device_config
+from resonance.runtime.device_sessions import provider_specs, session_threads, warn_on_precision
 from resonance.runtime.features import frames_for, log_mel_spectrogram
 from resonance.runtime.merged_decoder import (
     IOBindingStepRunner,
@@ -42,15 +44,7 @@ from resonance.runtime.phrases import (
     shortlist,
     teacher_forced_logprobs,
 )
-from resonance.runtime.sessions import (
-    DEFAULT_PROVIDERS,
-    ProviderSpec,
-    create_session,
-    numpy_dtype,
-    provider_specs,
-    session_threads,
-    warn_on_precision,
-)
+from resonance.runtime.sessions import DEFAULT_PROVIDERS, ProviderSpec, create_session, numpy_dtype
 from resonance.runtime.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -193,8 +187,6 @@ class Transcriber:
         """A Transcriber set up as ``device`` says (a device_configs/ name, a YAML path or a DeviceConfig): its
         providers in order, threads and decoding options, with a warning when the bundle was made for another
         precision or CPU. ``kwargs`` go to the constructor and win over the config."""
-        from resonance.runtime.device_config import DeviceConfig, load_device_config
-
         config = device if isinstance(device, DeviceConfig) else load_device_config(device)
         kwargs.setdefault("threads", session_threads(config))
         kwargs.setdefault("options", config.decoding)

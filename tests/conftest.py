@@ -11,12 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from helpers import DEMO_DATA, TOKENIZER_FILE
 
 from resonance.runtime.service import resonance_command
-
-FIXTURES = Path(__file__).parent / "fixtures"
-TOKENIZER_FILE = FIXTURES / "whisper-tokenizer.json"
-DEMO_DATA = Path(__file__).resolve().parents[1] / "resonance" / "demo_data"
 
 
 def pytest_collection_modifyitems(config, items):
@@ -91,22 +88,6 @@ def make_dataset(tmp_path):
         return root
 
     return make
-
-
-def stop_process(proc: subprocess.Popen, grace_s: float = 15) -> None:
-    """Terminate a child process, killing it if it does not exit within ``grace_s``."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def tone(seconds: float = 1.0, rate: int = 16000, freq: float = 220.0, amp: float = 0.3) -> np.ndarray:
-    t = np.arange(int(seconds * rate)) / rate
-    return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
 
 
 @pytest.fixture

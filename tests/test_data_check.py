@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import tone
+from helpers import tone
 
 from resonance.data.check import check_dataset, format_report, inspect_dataset, wav_data_shortfall
 from resonance.data.labels import Utterance, load_labels, save_labels

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import tone
+from helpers import tone
 
 from resonance.data.check import check_dataset
 from resonance.data.convert import convert_dataset, text_from_file_name

@@ -10,7 +10,7 @@ from typing import Iterable, List
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import DEMO_DATA
+from helpers import DEMO_DATA
 
 from resonance.data.check import check_dataset
 from resonance.data.labels import load_labels

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import PACKAGED_CONFIGS
 
 from resonance.constants import PRECISIONS
 from resonance.errors import ResonanceError
@@ -19,7 +20,6 @@ from resonance.runtime.device_config import (
     load_device_config,
 )
 
-PACKAGED = Path(__file__).resolve().parents[1] / "device_configs"
 TARGETS = ["pc-cpu", "pc-cuda", "jetson-orin-nano", "jetson-agx-orin"]
 
 
@@ -33,13 +33,13 @@ class TestEveryTarget:
 
     def test_loads_by_name_and_by_path_to_the_same_config(self, name):
         by_name = load_device_config(name)
-        by_path = load_device_config(PACKAGED / f"{name}.yaml")
+        by_path = load_device_config(PACKAGED_CONFIGS / f"{name}.yaml")
         assert isinstance(by_name, DeviceConfig)
         assert by_name == by_path
         assert by_name.name == name
 
     def test_lists_only_what_differs_from_the_defaults_each_with_a_comment(self, name):
-        text = (PACKAGED / f"{name}.yaml").read_text(encoding="utf-8")
+        text = (PACKAGED_CONFIGS / f"{name}.yaml").read_text(encoding="utf-8")
         data = yaml.safe_load(text)
         assert set(data) <= set(SETTINGS)
         defaults = DeviceConfig(name="defaults")
@@ -72,7 +72,7 @@ class TestEveryTarget:
 
 
 def _write(tmp_path: Path, changes: dict, drop: tuple = ()) -> Path:
-    data = yaml.safe_load((PACKAGED / "pc-cpu.yaml").read_text(encoding="utf-8"))
+    data = yaml.safe_load((PACKAGED_CONFIGS / "pc-cpu.yaml").read_text(encoding="utf-8"))
     data.update(changes)
     for key in drop:
         del data[key]
@@ -226,6 +226,17 @@ def test_a_transcriber_takes_providers_and_threads_from_a_device_config(tmp_path
     assert transcriber.encoder.get_session_options().intra_op_num_threads == 1
     assert transcriber.options.beam_size == 3
     assert Transcriber.for_device(tiny_bundle, custom, options={"beam_size": 2}).options.beam_size == 2
-    with caplog.at_level(logging.WARNING, logger="resonance.runtime.sessions"):
+    with caplog.at_level(logging.WARNING, logger="resonance.runtime.device_sessions"):
         Transcriber.for_device(tiny_bundle, "pc-cpu")  # an fp32 bundle where int8 is expected: runs, warns
     assert any("expects int8" in r.getMessage() for r in caplog.records)
+
+
+def test_the_readme_example_config_loads(tmp_path):
+    readme = (PACKAGED_CONFIGS.parent / "README.md").read_text(encoding="utf-8")
+    blocks = [block.split("```", 1)[0] for block in readme.split("```yaml\n")[1:]]
+    (example,) = [block for block in blocks if block.startswith("# my-box.yaml")]
+    path = tmp_path / "my-box.yaml"
+    path.write_text(example, encoding="utf-8")
+    config = load_device_config(path)
+    assert (config.name, config.max_concurrent_requests, config.port) == ("my-box", 1, 9000)
+    assert config.decoding.beam_size == 4

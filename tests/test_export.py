@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import DEMO_DATA, tone
+from helpers import DEMO_DATA, tone
 
 from resonance.errors import ResonanceError
 from resonance.runtime.bundle import MANIFEST, Manifest, load_manifest, sha256_file

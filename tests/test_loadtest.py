@@ -8,7 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
-from test_server import Server, write_config
+from helpers import Server, write_config
 
 from resonance.errors import ResonanceError
 from resonance.runtime.loadtest import LoadtestReport, LoadtestSettings, build_cases, run_loadtest

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import DEMO_DATA, tone
-from test_server import wav, write_config
+from helpers import DEMO_DATA, tone, wav, write_config
 
 from resonance.errors import ResonanceError
 from resonance.runtime.bundle import load_manifest

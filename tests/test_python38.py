@@ -24,8 +24,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import pytest
-from conftest import tone
-from test_server import Server, wav, write_config
+from helpers import Server, tone, wav, write_config
 
 try:
     import tomllib

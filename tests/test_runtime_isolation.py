@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import soundfile as sf
-from conftest import tone
+from helpers import tone
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNTIME_MODULES = ("bundle", "features", "tokenizer", "decoding", "sessions", "transcriber")

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import tone
+from helpers import tone
 
 from resonance.errors import ResonanceError
 from resonance.runtime.bundle import BundleError, load_manifest
@@ -268,3 +268,15 @@ def test_traditional_characters_come_out_simplified_unless_turned_off(bundle):
     said = "我們說話對嗎"
     assert _scripted(bundle, said).transcribe(tone(1.0)).text == "我们说话对吗"
     assert _scripted(bundle, said, to_simplified=False).transcribe(tone(1.0)).text == said
+
+
+def test_a_broken_tokenizers_install_says_how_to_reinstall_it(monkeypatch, tmp_path):
+    import sys
+
+    from resonance.errors import DependencyMissing
+    from resonance.runtime.tokenizer import Tokenizer
+
+    monkeypatch.setitem(sys.modules, "tokenizers", None)  # `import tokenizers` now raises ImportError
+    with pytest.raises(DependencyMissing) as info:
+        Tokenizer(tmp_path / "tokenizer.json", eot=50257)
+    assert "tokenizers" in info.value.hint and "[cpu]" not in info.value.hint  # a base dependency, no extra

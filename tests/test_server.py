@@ -1,140 +1,23 @@
 """The LAN server as the caregiver's app meets it: a real `resonance serve` process on loopback, real bundles.
 
-Also home of the helpers the other server tests import (`Server`, `wav`, `write_config`); the
-bundle itself is conftest's session-wide `tiny_bundle`.
+The bundle is conftest's session-wide `tiny_bundle`; `Server` and the other helpers are in helpers.py.
 """
 
 from __future__ import annotations
 
 import io
-import json
-import os
 import re
 import shutil
 import stat
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
-from typing import List, Optional
+from typing import List
 
 import numpy as np
 import pytest
 import requests
 import soundfile as sf
-import yaml
-from conftest import stop_process, tone
-
-PACKAGED = Path(__file__).resolve().parents[1] / "device_configs"
-ERROR_KEYS = {"message", "hint", "code"}
-
-
-# -- helpers shared with test_server_*.py and test_loadtest.py ------------------------------------------------------
-
-
-def copy_bundle(bundle: Path, models: Path, patient: str) -> Path:
-    """Copy ``bundle`` to ``models/patient`` with the manifest's patient id changed to match."""
-    dst = models / patient
-    shutil.copytree(bundle, dst)
-    manifest = json.loads((dst / "manifest.json").read_text(encoding="utf-8"))
-    manifest["patient"] = patient
-    (dst / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
-    return dst
-
-
-def write_config(path: Path, **changes) -> Path:
-    """A device config file: pc-cpu with ``changes`` (fp32 and 1 thread suit the tiny test bundle)."""
-    data = yaml.safe_load((PACKAGED / "pc-cpu.yaml").read_text(encoding="utf-8"))
-    data.update({"name": "test", "precision": "fp32", "intra_op_threads": 1, "host": "127.0.0.1"})
-    data.update(changes)
-    path.write_text(yaml.safe_dump(data), encoding="utf-8")
-    return path
-
-
-def wav(samples: np.ndarray, rate: int = 16000, subtype: str = "PCM_16") -> bytes:
-    buf = io.BytesIO()
-    sf.write(buf, samples, rate, format="WAV", subtype=subtype)
-    return buf.getvalue()
-
-
-class Server:
-    """`resonance serve` in a subprocess on 127.0.0.1 and a free port; output collected for assertions."""
-
-    def __init__(
-        self,
-        models: Optional[Path],
-        config: Optional[Path],
-        *extra: str,
-        timeout: float = 180.0,
-        command: Optional[List[str]] = None,
-        env: Optional[dict] = None,
-        cwd: Optional[Path] = None,
-    ) -> None:
-        """``command`` replaces `python -m resonance.cli serve --config C --models M` (e.g. a unit's ExecStart)."""
-        if command is None:
-            command = [sys.executable, "-m", "resonance.cli", "serve", "--config", str(config)]
-            command += ["--models", str(models)]
-        cmd = [*command, "--host", "127.0.0.1", "--port", "0", "--reload-interval", "0", *extra]
-        env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=cwd
-        )
-        self.lines: List[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        self.base = self._wait_for_url(timeout)
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
-
-    @property
-    def output(self) -> str:
-        return "\n".join(self.lines)
-
-    def _wait_for_url(self, timeout: float) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            match = re.search(r"http://127\.0\.0\.1:(\d+)/transcribe", self.output)
-            if match and "Ctrl+C" in self.output:
-                base = f"http://127.0.0.1:{match.group(1)}"
-                requests.get(base + "/health", timeout=10).raise_for_status()
-                return base
-            if self.proc.poll() is not None:
-                self._reader.join(timeout=5)
-                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.output}")
-            time.sleep(0.1)
-        self.stop()
-        raise AssertionError(f"server did not start within {timeout} s:\n{self.output}")
-
-    @property
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def post(self, path: str = "/transcribe", **kwargs) -> requests.Response:
-        return requests.post(self.base + path, timeout=120, **kwargs)
-
-    def get(self, path: str, **kwargs) -> requests.Response:
-        return requests.get(self.base + path, timeout=30, **kwargs)
-
-    def stop(self) -> None:
-        stop_process(self.proc)
-        self._reader.join(timeout=5)
-
-
-def assert_error(response: requests.Response, status: int, code: Optional[str] = None) -> dict:
-    """A real HTTP status with the JSON error body {"error": {"message", "hint", "code"}}."""
-    assert response.status_code == status, response.text
-    assert response.headers["Content-Type"].startswith("application/json")
-    error = response.json()["error"]
-    assert set(error) >= ERROR_KEYS
-    assert error["message"]
-    if code is not None:
-        assert error["code"] == code, error
-    return error
-
+from helpers import Server, assert_error, copy_bundle, tone, wav, write_config
 
 # -- fixtures --------------------------------------------------------------------------------------------------------
 
@@ -391,8 +274,12 @@ def test_bad_requests_matrix(server):
     assert "audio" in wrong_field["message"]  # says what it got, so the app developer sees the typo
 
 
-def test_the_server_survived_everything(server):
-    # Runs after the matrix (pytest keeps file order): same process, still answering.
+def test_the_server_survives_every_bad_upload(server):
+    """Every refused upload of the matrix, sent here (so this holds whatever order tests run in): the same
+    process is still answering, with no traceback in its log."""
+    for case, (make, status, code) in UPLOADS.items():
+        if status != 200:
+            assert_error(server.post(files={"file": (f"{case}.wav", make(), "audio/wav")}), status, code)
     assert server.alive, server.output
     assert server.get("/health").json()["status"] == "ok"
     assert server.post(files={"file": ("clip.wav", wav(tone(1.0)), "audio/wav")}).status_code == 200

@@ -6,8 +6,7 @@ import json
 import re
 
 import pytest
-from conftest import tone
-from test_server import wav
+from helpers import tone, wav
 
 
 @pytest.fixture

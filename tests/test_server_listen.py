@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import tone
+from helpers import tone
 
 from resonance.errors import ResonanceError
 from resonance.runtime.listen import UtteranceSegmenter, VadOptions, microphone_blocks, transcribe_utterances

@@ -12,8 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import tone
-from test_server import copy_bundle, wav, write_config
+from helpers import copy_bundle, tone, wav, write_config
 
 from resonance.errors import ResonanceError
 from resonance.runtime.device_config import load_device_config
@@ -149,7 +148,7 @@ def test_an_int8_bundle_for_another_cpu_is_a_warning(tmp_path, tiny_bundle, capl
     from dataclasses import replace
 
     from resonance.runtime.bundle import load_manifest
-    from resonance.runtime.sessions import warn_on_precision
+    from resonance.runtime.device_sessions import warn_on_precision
 
     manifest = replace(load_manifest(tiny_bundle), precision="int8", quantization={"int8_preset": "avx512"})
     arm = load_device_config(write_config(tmp_path / "arm.yaml", precision="int8", int8_preset="arm64"))
@@ -225,7 +224,7 @@ def test_lan_url_detection_sends_nothing_and_always_answers():
 
 
 def test_auto_threads_share_the_cpus_between_concurrent_requests(tmp_path):
-    from resonance.runtime.sessions import session_threads
+    from resonance.runtime.device_sessions import session_threads
 
     cpus = os.cpu_count() or 1
     auto = load_device_config(

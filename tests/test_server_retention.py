@@ -14,8 +14,7 @@ from typing import Set
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import tone
-from test_server import Server, assert_error, wav, write_config
+from helpers import Server, assert_error, tone, wav, write_config
 
 from resonance.audio import load_audio
 from resonance.runtime.retention import Retention

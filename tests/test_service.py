@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import List
 
 import pytest
-from test_server import Server, write_config
+from helpers import Server, write_config
 
 from resonance.runtime.service import systemd_quote
 

@@ -27,8 +27,7 @@ import numpy as np
 import pytest
 import requests
 import soundfile as sf
-from conftest import DEMO_DATA, stop_process, tone
-from test_server import Server, wav, write_config
+from helpers import DEMO_DATA, Server, stop_process, tone, wav, write_config
 
 STATIC = Path(__file__).resolve().parents[1] / "runtime" / "static"
 SCREENSHOT = Path(tempfile.gettempdir()) / "webpage.png"

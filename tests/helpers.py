@@ -1,0 +1,159 @@
+"""Helpers the test modules share: paths, generated audio, device configs, a real server process.
+
+Plain functions and classes (fixtures live in conftest.py); test modules import them with
+``from helpers import ...`` (pytest puts this folder on sys.path).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+import requests
+import soundfile as sf
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).parent / "fixtures"
+TOKENIZER_FILE = FIXTURES / "whisper-tokenizer.json"
+DEMO_DATA = ROOT / "resonance" / "demo_data"
+PACKAGED_CONFIGS = ROOT / "device_configs"
+ERROR_KEYS = {"message", "hint", "code"}
+
+
+# -- audio --------------------------------------------------------------------------------------------------------
+
+
+def tone(seconds: float = 1.0, rate: int = 16000, freq: float = 220.0, amp: float = 0.3) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def wav(samples: np.ndarray, rate: int = 16000, subtype: str = "PCM_16") -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, samples, rate, format="WAV", subtype=subtype)
+    return buf.getvalue()
+
+
+# -- processes ----------------------------------------------------------------------------------------------------
+
+
+def stop_process(proc: subprocess.Popen, grace_s: float = 15) -> None:
+    """Terminate a child process, killing it if it does not exit within ``grace_s``."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# -- bundles, device configs and a real server --------------------------------------------------------------------
+
+
+def copy_bundle(bundle: Path, models: Path, patient: str) -> Path:
+    """Copy ``bundle`` to ``models/patient`` with the manifest's patient id changed to match."""
+    dst = models / patient
+    shutil.copytree(bundle, dst)
+    manifest = json.loads((dst / "manifest.json").read_text(encoding="utf-8"))
+    manifest["patient"] = patient
+    (dst / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    return dst
+
+
+def write_config(path: Path, **changes) -> Path:
+    """A device config file: pc-cpu with ``changes`` (fp32 and 1 thread suit the tiny test bundle)."""
+    data = yaml.safe_load((PACKAGED_CONFIGS / "pc-cpu.yaml").read_text(encoding="utf-8"))
+    data.update({"name": "test", "precision": "fp32", "intra_op_threads": 1, "host": "127.0.0.1"})
+    data.update(changes)
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+class Server:
+    """`resonance serve` in a subprocess on 127.0.0.1 and a free port; output collected for assertions."""
+
+    def __init__(
+        self,
+        models: Optional[Path],
+        config: Optional[Path],
+        *extra: str,
+        timeout: float = 180.0,
+        command: Optional[List[str]] = None,
+        env: Optional[dict] = None,
+        cwd: Optional[Path] = None,
+    ) -> None:
+        """``command`` replaces `python -m resonance.cli serve --config C --models M` (e.g. a unit's ExecStart)."""
+        if command is None:
+            command = [sys.executable, "-m", "resonance.cli", "serve", "--config", str(config)]
+            command += ["--models", str(models)]
+        cmd = [*command, "--host", "127.0.0.1", "--port", "0", "--reload-interval", "0", *extra]
+        env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=cwd
+        )
+        self.lines: List[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.base = self._wait_for_url(timeout)
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def _wait_for_url(self, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            match = re.search(r"http://127\.0\.0\.1:(\d+)/transcribe", self.output)
+            if match and "Ctrl+C" in self.output:
+                base = f"http://127.0.0.1:{match.group(1)}"
+                requests.get(base + "/health", timeout=10).raise_for_status()
+                return base
+            if self.proc.poll() is not None:
+                self._reader.join(timeout=5)
+                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.output}")
+            time.sleep(0.1)
+        self.stop()
+        raise AssertionError(f"server did not start within {timeout} s:\n{self.output}")
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def post(self, path: str = "/transcribe", **kwargs) -> requests.Response:
+        return requests.post(self.base + path, timeout=120, **kwargs)
+
+    def get(self, path: str, **kwargs) -> requests.Response:
+        return requests.get(self.base + path, timeout=30, **kwargs)
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+        self._reader.join(timeout=5)
+
+
+def assert_error(response: requests.Response, status: int, code: Optional[str] = None) -> dict:
+    """A real HTTP status with the JSON error body {"error": {"message", "hint", "code"}}."""
+    assert response.status_code == status, response.text
+    assert response.headers["Content-Type"].startswith("application/json")
+    error = response.json()["error"]
+    assert set(error) >= ERROR_KEYS
+    assert error["message"]
+    if code is not None:
+        assert error["code"] == code, error
+    return error
