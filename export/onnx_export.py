@@ -201,11 +201,9 @@ class AdapterInfo:
 
 
 def read_adapter(adapter: Path) -> AdapterInfo:
-    if not (adapter / "adapter_config.json").is_file():
-        raise ResonanceError(
-            f"'{adapter}' is not a LoRA adapter folder (no adapter_config.json)",
-            "pass the folder that `resonance train --out` created",
-        )
+    from resonance.train.adaptation import check_adapter_folder
+
+    check_adapter_folder(adapter)  # LoRA, or the tensors of a full fine-tune
     return AdapterInfo(_read_json(adapter / "train_config.json"), _read_json(adapter / "report.json"))
 
 
@@ -262,17 +260,11 @@ def _load_model(folder: Path):
 
 
 def merge_adapter(model, adapter: Path):
-    from peft import PeftModel
+    from resonance.train.adaptation import apply_adapter
 
-    try:
-        peft_model = PeftModel.from_pretrained(model, str(adapter))
-    except (ValueError, KeyError, RuntimeError, OSError) as exc:
-        raise ResonanceError(
-            f"cannot apply adapter '{adapter}' to this base model: {exc}",
-            "export with the base model the adapter was trained on (--base-model, see its train_config.json)",
-        ) from exc
-    # merge_and_unload folds B @ A * scale into the base weights: a plain Whisper again, as fast as the base.
-    return peft_model.merge_and_unload()
+    # LoRA: merge_and_unload folds B @ A * scale into the base weights; full fine-tuning: the trained tensors
+    # replace the base's. Either way a plain Whisper again, as fast as the base.
+    return apply_adapter(model, adapter, merge=True)
 
 
 # ----------------------------------------------------------------------------------------------------------

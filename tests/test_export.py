@@ -208,7 +208,7 @@ def test_adapter_window_is_applied_before_export(adapter, tmp_path):
 
 
 def test_not_an_adapter_folder(tiny_whisper, tmp_path):
-    with pytest.raises(ResonanceError, match="not a LoRA adapter"):
+    with pytest.raises(ResonanceError, match="not an adapter folder"):
         export_bundle(str(tiny_whisper), tmp_path / "b", adapter=tmp_path)
 
 

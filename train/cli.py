@@ -58,10 +58,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         "train on nested subsets (first N utterances) and tabulate accuracy, seen vs unseen phrases",
         "  resonance eval curve --data take1 --eval-data take2 --sizes 30,50,100 --out runs/curve \\\n"
         "      --base-model pypi:whisper-base\n"
-        "  writes curve.json, curve.md (the table) and curve.png under --out\n",
+        "  resonance eval curve --data take1 --eval-data take2 --sizes 30,50,100 --seeds 3 --out runs/curve3 \\\n"
+        "      --base-model pypi:whisper-base   # mean ± sd of 3 seeds per size\n"
+        "  resonance eval curve ... --adapt decoder --out runs/curve-decoder   # any training option: a variant\n"
+        "  writes curve.json (one row per run), curve.md (the table) and curve.png under --out\n",
         _run_curve,
     )
     p.add_argument("--sizes", default="30,50,100", help="comma-separated subset sizes (default: 30,50,100)")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="runs per size, seeds --seed, --seed+1 …; the table shows mean ± sd (default: 1)",
+    )
     p.add_argument("--config", help="JSON or YAML file with training options; the command line wins")
     _add_config_options(p, CURVE_REQUIRED)
 
@@ -143,7 +152,9 @@ def _run_curve(args: argparse.Namespace) -> int:
 
     config = _config_from_args(args, CURVE_REQUIRED)
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
-    rows = learning_curve(config, sizes, Path(config.out))
+    if args.seeds < 1:
+        raise ResonanceError(f"--seeds {args.seeds} must be at least 1", "e.g. --seeds 3 for mean ± sd")
+    rows = learning_curve(config, sizes, Path(config.out), seeds=args.seeds)
     print((Path(config.out) / "curve.md").read_text(encoding="utf-8"))
-    print(f"{len(rows)} sizes; table, JSON and plot in {config.out}")
+    print(f"{len(rows)} runs; table, JSON and plot in {config.out}")
     return 0

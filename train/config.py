@@ -25,6 +25,12 @@ ALL_PROJECTIONS = (
     "fc2",
 )  # attention + MLP, encoder and decoder
 GUIDE_TARGET_MODULES = ("q_proj", "v_proj")
+FINETUNE_CHOICES = ("lora", "full")
+ADAPT_CHOICES = ("encoder", "decoder", "both")
+# Peak learning rates: LoRA's measured on speaker A (README, "Choosing the recipe"); full fine-tuning moves
+# the pretrained weights themselves, so it takes a far smaller step (README, "Recipe study").
+LORA_LEARNING_RATE = 5e-4
+FULL_LEARNING_RATE = 1e-5
 
 
 def _option(default: Any, help: str) -> Any:
@@ -71,8 +77,32 @@ class TrainConfig:
         default_factory=lambda: list(ALL_PROJECTIONS),
         metadata={"help": "modules that get LoRA, e.g. q_proj,v_proj (the guide's)"},
     )
+    # --- what is trained (README, "Recipe study": each choice measured on speaker A; the losers stay options)
+    finetune: str = _option(
+        "lora",
+        help="lora: small adapter matrices on the base weights | full: train the weights themselves "
+        "(the adapter folder then holds the trained tensors, see README)",
+    )
+    adapt: str = _option(
+        "both",
+        help="which half of Whisper is trained: encoder (acoustics) | decoder (language) | both",
+    )
+    decoder_lora_r: int | None = _option(
+        None,
+        help="a smaller LoRA rank for the decoder when --adapt both (adapts the language lightly); "
+        "default: --lora-r",
+    )
+    distill_weight: float = _option(
+        0.0,
+        help="weight of a KL term that keeps the trained decoder's next-token distribution near the "
+        "generic decoder's on the same audio (0 = off; needs a trained decoder)",
+    )
     # --- optimisation
-    learning_rate: float = _option(5e-4, help="peak learning rate of AdamW")
+    learning_rate: float | None = _option(
+        None,
+        help=f"peak learning rate of AdamW; default: {LORA_LEARNING_RATE:g} with LoRA, "
+        f"{FULL_LEARNING_RATE:g} with --finetune full",
+    )
     batch_size: int = _option(8, help="utterances per training step")
     epochs: float = _option(8.0, help="passes over the training split; --max-steps overrides when set")
     max_steps: int | None = _option(None, help="training steps (>= 1); default: from --epochs")
@@ -113,6 +143,16 @@ class TrainConfig:
             self._bad("device", "must be auto, cpu, cuda or cuda:N")
         if self.precision not in ("auto", "fp32", "fp16", "bf16"):
             self._bad("precision", "must be auto, fp32, fp16 or bf16")
+        for name, choices in (("finetune", FINETUNE_CHOICES), ("adapt", ADAPT_CHOICES)):
+            if getattr(self, name) not in choices:
+                self._bad(name, f"must be one of {', '.join(choices)}")
+        if self.decoder_lora_r is not None and (self.finetune != "lora" or self.adapt != "both"):
+            self._bad(
+                "decoder_lora_r", "is a LoRA rank for the decoder: use it with --finetune lora --adapt both"
+            )
+        if self.distill_weight > 0 and self.adapt == "encoder":
+            # The generic decoder is the teacher: with the decoder frozen, student and teacher are one model.
+            self._bad("distill_weight", "needs a trained decoder (--adapt decoder or both)")
         if not self.target_modules:
             self._bad("target_modules", "name at least one module, e.g. q_proj,v_proj")
         if not self.eval_data and self.val_fraction == 0:
@@ -121,6 +161,12 @@ class TrainConfig:
                 "nothing to evaluate on: val_fraction is 0 and no eval_data is given",
                 "pass --eval-data (a second take of the phrases) or a --val-fraction above 0, e.g. 0.1",
             )
+
+    @property
+    def peak_learning_rate(self) -> float:
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return FULL_LEARNING_RATE if self.finetune == "full" else LORA_LEARNING_RATE
 
     def _bad(self, name: str, why: str) -> None:
         raise ResonanceError(
@@ -157,8 +203,14 @@ class TrainConfig:
 _RANGES: tuple[tuple[tuple[str, ...], Callable[[Any], bool], str], ...] = (
     (("lora_r", "lora_alpha", "batch_size"), lambda v: v >= 1, "must be >= 1"),
     (("max_steps", "max_train_samples", "threads"), lambda v: v is None or v >= 1, "must be >= 1 (or unset)"),
-    (("learning_rate", "epochs", "evals_per_epoch"), lambda v: v > 0, "must be > 0"),
-    (("weight_decay", "patience"), lambda v: v >= 0, "must be >= 0"),
+    (("epochs", "evals_per_epoch"), lambda v: v > 0, "must be > 0"),
+    (("learning_rate",), lambda v: v is None or v > 0, "must be > 0 (or unset)"),
+    (
+        ("decoder_lora_r",),
+        lambda v: v is None or v >= 1,
+        "must be >= 1 (or unset; --adapt encoder freezes it)",
+    ),
+    (("weight_decay", "patience", "distill_weight"), lambda v: v >= 0, "must be >= 0"),
     (("lora_dropout", "warmup_fraction"), lambda v: 0 <= v < 1, "must be in [0, 1)"),
     (("val_fraction",), lambda v: 0 <= v < 0.5, "must be in [0, 0.5)"),
     (("selection_tolerance",), lambda v: v is None or 0 <= v < 1, "must be a CER difference in [0, 1)"),

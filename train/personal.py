@@ -1,8 +1,9 @@
 """Load a trained patient adapter in Python (evaluation, notebooks, your own scripts).
 
-An adapter is a standard peft folder, but it was trained on an encoder cut to a short audio window
-(train/window.py), so the stock base model must get the same cut before the adapter is applied; the
-processor saved with the adapter already makes features of that length. This does both.
+An adapter is a standard peft folder (or, after --finetune full, the trained tensors: train/adaptation.py),
+but it was trained on an encoder cut to a short audio window (train/window.py), so the stock base model must
+get the same cut before the adapter is applied; the processor saved with the adapter already makes features
+of that length. This does both.
 """
 
 from __future__ import annotations
@@ -21,28 +22,23 @@ def load_personal_model(
     """(model in eval mode, WhisperProcessor) for an adapter made by `resonance train`.
 
     ``base_model``: default the one in the adapter's train_config.json. ``merge``: fold the LoRA weights into
-    the base (a plain WhisperForConditionalGeneration, as export does) instead of a peft model.
+    the base (a plain WhisperForConditionalGeneration, as export does) instead of a peft model; a fully
+    fine-tuned adapter always gives the plain model.
     """
-    from peft import PeftModel
     from transformers import WhisperProcessor
 
+    from resonance.train.adaptation import apply_adapter, check_adapter_folder
     from resonance.train.base_model import load_whisper
     from resonance.train.window import shorten_audio_window, window_of
 
     adapter = Path(adapter)
-    if not (adapter / "adapter_config.json").is_file():
-        raise ResonanceError(
-            f"'{adapter}' is not a LoRA adapter folder (no adapter_config.json)",
-            "pass the folder that `resonance train --out` created",
-        )
+    check_adapter_folder(adapter)
     made_with = _train_config(adapter)
     _, model = load_whisper(base_model or made_with.get("base_model") or DEFAULT_BASE_MODEL, device)
     window = made_with.get("window_seconds")
     if window and window < window_of(model):
         shorten_audio_window(model, float(window))
-    model = PeftModel.from_pretrained(model, str(adapter))
-    if merge:
-        model = model.merge_and_unload()
+    model = apply_adapter(model, adapter, merge=merge)
     return model.to(device).eval(), WhisperProcessor.from_pretrained(str(adapter))
 
 

@@ -76,18 +76,37 @@ def write_report(folder: Path, report: dict) -> dict:
 def model_card(report: dict, made_with: dict, name: str) -> str:
     """The adapter folder's README.md (instead of peft's empty template): what it is and how to use it."""
     window = report["window_seconds"]
+    full = made_with.get("finetune") == "full"
+    half = {"encoder": "the encoder", "decoder": "the decoder"}.get(
+        made_with.get("adapt"), "encoder and decoder"
+    )
+    if full:
+        what = (
+            f"The fully fine-tuned weights of {half} of Whisper (finetuned_weights.safetensors: they replace "
+            "the base model's), trained by `resonance train` on one person's recordings."
+        )
+        recipe = f"- full fine-tuning of {half}, learning rate {made_with['learning_rate']:g}"
+    else:
+        what = "A LoRA adapter for Whisper, trained by `resonance train` on one person's recordings."
+        decoder_r = made_with.get("decoder_lora_r")
+        recipe = (
+            f"- LoRA r={made_with['lora_r']}, alpha={made_with['lora_alpha']} on "
+            f"{', '.join(made_with['target_modules'])} of {half}"
+            + (f" (decoder r={decoder_r})" if decoder_r else "")
+        )
+    if made_with.get("distill_weight"):
+        recipe += f"; decoder kept near the generic one (KL weight {made_with['distill_weight']:g})"
     return "\n".join(
         [
             f"# Resonance adapter `{name}`",
             "",
-            "A LoRA adapter for Whisper, trained by `resonance train` on one person's recordings.",
+            what,
             "",
             report["verdict"],
             "",
             f"- base model: `{made_with['base_model']}`, language `{made_with['language']}`, "
             f"audio window {window:g} s",
-            f"- LoRA r={made_with['lora_r']}, alpha={made_with['lora_alpha']} on "
-            f"{', '.join(made_with['target_modules'])}",
+            recipe,
             f"- trained on {report['n_train']} recordings of `{made_with['data']}`; CER "
             f"{report['cer_before']:.3f} -> {report['cer_after']:.3f} on {report['eval_source']}",
             "- details: report.txt, report.json, report.png; every option used: train_config.json",
@@ -102,12 +121,13 @@ def model_card(report: dict, made_with: dict, name: str) -> str:
             "",
             "```python",
             "from resonance.train.personal import load_personal_model",
-            f'model, processor = load_personal_model("{made_with["out"]}")  # peft model; merge=True for a plain one',
+            f'model, processor = load_personal_model("{made_with["out"]}")'
+            + ("" if full else "  # peft model; merge=True for a plain one"),
             "```",
             "",
-            f"With transformers + peft alone, cut the base model's encoder to the {window:g} s window it was trained",
-            "on before applying the adapter (`resonance.train.window.shorten_audio_window(base, "
-            f"{window:g})`): the processor saved here makes {window:g} s features.",
+            f"With transformers{'' if full else ' + peft'} alone, cut the base model's encoder to the {window:g} s "
+            "window it was trained on before applying the adapter (`resonance.train.window.shorten_audio_window("
+            f"base, {window:g})`): the processor saved here makes {window:g} s features.",
             "",
         ]
     )

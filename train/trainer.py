@@ -1,7 +1,7 @@
-"""Fine-tune a LoRA adapter on one person's recordings. Read top to bottom: this is the whole recipe.
+"""Fine-tune an adapter on one person's recordings. Read top to bottom: this is the whole recipe.
 
-config -> data (+ held-out phrases) -> generic CER -> LoRA -> epochs with validation CER,
-best epoch kept, early stop -> CER of the adapted model -> adapter folder + report
+config -> data (+ held-out phrases) -> generic CER -> LoRA (or full fine-tuning) on encoder and/or decoder
+-> epochs with validation CER, best epoch kept, early stop -> CER of the adapted model -> adapter folder + report
 """
 
 from __future__ import annotations
@@ -17,8 +17,10 @@ import numpy as np
 from resonance.errors import ResonanceError
 from resonance.fsutil import atomic_directory, refuse_to_overwrite, write_json_atomic, write_text_atomic
 from resonance.text import normalize_for_cer
+from resonance.train import adaptation
 from resonance.train.config import WINDOW_CHOICES, TrainConfig
 from resonance.train.data import Augmenter, Example, collate, load_examples, split_examples
+from resonance.train.distill import GenericDecoderTeacher, kl_to_teacher
 from resonance.train.evaluate import as_rows, score, transcribe_batch
 from resonance.train.window import choose_window, shorten_audio_window
 
@@ -37,10 +39,14 @@ RESUME_MUST_MATCH = (
     "language",
     "task",
     "window_seconds",
+    "finetune",
+    "adapt",
     "lora_r",
     "lora_alpha",
+    "decoder_lora_r",
     "target_modules",
     "learning_rate",
+    "distill_weight",
     "weight_decay",
 )
 
@@ -52,7 +58,6 @@ def train(config: TrainConfig, generic_cache: dict | None = None) -> dict:
     learning curve decodes them once rather than once per size.
     """
     import torch
-    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
     from transformers import WhisperFeatureExtractor
 
     from resonance.data.labels import load_labels
@@ -116,7 +121,7 @@ def train(config: TrainConfig, generic_cache: dict | None = None) -> dict:
     cer_before, rows_before = score(eval_set, before_hyps)
     log.info("generic model CER on eval: %.3f", cer_before)
 
-    # --- LoRA on a model cut to the training window
+    # --- LoRA (or full fine-tuning) of the chosen half, on a model cut to the training window
     shorten_audio_window(model, window)
     feature_extractor = WhisperFeatureExtractor(
         feature_size=model.config.num_mel_bins, chunk_length=int(window)
@@ -127,25 +132,27 @@ def train(config: TrainConfig, generic_cache: dict | None = None) -> dict:
             0.05,
             0.05,
         )
-    lora = LoraConfig(
-        r=config.lora_r,
-        lora_alpha=config.lora_alpha,
-        lora_dropout=config.lora_dropout,
-        target_modules=list(config.target_modules),
-        bias="none",
-    )
-    model = get_peft_model(model, lora)
+    # The generic decoder, copied before training touches it, keeps the trained one's language (train/distill.py).
+    teacher = GenericDecoderTeacher(model).to(device) if config.distill_weight > 0 else None
+    model = adaptation.make_trainable(model, config)
     model.to(device)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
-    log.info("LoRA trains %d of %d parameters (%.2f%%)", trainable, total, 100 * trainable / total)
+    log.info(
+        "%s of the %s trains %d of %d parameters (%.2f%%)",
+        "LoRA" if config.finetune == "lora" else "full fine-tuning",
+        "encoder and decoder" if config.adapt == "both" else config.adapt,
+        trainable,
+        total,
+        100 * trainable / total,
+    )
 
     steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
     max_steps = config.max_steps or max(1, round(config.epochs * steps_per_epoch))
     eval_every = max(1, round(steps_per_epoch / config.evals_per_epoch))
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad],
-        lr=config.learning_rate,
+        lr=config.peak_learning_rate,
         weight_decay=config.weight_decay,
     )
     warmup = max(1, round(config.warmup_fraction * max_steps))
@@ -159,7 +166,8 @@ def train(config: TrainConfig, generic_cache: dict | None = None) -> dict:
     best = {"cer": math.inf, "step": 0, "state": None}
     step, bad_evals = 0, 0
     if checkpoint is not None:
-        set_peft_model_state_dict(model, checkpoint["lora"])
+        weights = checkpoint["weights"] if "weights" in checkpoint else checkpoint["lora"]  # older: LoRA only
+        adaptation.load_trained_state(model, weights, config)
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         step, history, best = checkpoint["step"], checkpoint["history"], checkpoint["best"]
@@ -184,11 +192,14 @@ def train(config: TrainConfig, generic_cache: dict | None = None) -> dict:
             with torch.autocast(
                 device_type=device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None
             ):
-                loss = model(
-                    input_features=features.to(device),
-                    decoder_input_ids=decoder_input.to(device),
-                    labels=labels.to(device),
-                ).loss
+                decoder_input, labels = decoder_input.to(device), labels.to(device)
+                output = model(
+                    input_features=features.to(device), decoder_input_ids=decoder_input, labels=labels
+                )
+                loss = output.loss
+                if teacher is not None:
+                    generic = teacher.logits(decoder_input, output.encoder_last_hidden_state)
+                    loss = loss + config.distill_weight * kl_to_teacher(output.logits, generic, labels)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
@@ -213,7 +224,7 @@ def train(config: TrainConfig, generic_cache: dict | None = None) -> dict:
                     best = {
                         "cer": val_cer,
                         "step": step,
-                        "state": _cpu_copy(get_peft_model_state_dict(model)),
+                        "state": adaptation.trained_state(model, config),
                     }
                     bad_evals = 0
                 else:
@@ -221,14 +232,14 @@ def train(config: TrainConfig, generic_cache: dict | None = None) -> dict:
                 checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
                 torch.save(
                     {
-                        "lora": get_peft_model_state_dict(model),
+                        "weights": adaptation.trained_state(model, config),
                         "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(),
                         "step": step,
                         "history": history,
                         "best": best,
                         "bad_evals": bad_evals,
-                        "config": config.to_json(),
+                        "config": _resolved(config),
                     },
                     checkpoint_path,
                 )
@@ -244,7 +255,7 @@ def train(config: TrainConfig, generic_cache: dict | None = None) -> dict:
 
     # --- keep the best epoch, measure the adapted model on the eval data
     if best["state"] is not None:
-        set_peft_model_state_dict(model, best["state"])
+        adaptation.load_trained_state(model, best["state"], config)
     after_hyps = _transcribe(model, feature_extractor, tokenizer, eval_set, window, config)
     cer_after, rows_after = score(eval_set, after_hyps)
     log.info("adapted model CER on eval: %.3f (generic %.3f)", cer_after, cer_before)
@@ -282,10 +293,10 @@ def train(config: TrainConfig, generic_cache: dict | None = None) -> dict:
         "data_seconds": round(sum(e.seconds for e in train_set), 1),
     }
     with atomic_directory(out, force=True, what="adapter") as tmp:  # refused earlier unless --force/--resume
-        model.save_pretrained(tmp)
+        adaptation.save(model, tmp, config)
         processor.feature_extractor = feature_extractor
         processor.save_pretrained(tmp)
-        made_with = {**config.to_json(), "window_seconds": window}
+        made_with = {**_resolved(config), "window_seconds": window}
         write_json_atomic(tmp / "train_config.json", made_with)
         report = write_report(tmp, report)
         write_text_atomic(tmp / "README.md", model_card(report, made_with, out.name))  # not peft's template
@@ -306,7 +317,8 @@ def _load_checkpoint(path: Path, config: TrainConfig) -> dict | None:
     if saved is None:  # written before checkpoints recorded their options
         log.warning("checkpoint %s does not record its options: resuming unchecked", path)
         return checkpoint
-    current = config.to_json()
+    saved = {**_resolved(TrainConfig()), **saved}  # an option added since the checkpoint: its default then
+    current = _resolved(config)
     changed = [
         f"{k}={saved.get(k)!r} (now {current[k]!r})" for k in RESUME_MUST_MATCH if saved.get(k) != current[k]
     ]
@@ -316,6 +328,11 @@ def _load_checkpoint(path: Path, config: TrainConfig) -> dict | None:
             "resume with the interrupted run's options, or run without --resume to start over",
         )
     return checkpoint
+
+
+def _resolved(config: TrainConfig) -> dict:
+    """The options as used: the learning rate's default depends on --finetune, so it is written out."""
+    return {**config.to_json(), "learning_rate": config.peak_learning_rate}
 
 
 def selection_margin(configured: float | None, lowest_cer: float, n_chars: int) -> float:
@@ -385,10 +402,6 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def _cpu_copy(state: dict) -> dict:
-    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
 
 
 def _progress(total: int, initial: int):

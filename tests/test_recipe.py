@@ -1,0 +1,287 @@
+"""The recipe's variants (train/adaptation.py, train/distill.py, --seeds): where and how Whisper is adapted,
+each variant trained, saved, loaded again and exported, on the tiny random Whisper."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from resonance.errors import ResonanceError
+from resonance.train.config import FULL_LEARNING_RATE, LORA_LEARNING_RATE, TrainConfig
+
+
+def _tiny_config(tiny_whisper, data, out, **options) -> TrainConfig:
+    fast = dict(max_steps=2, batch_size=4, window_seconds=5.0, threads=2)
+    return TrainConfig(data=str(data), out=str(out), base_model=str(tiny_whisper), **{**fast, **options})
+
+
+@pytest.fixture
+def no_decoding(monkeypatch):
+    """Training without the evaluation decodes: a random model writes up to the token limit, and these tests
+    look at the weights, not at transcripts."""
+    from resonance.train import trainer
+
+    monkeypatch.setattr(trainer, "_transcribe", lambda model, fe, tok, examples, *rest: [""] * len(examples))
+
+
+def _lora_ranks(model) -> dict:
+    """{"encoder": {ranks}, "decoder": {ranks}} of the LoRA A matrices in a peft Whisper."""
+    ranks: dict = {"encoder": set(), "decoder": set()}
+    for name, param in model.named_parameters():
+        if "lora_A" in name:
+            ranks["encoder" if ".encoder." in name else "decoder"].add(param.shape[0])
+    return ranks
+
+
+@pytest.mark.parametrize(
+    "options, expected",
+    [
+        ({}, {"encoder": {16}, "decoder": {16}}),
+        ({"adapt": "encoder"}, {"encoder": {16}, "decoder": set()}),
+        ({"adapt": "decoder"}, {"encoder": set(), "decoder": {16}}),
+        ({"decoder_lora_r": 4}, {"encoder": {16}, "decoder": {4}}),
+    ],
+)
+def test_lora_goes_where_adapt_says_and_survives_saving(tiny_whisper, tmp_path, options, expected):
+    import torch
+    from peft import PeftModel
+    from transformers import WhisperForConditionalGeneration
+
+    from resonance.train.adaptation import make_trainable
+
+    config = TrainConfig(**options)
+    model = make_trainable(WhisperForConditionalGeneration.from_pretrained(tiny_whisper), config)
+    assert _lora_ranks(model) == expected
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trained and all("lora_" in n for n in trained)  # the base weights stay frozen
+    if config.decoder_lora_r:  # the decoder's update keeps the encoder's scale alpha / r
+        scales = {m.scaling["default"] for m in model.modules() if isinstance(getattr(m, "scaling", 0), dict)}
+        assert scales == {config.lora_alpha / config.lora_r}
+
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, 0.1)
+    model.save_pretrained(tmp_path)
+    again = PeftModel.from_pretrained(WhisperForConditionalGeneration.from_pretrained(tiny_whisper), tmp_path)
+    assert _lora_ranks(again) == expected
+    features, prompt = torch.randn(1, 80, 3000), torch.tensor([[50258]])
+    with torch.no_grad():
+        torch.testing.assert_close(
+            again.eval()(input_features=features, decoder_input_ids=prompt).logits,
+            model.eval()(input_features=features, decoder_input_ids=prompt).logits,
+        )
+
+
+def test_variant_options_are_checked():
+    for options, name in (
+        ({"finetune": "qlora"}, "finetune"),
+        ({"adapt": "all"}, "adapt"),
+        ({"adapt": "encoder", "decoder_lora_r": 4}, "decoder_lora_r"),
+        ({"finetune": "full", "decoder_lora_r": 4}, "decoder_lora_r"),
+        ({"decoder_lora_r": 0}, "decoder_lora_r"),
+        ({"adapt": "encoder", "distill_weight": 1.0}, "distill_weight"),
+        ({"distill_weight": -1.0}, "distill_weight"),
+    ):
+        with pytest.raises(ResonanceError, match=name):
+            TrainConfig(**options)
+    # Full fine-tuning moves the pretrained weights themselves: its own, smaller default step.
+    assert TrainConfig().peak_learning_rate == LORA_LEARNING_RATE
+    assert TrainConfig(finetune="full").peak_learning_rate == FULL_LEARNING_RATE < LORA_LEARNING_RATE
+    assert TrainConfig(finetune="full", learning_rate=3e-5).peak_learning_rate == 3e-5
+
+
+def test_full_finetune_of_the_encoder_saves_loads_and_exports(tiny_whisper, demo_data, tmp_path, no_decoding):
+    """--finetune full --adapt encoder: the folder holds the trained encoder tensors only; load_personal_model
+    and export apply them to the base model, cut to the trained window, and the bundle matches PyTorch."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import WhisperForConditionalGeneration
+
+    pytest.importorskip("optimum.exporters.onnx")
+    from resonance.export.onnx_export import export_bundle
+    from resonance.runtime.bundle import load_manifest
+    from resonance.train.adaptation import FULL_WEIGHTS
+    from resonance.train.personal import load_personal_model
+    from resonance.train.trainer import train
+
+    out = tmp_path / "full"
+    config = _tiny_config(tiny_whisper, demo_data, out, finetune="full", adapt="encoder", learning_rate=1e-2)
+    report = train(config)
+    assert not (out / "adapter_config.json").exists()
+    weights = load_file(str(out / FULL_WEIGHTS))
+    base = WhisperForConditionalGeneration.from_pretrained(tiny_whisper)
+    base_params = dict(base.named_parameters())
+    assert weights and all(k.startswith("model.encoder.") for k in weights)
+    assert "model.encoder.embed_positions.weight" not in weights  # the fixed sinusoids are never trained
+    assert sum(p.numel() for p in weights.values()) == report["trainable_parameters"]
+    assert any(not torch.equal(w, base_params[k]) for k, w in weights.items())  # it did train
+    saved = json.loads((out / "train_config.json").read_text())
+    assert saved["finetune"] == "full" and saved["learning_rate"] == 1e-2
+    assert "finetuned_weights.safetensors" in (out / "README.md").read_text(encoding="utf-8")
+
+    model, processor = load_personal_model(out)
+    assert type(model).__name__ == "WhisperForConditionalGeneration"
+    loaded = dict(model.named_parameters())
+    assert all(torch.equal(loaded[k], w) for k, w in weights.items())
+    assert torch.equal(
+        loaded["model.decoder.layers.0.fc1.weight"], base_params["model.decoder.layers.0.fc1.weight"]
+    )
+
+    bundle = export_bundle(None, tmp_path / "bundle", adapter=out, allow_worse=True)
+    manifest = load_manifest(bundle)
+    assert manifest.audio.window_seconds == 5.0 and manifest.adapter == str(out)
+    assert manifest.parity["tokens_identical"] == manifest.parity["clips"]
+    _check_bundle_matches(bundle, model, processor)
+
+    # Tensors of another model (another shape, or a name this base does not have): named, not a traceback.
+    from safetensors.torch import save_file
+
+    for bad in (
+        {"model.encoder.layers.0.fc1.weight": torch.zeros(3, 3)},
+        {"model.encoder.extra": torch.zeros(1)},
+    ):
+        save_file(bad, str(out / FULL_WEIGHTS))
+        with pytest.raises(ResonanceError, match="does not fit this base model"):
+            load_personal_model(out)
+
+
+def _check_bundle_matches(bundle, model, processor) -> None:
+    """The bundle's first decoder step gives the PyTorch model's logits."""
+    import onnxruntime as ort
+    import torch
+
+    from resonance.runtime.bundle import load_manifest
+
+    manifest = load_manifest(bundle)
+    audio = np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.1
+    features = processor(audio, sampling_rate=16000, return_tensors="np").input_features
+    encoder = ort.InferenceSession(str(bundle / "encoder.onnx"), providers=["CPUExecutionProvider"])
+    decoder = ort.InferenceSession(str(bundle / "decoder.onnx"), providers=["CPUExecutionProvider"])
+    hidden = encoder.run(None, {encoder.get_inputs()[0].name: features})[0]
+    feeds = {
+        "input_ids": np.asarray([manifest.tokens.sot_sequence]),
+        "encoder_hidden_states": hidden,
+        "use_cache_branch": np.asarray([False]),
+    }
+    for arg in decoder.get_inputs():
+        if arg.name.startswith("past_key_values."):
+            feeds[arg.name] = np.zeros((1, arg.shape[1], 0, arg.shape[3]), dtype=np.float32)
+    onnx_logits = decoder.run(["logits"], feeds)[0]
+    with torch.no_grad():
+        expected = model(
+            input_features=torch.from_numpy(features),
+            decoder_input_ids=torch.tensor([manifest.tokens.sot_sequence]),
+        ).logits.numpy()
+    assert np.abs(onnx_logits - expected).max() < 1e-3
+
+
+def test_encoder_only_lora_exports(tiny_whisper, demo_data, tmp_path, no_decoding):
+    """LoRA on the encoder alone (a regex of module names in adapter_config.json) merges and exports."""
+    pytest.importorskip("optimum.exporters.onnx")
+    from resonance.export.onnx_export import export_bundle
+    from resonance.train.personal import load_personal_model
+    from resonance.train.trainer import train
+
+    out = tmp_path / "enc"
+    train(_tiny_config(tiny_whisper, demo_data, out, adapt="encoder", learning_rate=1e-2))
+    assert "encoder" in json.loads((out / "adapter_config.json").read_text())["target_modules"]
+    model, processor = load_personal_model(out, merge=True)
+    bundle = export_bundle(None, tmp_path / "bundle", adapter=out, allow_worse=True)
+    _check_bundle_matches(bundle, model, processor)
+
+
+def test_distillation_keeps_the_decoder_near_the_generic_one(tiny_whisper, demo_data, tmp_path, no_decoding):
+    """The same run with and without --distill-weight: the KL term holds the trained decoder's next-token
+    distribution closer to the generic decoder's (measured on the training clips, the trained encoder's
+    output fed to both decoders)."""
+    import torch
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+    from resonance.data.labels import load_labels
+    from resonance.train.data import collate, load_examples
+    from resonance.train.distill import GenericDecoderTeacher, kl_to_teacher
+    from resonance.train.personal import load_personal_model
+    from resonance.train.trainer import train
+    from resonance.train.window import shorten_audio_window
+
+    base = shorten_audio_window(WhisperForConditionalGeneration.from_pretrained(tiny_whisper), 5.0)
+    teacher = GenericDecoderTeacher(base)
+    tokenizer = WhisperProcessor.from_pretrained(tiny_whisper).tokenizer
+    tokenizer.set_prefix_tokens(language="zh", task="transcribe", predict_timestamps=False)
+    examples = load_examples(load_labels(str(demo_data))[:8], tokenizer)
+
+    def drift(adapter) -> float:
+        model, processor = load_personal_model(adapter, merge=True)
+        sot = tokenizer.convert_tokens_to_ids("<|startoftranscript|>")
+        features, decoder_input, labels = collate(
+            examples, processor.feature_extractor, 5.0, sot, tokenizer.eos_token_id
+        )
+        with torch.no_grad():
+            output = model(input_features=features, decoder_input_ids=decoder_input)
+            generic = teacher.logits(decoder_input, output.encoder_last_hidden_state)
+            return kl_to_teacher(output.logits, generic, labels).item()
+
+    options = dict(adapt="decoder", learning_rate=3e-2, max_steps=6, lora_dropout=0.0)
+    config = _tiny_config(tiny_whisper, demo_data, tmp_path / "plain", **options)
+    train(config)
+    train(dataclasses.replace(config, out=str(tmp_path / "distilled"), distill_weight=100.0))
+    plain, distilled = drift(tmp_path / "plain"), drift(tmp_path / "distilled")
+    assert plain > 0.01  # training moved the decoder …
+    assert distilled < 0.5 * plain  # … and the KL term held it back
+    saved = json.loads((tmp_path / "distilled" / "train_config.json").read_text())
+    assert saved["distill_weight"] == 100.0
+
+
+def test_kl_to_teacher_is_zero_for_the_same_distribution_and_ignores_padding():
+    import torch
+
+    from resonance.train.distill import kl_to_teacher
+
+    logits = torch.randn(2, 3, 10)
+    labels = torch.tensor([[1, 2, -100], [3, -100, -100]])
+    assert kl_to_teacher(logits, logits, labels).item() == pytest.approx(0.0, abs=1e-6)
+    other = logits.clone()
+    other[0, 2] += 5.0  # only a padded position differs
+    assert kl_to_teacher(logits, other, labels).item() == pytest.approx(0.0, abs=1e-6)
+    other[1, 0] += torch.randn(10)
+    assert kl_to_teacher(logits, other, labels).item() > 0
+
+
+def test_curve_rows_of_several_seeds_become_mean_and_sd():
+    from resonance.train.curve import aggregate, render_markdown
+
+    def row(size, seed, unseen, cer_after=0.2):
+        return {
+            "size": size,
+            "seed": seed,
+            "train_seconds": 100.0 + seed,
+            "cer_before": 0.7,
+            "cer_after": cer_after,
+            "n_seen": 45,
+            "n_unseen": 81,
+            "generic_seen_char_acc": 0.2,
+            "personal_seen_char_acc": 0.9,
+            "generic_seen_exact": 0.1,
+            "personal_seen_exact": 0.8,
+            "generic_unseen_char_acc": 0.3,
+            "personal_unseen_char_acc": unseen,
+            "generic_unseen_exact": 0.1,
+            "personal_unseen_exact": 0.4,
+        }
+
+    rows = [row(50, 0, 0.70), row(50, 1, 0.74), row(50, 2, 0.78), row(100, 0, 0.25, cer_after=0.8)]
+    fifty, hundred = aggregate(rows)
+    assert fifty["seeds"] == [0, 1, 2] and fifty["personal_unseen_char_acc"] == pytest.approx(0.74)
+    assert fifty["personal_unseen_char_acc_sd"] == pytest.approx(0.04)
+    assert fifty["worse_than_generic"] == 0 and hundred["worse_than_generic"] == 1
+    assert hundred["personal_unseen_char_acc_sd"] is None  # one seed: no spread to show
+    table = render_markdown(rows)
+    assert "| 50 | 20 ± 0 % → **90 ± 0 %** (45)" in table and "**74 ± 4 %** (81)" in table
+    assert "| 3 (0) |" in table and "| 1 (1) |" in table  # seeds, and how many lost to the generic model
+    assert "101 s ± 1" in table
+    single = render_markdown([row(30, 0, 0.69)])
+    assert "**69 %** (81)" in single and "seeds" not in single  # one seed: the table as before

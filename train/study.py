@@ -1,0 +1,148 @@
+"""The recipe study behind the training defaults (README, "Recipe study"): named variants of the recipe, each
+one change against the default, run as learning curves in one process (the generic model decodes EVAL once).
+
+    python -m resonance.train.study --data take1 --eval-data take2 --base-model models/whisper-base \\
+        --out runs/study --sizes 50 --seeds 1 --variants default,encoder,decoder
+
+Writes <out>/<variant>/curve.json (+ curve.md, the adapters) and <out>/study.json: one row per variant and
+size with its options, mean ± sd accuracy and training time. A variant whose curve is complete is not run
+again, so an interrupted study continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from resonance.errors import ResonanceError
+from resonance.fsutil import write_json_atomic, write_text_atomic
+from resonance.train.config import TrainConfig
+
+# name -> the options that differ from TrainConfig's defaults (with the defaults of the study's time).
+VARIANTS: dict[str, dict] = {
+    "default": {},
+    # where to adapt
+    "encoder": {"adapt": "encoder"},
+    "decoder": {"adapt": "decoder"},
+    "decoder-r4": {"decoder_lora_r": 4},
+    "decoder-attn": {"target_modules": ["q_proj", "k_proj", "v_proj", "out_proj"]},
+    # capacity
+    "r8": {"lora_r": 8, "lora_alpha": 16},
+    "r32": {"lora_r": 32, "lora_alpha": 64},
+    "r64": {"lora_r": 64, "lora_alpha": 128},
+    "encoder-r32": {"adapt": "encoder", "lora_r": 32, "lora_alpha": 64},
+    # full fine-tuning
+    "full-encoder-1e-5": {"finetune": "full", "adapt": "encoder", "learning_rate": 1e-5},
+    "full-encoder-5e-5": {"finetune": "full", "adapt": "encoder", "learning_rate": 5e-5},
+    "full-encoder-1e-4": {"finetune": "full", "adapt": "encoder", "learning_rate": 1e-4},
+    "full-all-1e-5": {"finetune": "full", "adapt": "both", "learning_rate": 1e-5},
+    "full-all-5e-5": {"finetune": "full", "adapt": "both", "learning_rate": 5e-5},
+    # keeping the generic decoder's language
+    "distill-0.5": {"distill_weight": 0.5},
+    "distill-2": {"distill_weight": 2.0},
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from resonance.train.curve import aggregate, learning_curve
+
+    args = _parser().parse_args(argv)
+    names = [n.strip() for n in args.variants.split(",") if n.strip()]
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise ResonanceError(f"unknown variant(s): {', '.join(unknown)}", f"known: {', '.join(VARIANTS)}")
+    sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    base = dict(
+        data=args.data,
+        eval_data=args.eval_data,
+        base_model=args.base_model,
+        threads=args.threads,
+        out=str(args.out),
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    study_path = args.out / "study.json"
+    study = json.loads(study_path.read_text(encoding="utf-8")) if study_path.is_file() else []
+    generic_cache = _DiskCache(args.out / "generic.json")
+    for name in names:
+        out = args.out / name
+        done = out / "curve.json"
+        rows = json.loads(done.read_text(encoding="utf-8")) if done.is_file() else []
+        if len(rows) != len(sizes) * args.seeds or sorted({r["size"] for r in rows}) != sorted(sizes):
+            config = TrainConfig(**{**base, **VARIANTS[name], "out": str(out)})
+            rows = learning_curve(config, sizes, out, seeds=args.seeds, generic_cache=generic_cache)
+        study = [s for s in study if s["variant"] != name]
+        for summary in aggregate(rows):
+            study.append({"variant": name, "options": VARIANTS[name], **summary, "runs": rows})
+        write_json_atomic(study_path, study)
+        write_text_atomic(args.out / "study.md", render(study))
+    print(render(study))
+    return 0
+
+
+class _DiskCache(dict):
+    """The trainer's generic-transcript cache kept in a JSON file, so later studies skip the generic decode
+    (its keys, tuples of base model, language and EVAL's clips and texts, are stored as JSON text)."""
+
+    def __init__(self, path: Path):
+        super().__init__(json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {})
+        self.path = path
+
+    def __contains__(self, key) -> bool:
+        return super().__contains__(json.dumps(key, ensure_ascii=False))
+
+    def __getitem__(self, key):
+        return super().__getitem__(json.dumps(key, ensure_ascii=False))
+
+    def __setitem__(self, key, value) -> None:
+        super().__setitem__(json.dumps(key, ensure_ascii=False), value)
+        write_json_atomic(self.path, dict(self))
+
+
+def render(study: list[dict]) -> str:
+    """The study as one table: a line per variant and size, mean ± sd over the seeds."""
+    lines = [
+        "| variant | options | recordings | seeds | seen char | seen exact | unseen char | unseen exact "
+        "| train time | load |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s in study:
+        options = ", ".join(f"{k}={v}" for k, v in s["options"].items()) or "today's default"
+        loads = [value for run in s["runs"] if run["size"] == s["size"] for value in run.get("load", [])]
+        lines.append(
+            f"| {s['variant']} | {options} | {s['size']} | {len(s['seeds'])} "
+            + " | ".join(
+                _pct(s, f"personal_{key}")
+                for key in ("seen_char_acc", "seen_exact", "unseen_char_acc", "unseen_exact")
+            )
+            + f" | {s['train_seconds']:.0f} s | {min(loads, default=0):.1f}-{max(loads, default=0):.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _pct(summary: dict, key: str) -> str:
+    value, sd = summary[key], summary.get(f"{key}_sd")
+    if value is None:
+        return "–"
+    return f"{100 * value:.1f}" + ("" if sd is None else f" ± {100 * sd:.1f}")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m resonance.train.study", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", required=True, help="training take (speaker A: take1)")
+    p.add_argument("--eval-data", required=True, help="evaluation take (speaker A: take2)")
+    p.add_argument("--base-model", default="pypi:whisper-base")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--sizes", default="50")
+    p.add_argument("--seeds", type=int, default=1)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--variants", default="default", help=f"comma-separated, of: {', '.join(VARIANTS)}")
+    return p
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except ResonanceError as exc:
+        sys.exit(f"error: {exc}")
