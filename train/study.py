@@ -111,7 +111,7 @@ def render(study: list[dict]) -> str:
         options = ", ".join(f"{k}={v}" for k, v in s["options"].items()) or "today's default"
         loads = [value for run in s["runs"] if run["size"] == s["size"] for value in run.get("load", [])]
         lines.append(
-            f"| {s['variant']} | {options} | {s['size']} | {len(s['seeds'])} "
+            f"| {s['variant']} | {options} | {s['size']} | {len(s['seeds'])} | "
             + " | ".join(
                 _pct(s, f"personal_{key}")
                 for key in ("seen_char_acc", "seen_exact", "unseen_char_acc", "unseen_exact")
