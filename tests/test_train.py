@@ -170,43 +170,6 @@ def test_train_cli_bad_data_is_a_clear_error(tiny_whisper, tmp_path, run_cli):
     assert not (tmp_path / "a").exists()
 
 
-def _report(**overrides):
-    report = {
-        "cer_before": 0.8,
-        "cer_after": 0.3,
-        "n_train": 20,
-        "n_validation": 2,
-        "n_eval": 3,
-        "train_texts": ["我想喝水"] * 1,
-        "history": {"loss": [[1, 2.0], [2, 1.0]], "val": [[1, 0.5], [2, 0.7]]},
-        "best_step": 1,
-        "eval_source": "x",
-        "data_seconds": 30.0,
-        "steps": 2,
-        "train_seconds": 1.0,
-        "device": "cpu",
-        "samples_per_second": 8.0,
-        "window_seconds": 5.0,
-        "utterances": [{"reference": "我想喝水", "before": "你想喝水", "hypothesis": "我想喝水"}],
-    }
-    return {**report, **overrides}
-
-
-def test_report_says_in_words_whether_it_helped_and_warns(tmp_path):
-    from resonance.train.report import write_report
-
-    written = write_report(tmp_path, _report())
-    assert written == json.loads((tmp_path / "report.json").read_text())
-    assert "better" in written["verdict"] and "20% -> 70%" in written["verdict"]
-    warnings = " ".join(written["warnings"])
-    assert "Only 22 recordings" in warnings and "Only 3 evaluation" in warnings and "over-fitting" in warnings
-    assert "我想喝水 | 你想喝水 | 我想喝水" in (tmp_path / "report.txt").read_text()
-    assert (tmp_path / "report.png").stat().st_size > 1000
-
-    worse = write_report(tmp_path, _report(cer_after=0.9))
-    assert "NOT better" in worse["verdict"] and "--allow-worse" in worse["verdict"]
-
-
 def test_selection_margin_is_the_noise_of_the_validation_set():
     from resonance.train.trainer import selection_margin
 
@@ -301,29 +264,6 @@ def test_no_eval_set_is_refused_before_training(tmp_path, demo_data, run_cli):
     assert "--eval-data" in proc.stderr and "--val-fraction" in proc.stderr
     assert not out.exists()
     TrainConfig(val_fraction=0, eval_data=str(demo_data))  # a second take is enough
-
-
-def test_report_shows_hypotheses_in_simplified_but_keeps_them_raw_in_json(tmp_path):
-    from resonance.train.report import write_report
-
-    rows = [{"reference": "对这行事", "before": "對這行事", "hypothesis": "對這行事吧"}]
-    written = write_report(tmp_path, _report(utterances=rows, eval_is_validation=True))
-    assert "对这行事 | 对这行事 | 对这行事吧" in (tmp_path / "report.txt").read_text()
-    assert json.loads((tmp_path / "report.json").read_text())["utterances"] == rows
-    assert any("optimistic" in w for w in written["warnings"])
-    assert not any("optimistic" in w for w in write_report(tmp_path, _report())["warnings"])
-
-
-def test_overfitting_warning_only_when_an_earlier_step_was_kept():
-    from resonance.train.report import overfitting_warning
-
-    # The audit's case: the last step (48) was kept, within the margin of the best: no warning.
-    assert overfitting_warning([[24, 0.30], [36, 0.38], [48, 0.35]], kept_step=48, margin=0.088) is None
-    rose = overfitting_warning([[24, 0.30], [36, 0.45], [48, 0.50]], kept_step=24, margin=0.088)
-    assert rose and "after step 24" in rose and "step 24 was kept" in rose and "up to step 48" in rose
-    # A later evaluation within the margin would have been kept: these numbers are not over-fitting.
-    assert overfitting_warning([[24, 0.30], [48, 0.35]], kept_step=24, margin=0.088) is None
-    assert overfitting_warning([], kept_step=0, margin=0.0) is None
 
 
 class _Interrupted(Exception):

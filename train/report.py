@@ -1,51 +1,160 @@
-"""The training report: report.json for machines, report.txt in plain words, report.png with the curves."""
+"""The training report: report.json for machines, report.txt and report.png for the family and the technician.
+
+report.txt and report.png open in plain words, Chinese first (the families are Chinese-speaking) then English:
+did the personal model get better, and how each test phrase came out before and after. The jargon (CER,
+steps, loss, the kept step, settings) follows in a second section for the technician. Every sentence that
+judges the model comes from ``verdict`` and ``advice``, so a change in how the verdict is worded stays there.
+"""
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from resonance.fsutil import write_json_atomic, write_text_atomic
-from resonance.text import to_simplified
+from resonance.text import normalize_for_cer, to_simplified
+from resonance.train.report_plot import RIGHT, WRONG, plot
 
 FEW_RECORDINGS = 30  # below this the guide expects little gain
 GOOD_RECORDINGS = 50
+FEW_EVAL_RECORDINGS = 5  # a verdict on fewer test recordings is a rough guess
 
 
-def verdict(report: dict) -> tuple[str, list[str]]:
-    """One sentence on whether the model got better, and the warnings a person should read."""
-    before, after = report["cer_before"], report["cer_after"]
-    # CER counts insertions too, so a looping model can pass 1.0; accuracy stops at 0 %.
-    acc_before, acc_after = 100 * max(0.0, 1 - before), 100 * max(0.0, 1 - after)
-    if after < before:
-        line = (
-            f"The personalised model is better: character accuracy {acc_before:.0f}% -> {acc_after:.0f}% "
-            f"({acc_after - acc_before:+.0f} points) on {report['n_eval']} evaluation recordings."
+@dataclass(frozen=True)
+class Scores:
+    """The numbers the plain words are made of: how much of the test came out right, before and after."""
+
+    n_eval: int  # test recordings
+    chars_before: float  # % of characters right, generic model (CER counts insertions: clipped at 0)
+    chars_after: float  # … personal model
+    phrases_before: int  # test recordings the generic model got exactly right
+    phrases_after: int  # … the personal model
+
+
+@dataclass(frozen=True)
+class Verdict:
+    better: bool  # the personal model made fewer mistakes than the generic one
+    zh: str  # the report's first line, in plain words
+    en: str  # the same, in English (report.json's "verdict")
+
+
+@dataclass(frozen=True)
+class Advice:
+    """A warning in plain words for the family (zh, en) and in the technician's terms (flags, CER)."""
+
+    zh: str
+    en: str
+    technical: str
+
+
+def exactly_right(reference: str, hypothesis: str) -> bool:
+    """Every character right, the way CER counts them (script, punctuation and spaces do not matter)."""
+    return normalize_for_cer(reference) == normalize_for_cer(hypothesis)
+
+
+def scores(report: dict) -> Scores:
+    rows = report["utterances"]
+    return Scores(
+        n_eval=report["n_eval"],
+        chars_before=100 * max(0.0, 1 - report["cer_before"]),
+        chars_after=100 * max(0.0, 1 - report["cer_after"]),
+        phrases_before=sum(exactly_right(r["reference"], r["before"]) for r in rows),
+        phrases_after=sum(exactly_right(r["reference"], r["hypothesis"]) for r in rows),
+    )
+
+
+def verdict(report: dict) -> Verdict:
+    """The one sentence, in each language, on whether the personal model recognises the speaker better.
+
+    Better means fewer mistakes (lower CER, what `resonance export` checks) that a person would also see: more
+    characters or more whole recordings right. A model that only loops less still gets nothing right.
+    """
+    s = scores(report)
+    fewer_mistakes = report["cer_after"] < report["cer_before"]
+    visible = round(s.chars_after) > round(s.chars_before) or s.phrases_after > s.phrases_before
+    numbers_zh = (
+        f"字的准确率 {s.chars_before:.0f}% → {s.chars_after:.0f}%，{s.n_eval} 句里完全听对 "
+        f"{s.phrases_before} → {s.phrases_after} 句"
+    )
+    numbers_en = (
+        f"characters right {s.chars_before:.0f}% -> {s.chars_after:.0f}%, recordings exactly right "
+        f"{s.phrases_before} -> {s.phrases_after} of {s.n_eval}"
+    )
+    if fewer_mistakes and visible:
+        return Verdict(
+            True,
+            f"认得更准了：{s.n_eval} 句检验录音里，现在完全听对 {s.phrases_after} 句（原来 {s.phrases_before} 句）；"
+            f"字的准确率从 {s.chars_before:.0f}% 提高到 {s.chars_after:.0f}%。",
+            f"Understands better: of {s.n_eval} test recordings, {s.phrases_after} now come out exactly right "
+            f"(before: {s.phrases_before}); characters right went from {s.chars_before:.0f}% to "
+            f"{s.chars_after:.0f}%.",
         )
-    else:
-        line = (
-            f"The personalised model is NOT better (character accuracy {acc_before:.0f}% -> {acc_after:.0f}%). "
-            "Do not deploy it: `resonance export` refuses it unless you pass --allow-worse."
+    if fewer_mistakes:
+        return Verdict(
+            False,
+            f"没有明显变好：{numbers_zh}。先不要用这个模型：多录一些句子，再训练一次。",
+            f"No clear gain: {numbers_en}. Do not use this model yet: record more phrases and train again.",
         )
-    warnings = []
+    return Verdict(
+        False,
+        f"没有变得更准：{numbers_zh}。先不要用这个模型：多录一些句子，再训练一次。",
+        f"NOT better: {numbers_en}. Do not use this model yet: record more phrases and train again.",
+    )
+
+
+def advice(report: dict) -> list[Advice]:
+    """What a person should know about how far to trust the verdict, and what to do about it."""
+    found = []
     n = report["n_train"] + report["n_validation"]
     if n < FEW_RECORDINGS:
-        warnings.append(f"Only {n} recordings: record at least {GOOD_RECORDINGS} (better 100) short phrases.")
-    if report["n_eval"] < 5:
-        warnings.append(
-            f"Only {report['n_eval']} evaluation recordings: the accuracy above is a rough guess. "
-            "Record a second take of the phrases and pass it as --eval-data."
+        found.append(
+            Advice(
+                f"录音只有 {n} 段：请至少录 {GOOD_RECORDINGS} 段（最好 100 段）短句。",
+                f"Only {n} recordings: record at least {GOOD_RECORDINGS} (better 100) short phrases.",
+                f"Only {n} recordings: record at least {GOOD_RECORDINGS} (better 100) short phrases.",
+            )
+        )
+    if report["n_eval"] < FEW_EVAL_RECORDINGS:
+        found.append(
+            Advice(
+                f"只用了 {report['n_eval']} 句录音来检验，上面的结果只是粗略估计：把这些句子再录一遍用来检验，结果更可靠。",
+                f"Only {report['n_eval']} recordings were used to check: the result above is a rough guess. "
+                "Record the phrases once more to check with.",
+                f"Only {report['n_eval']} evaluation recordings: the accuracy above is a rough guess. "
+                "Record a second take of the phrases and pass it as --eval-data.",
+            )
         )
     if len(report["train_texts"]) < max(3, report["n_train"] // 4):
-        warnings.append("Few distinct phrases: the model may only learn these. Vary the phrases.")
+        found.append(
+            Advice(
+                "不同的句子太少：模型可能只学会这几句。请多录一些不同的句子。",
+                "Few different phrases: the model may learn only these. Vary the phrases.",
+                "Few distinct phrases: the model may only learn these. Vary the phrases.",
+            )
+        )
     if report.get("eval_is_validation"):
-        warnings.append(
-            "The evaluation recordings are the validation phrases that also chose the kept step, so the "
-            "personalised accuracy above is optimistic. Pass a second take as --eval-data for a fair measure."
+        found.append(
+            Advice(
+                "检验用的句子也参与了挑选模型，所以上面的结果偏乐观：把句子再录一遍用来检验更公平。",
+                "The phrases used to check also helped choose the model, so the result above is optimistic: "
+                "record the phrases once more to check with.",
+                "The evaluation recordings are the validation phrases that also chose the kept step, so the "
+                "personalised accuracy above is optimistic. Pass a second take as --eval-data for a fair measure.",
+            )
         )
     rose = overfitting_warning(
         report["history"].get("val", []), report["best_step"], report.get("selection_margin") or 0.0
     )
-    return line, warnings + ([rose] if rose else [])
+    if rose:
+        found.append(
+            Advice(
+                "训练后期反而变差了，已自动保留较早、更好的一版。录音越多，训练越稳。",
+                "Later training made it worse, so an earlier, better version was kept. More recordings make "
+                "training steadier.",
+                rose,
+            )
+        )
+    return found
 
 
 def overfitting_warning(val: list[list[float]], kept_step: int, margin: float) -> str | None:
@@ -64,13 +173,27 @@ def overfitting_warning(val: list[list[float]], kept_step: int, margin: float) -
 
 
 def write_report(folder: Path, report: dict) -> dict:
-    """Write the three files; return the report with its verdict and warnings added."""
-    line, warnings = verdict(report)
-    report = {**report, "verdict": line, "warnings": warnings}
+    """Write the three files; return the report with its verdict and warnings added (``with_verdict``)."""
+    report = with_verdict(report)
     write_json_atomic(Path(folder) / "report.json", report)
     write_text_atomic(Path(folder) / "report.txt", render_text(report))
-    plot(report, Path(folder) / "report.png")
+    plot(report, phrase_rows(report), Path(folder) / "report.png")
     return report
+
+
+def with_verdict(report: dict) -> dict:
+    """The trainer's report plus what is said about it. "verdict" (English) and "warnings" (the technician's
+    wording) are report.json's keys from before; the plain words in both languages are added beside them."""
+    said, found = verdict(report), advice(report)
+    return {
+        **report,
+        "verdict": said.en,
+        "verdict_zh": said.zh,
+        "verdict_better": said.better,
+        "warnings": [a.technical for a in found],
+        "advice": [{"zh": a.zh, "en": a.en} for a in found],
+        "scores": asdict(scores(report)),
+    }
 
 
 def model_card(report: dict, made_with: dict, name: str) -> str:
@@ -101,6 +224,8 @@ def model_card(report: dict, made_with: dict, name: str) -> str:
             f"# Resonance adapter `{name}`",
             "",
             what,
+            "",
+            report["verdict_zh"],
             "",
             report["verdict"],
             "",
@@ -133,57 +258,91 @@ def model_card(report: dict, made_with: dict, name: str) -> str:
     )
 
 
-def render_text(report: dict) -> str:
-    lines = [
-        "Resonance training report",
-        "=" * 25,
-        report["verdict"],
-        "",
-        *(f"WARNING: {w}" for w in report["warnings"]),
-        "",
-        f"character error rate (CER): generic {report['cer_before']:.3f} -> personalised {report['cer_after']:.3f}",
-        f"evaluated on: {report['eval_source']} ({report['n_eval']} recordings)",
-        f"trained on {report['n_train']} recordings ({report['data_seconds']} s of audio), "
-        f"{report['steps']} steps (kept {report['best_step']}{_margin(report)}), {report['train_seconds']} s on {report['device']} "
-        f"({report['samples_per_second']} samples/s), audio window {report['window_seconds']:.0f} s",
-        "",
-        "per recording: reference | generic | personalised (in Simplified characters, as the runtime writes "
-        "them and as CER is counted)",
+def phrase_rows(report: dict) -> list[dict]:
+    """One row per test recording: what was said, what each model heard (Simplified, as the runtime writes
+    it), and whether each got it exactly right. report.json keeps the models' raw output."""
+    seen = set(report["train_texts"])
+    return [
+        {
+            "said": u["reference"],
+            "generic": to_simplified(u["before"]),
+            "personal": to_simplified(u["hypothesis"]),
+            "generic_right": exactly_right(u["reference"], u["before"]),
+            "personal_right": exactly_right(u["reference"], u["hypothesis"]),
+            "trained_on": u["reference"] in seen,
+        }
+        for u in report["utterances"]
     ]
-    for row in report["utterances"]:  # report.json keeps the models' raw output
+
+
+def render_text(report: dict) -> str:
+    """report.txt: the verdict first (zh, then en), advice, each phrase before -> after, then the details."""
+    lines = [report["verdict_zh"], report["verdict"], ""]
+    if report["advice"]:
+        lines.append("请注意 / Please note:")
+        for item in report["advice"]:
+            lines += [f"  - {item['zh']}", f"    {item['en']}"]
+        lines.append("")
+    rows = phrase_rows(report)
+    lines += [
+        f"每句话：说的 | 通用模型听成 | 个人模型听成（{RIGHT} 全对，{WRONG} 有错）",
+        f"Each phrase: said | generic model heard | personal model heard ({RIGHT} all right, {WRONG} mistakes)",
+    ]
+    width = len(str(len(rows)))
+    for i, row in enumerate(rows, 1):
+        untrained = "" if row["trained_on"] else "   (*)"
         lines.append(
-            f"  {row['reference']} | {to_simplified(row['before'])} | {to_simplified(row['hypothesis'])}"
+            f"  {i:>{width}}. {row['said']} | {_mark(row['generic_right'])} {_cut(row['generic'])} | "
+            f"{_mark(row['personal_right'])} {_cut(row['personal'])}{untrained}"
         )
-    return "\n".join(lines) + "\n"
+    if any(not row["trained_on"] for row in rows):
+        lines.append("  (*) 训练时没有录过这句 / a phrase that was not in the training recordings")
+    return "\n".join([*lines, "", *technical_lines(report)]) + "\n"
 
 
-def _margin(report: dict) -> str:
-    margin = report.get("selection_margin")
-    return "" if margin is None else f": the latest within {margin:.3f} of the best validation CER"
-
-
-def plot(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, loss_ax = plt.subplots(figsize=(7, 4))
-    losses = report["history"]["loss"]
-    if losses:
-        loss_ax.plot(*zip(*losses), color="tab:blue", label="training loss")
-    loss_ax.set_xlabel("step")
-    loss_ax.set_ylabel("training loss", color="tab:blue")
+def technical_lines(report: dict) -> list[str]:
+    """The second section: the measures and settings behind the verdict, in the technician's terms."""
+    lines = [
+        "技术细节 / Technical details",
+        "-" * 28,
+        f"character error rate (CER, lower is better): generic {report['cer_before']:.3f} -> personalised "
+        f"{report['cer_after']:.3f}, on {report['eval_source']} ({report['n_eval']} recordings); transcripts "
+        "compared in Simplified characters without punctuation",
+        f"trained on {report['n_train']} recordings ({report['data_seconds']} s of audio): {report['steps']} "
+        f"steps in {report['train_seconds']} s on {report['device']} ({report['samples_per_second']} samples/s), "
+        f"audio window {report['window_seconds']:g} s",
+        kept_step_line(report),
+    ]
     val = report["history"].get("val", [])
     if val:
-        cer_ax = loss_ax.twinx()
-        cer_ax.plot(*zip(*val), "o-", color="tab:red", label="validation CER")
-        cer_ax.axhline(report["cer_before"], color="gray", linestyle="--", label="generic CER (eval)")
-        cer_ax.set_ylabel("CER", color="tab:red")
-        cer_ax.legend(loc="upper right")
-    loss_ax.set_title(f"CER {report['cer_before']:.2f} -> {report['cer_after']:.2f}")
-    fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
+        lines.append("validation CER per evaluation: " + ", ".join(f"step {s}: {c:.3f}" for s, c in val))
+    settings = report.get("settings")
+    if settings:
+        lines.append("settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()))
+    if report["cer_after"] >= report["cer_before"]:  # what `improved` says, and what export checks
+        lines.append("`resonance export` refuses this adapter unless --allow-worse is given.")
+    lines += [f"WARNING: {w}" for w in report["warnings"]]
+    return lines
+
+
+def kept_step_line(report: dict) -> str:
+    """Which step's weights the adapter holds, and why (never "kept 0": without validation it is the last)."""
+    if not report["history"].get("val"):
+        return (
+            f"no validation phrases (--val-fraction 0): the weights after the last step ({report['steps']}) "
+            "were kept"
+        )
+    margin = report.get("selection_margin")
+    rule = "the lowest" if margin is None else f"the latest within {margin:.3f} of the lowest"
+    best = report.get("best_val_cer")
+    best_text = "" if best is None else f" (validation CER {best:.3f})"
+    return f"kept the weights of step {report['best_step']} of {report['steps']}{best_text}: {rule} validation CER"
+
+
+def _mark(right: bool) -> str:
+    return RIGHT if right else WRONG
+
+
+def _cut(heard: str, limit: int = 40) -> str:
+    """A model that loops "hears" a paragraph: one line per phrase is enough here (report.json keeps it all)."""
+    return heard if len(heard) <= limit else heard[: limit - 1] + "…"

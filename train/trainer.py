@@ -26,6 +26,7 @@ from resonance.train.window import choose_window, shorten_audio_window
 
 log = logging.getLogger("resonance.train")
 FULL_WINDOW = 30.0
+REPORTED_SETTINGS = ("base_model", "lora_r", "lora_alpha", "learning_rate", "batch_size", "epochs", "seed")
 EVAL_IS_VALIDATION = "validation split (also used to pick the step: optimistic)"
 # Options that a checkpoint's weights, data split and optimiser state depend on: resuming with other values
 # would silently mix two runs (peft loads LoRA weights non-strictly; the restored optimiser keeps its own
@@ -291,6 +292,10 @@ def train(config: TrainConfig, generic_cache: dict | None = None) -> dict:
             for a, b in zip(as_rows(rows_after), as_rows(rows_before))
         ],
         "data_seconds": round(sum(e.seconds for e in train_set), 1),
+        "settings": {  # the ones a technician asks about first; train_config.json has every option
+            **{k: getattr(config, k) for k in REPORTED_SETTINGS},
+            "window_seconds": window,
+        },
     }
     with atomic_directory(out, force=True, what="adapter") as tmp:  # refused earlier unless --force/--resume
         adaptation.save(model, tmp, config)
