@@ -1,152 +1,28 @@
 """`resonance listen`: live captions from a microphone, offline, with one bundle.
 
-Audio arrives in fixed 100 ms blocks (sherpa-onnx's vad-with-non-streaming-asr does the same); an energy VAD
-with an adaptive noise floor cuts it into utterances, and each utterance is transcribed whole. The pauses in
-dysarthric speech are long, so an utterance ends only after a full second of silence by default.
+Audio arrives in fixed 100 ms blocks (sherpa-onnx's vad-with-non-streaming-asr does the same); a VAD
+(``vad.py``: Silero by default, or the energy detector) cuts it into utterances, and each utterance is
+transcribed whole. The pauses in dysarthric speech are long, so an utterance ends only after a full second of
+silence by default.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import math
 import queue
 import shlex
 import shutil
 import subprocess
 import time
-from collections import deque
-from dataclasses import dataclass
-from typing import Any, Callable, Deque, Iterable, Iterator, List, Optional, Union
+from typing import Any, Callable, Iterable, Iterator, List, Optional, Union
 
 import numpy as np
 
 from resonance.constants import SAMPLE_RATE
 from resonance.errors import ResonanceError
 from resonance.mic import open_input_device
-
-# While no pause has been heard, an utterance this long calibrates the noise floor from its quietest block.
-CALIBRATE_S = 2.0
-
-
-@dataclass(frozen=True)
-class VadOptions:
-    block_s: float = 0.1  # one block of audio (100 ms); every decision below is made per block
-    start_blocks: int = 2  # voiced blocks in a row that start an utterance (200 ms: a click does not)
-    end_silence_s: float = (
-        1.0  # silence that ends an utterance; generous, dysarthric speech pauses mid-phrase
-    )
-    pre_roll_s: float = 0.3  # audio kept from before the start, so soft onsets are not clipped
-    min_speech_s: float = 0.3  # utterances with less voiced audio are dropped (a cough, a knock)
-    max_utterance_s: float = 30.0  # cut here even while speech goes on (one Whisper window)
-    margin_db: float = 10.0  # voiced = block level this far above the noise floor …
-    min_level_dbfs: float = -50.0  # … and above this absolute level (a silent room is not speech)
-
-    def __post_init__(self) -> None:
-        if self.block_s <= 0 or self.start_blocks < 1 or self.end_silence_s <= 0 or self.max_utterance_s <= 0:
-            raise ResonanceError("VAD durations must be positive", "e.g. --end-silence 1.0")
-
-
-def level_dbfs(block: np.ndarray) -> float:
-    rms = float(np.sqrt(np.mean(np.square(block, dtype=np.float64)))) if block.size else 0.0
-    return 20.0 * math.log10(rms) if rms > 0 else -120.0
-
-
-class UtteranceSegmenter:
-    """Feed 100 ms blocks, get finished utterances (float32 arrays at 16 kHz) back."""
-
-    def __init__(self, options: Optional[VadOptions] = None, sample_rate: int = SAMPLE_RATE) -> None:
-        self.options = options or VadOptions()
-        self.sample_rate = sample_rate
-        pre_blocks = self.options.start_blocks + round(self.options.pre_roll_s / self.options.block_s)
-        self._before: Deque[np.ndarray] = deque(maxlen=pre_blocks)
-        self._before_levels: Deque[float] = deque(maxlen=pre_blocks)  # their dBFS
-        self._current: List[np.ndarray] = []
-        self._levels: List[float] = []  # dBFS of the blocks in _current (for the first calibration)
-        self._floor: Optional[float] = None
-        self._voiced_run = 0
-        self._silent_run = 0
-        self._speech_blocks = 0
-
-    @property
-    def noise_floor_dbfs(self) -> Optional[float]:
-        return self._floor
-
-    def _voiced(self, level: float) -> bool:
-        # Until a pause has been heard, assume a quiet room: someone who speaks the moment listening starts
-        # would otherwise set the floor to their own voice, and their first phrase would be lost.
-        floor = (
-            self._floor if self._floor is not None else self.options.min_level_dbfs - self.options.margin_db
-        )
-        return level > max(floor + self.options.margin_db, self.options.min_level_dbfs)
-
-    def _track_floor(self, level: float) -> None:
-        # Falls at once to a quieter level, rises slowly: speech that slips through barely moves it.
-        if self._floor is None or level < self._floor:
-            self._floor = level
-        else:
-            self._floor = 0.95 * self._floor + 0.05 * level
-
-    def feed(self, block: np.ndarray) -> List[np.ndarray]:
-        block = np.asarray(block, dtype=np.float32).reshape(-1)
-        level = level_dbfs(block)
-        opts = self.options
-        if not self._current:
-            voiced = self._voiced(level)
-            self._before.append(block)
-            self._before_levels.append(level)
-            self._voiced_run = self._voiced_run + 1 if voiced else 0
-            if not voiced:
-                self._track_floor(level)
-            if self._voiced_run >= opts.start_blocks:
-                self._current, self._levels = list(self._before), list(self._before_levels)
-                self._before.clear()
-                self._before_levels.clear()
-                self._speech_blocks = self._voiced_run
-                self._silent_run = 0
-            return []
-        self._current.append(block)
-        self._levels.append(level)
-        if self._floor is None and len(self._current) * opts.block_s >= CALIBRATE_S - 1e-9:
-            self._calibrate()
-        voiced = self._voiced(level)
-        if voiced:
-            self._speech_blocks += 1
-            self._silent_run = 0
-        else:
-            self._silent_run += 1
-        ended = self._silent_run * opts.block_s >= opts.end_silence_s - 1e-9
-        too_long = len(self._current) * opts.block_s >= opts.max_utterance_s - 1e-9
-        if ended or too_long:
-            done = self._finish()
-            return [done] if done is not None else []
-        return []
-
-    def _calibrate(self) -> None:
-        """No pause heard yet: the quietest block of this utterance is the room, and what was counted as
-        speech is counted again against it (a steady hum is then no speech at all)."""
-        self._floor = min(self._levels)
-        voiced = [self._voiced(level) for level in self._levels]
-        self._speech_blocks = sum(voiced)
-        self._silent_run = next((i for i, v in enumerate(reversed(voiced)) if v), len(voiced))  # trailing
-
-    def flush(self) -> Optional[np.ndarray]:
-        """The utterance in progress (at the end of the input), if it has enough speech."""
-        return self._finish() if self._current else None
-
-    def _finish(self) -> Optional[np.ndarray]:
-        blocks = self._current
-        keep_silence = max(0, self._silent_run - round(0.3 / self.options.block_s))  # keep 300 ms of tail
-        if keep_silence:
-            blocks = blocks[:-keep_silence]
-        speech_s = self._speech_blocks * self.options.block_s
-        if self._floor is None:
-            self._floor = min(self._levels)  # the pause that ended it, or its quietest moment
-        self._current, self._voiced_run, self._silent_run, self._speech_blocks = [], 0, 0, 0
-        self._levels = []
-        if speech_s < self.options.min_speech_s - 1e-9:
-            return None
-        return np.concatenate(blocks).astype(np.float32, copy=False)
+from resonance.runtime.vad import VAD_KINDS, UtteranceSegmenter, VadOptions, make_segmenter
 
 
 def transcribe_utterances(
@@ -307,8 +183,12 @@ def listen(
     mode: str = "free",
     from_file: Optional[Any] = None,
     sinks: Optional[ResultSinks] = None,
+    vad: str = VAD_KINDS[0],
 ) -> int:
-    """Caption the microphone (or ``from_file``) with ``bundle_dir`` until Ctrl+C; returns the utterance count."""
+    """Caption the microphone (or ``from_file``) with ``bundle_dir`` until Ctrl+C; returns the utterance count.
+
+    ``vad``: which detector cuts the utterances (``vad.VAD_KINDS``).
+    """
     from dataclasses import replace
 
     from resonance.runtime.phrases import check_mode, summary
@@ -316,10 +196,10 @@ def listen(
 
     check_mode(mode)
     sinks = sinks or ResultSinks(say=say)
-
-    transcriber = Transcriber.for_device(bundle_dir, config)
     options = options or VadOptions()
     options = replace(options, max_utterance_s=min(options.max_utterance_s, config.max_audio_seconds))
+    segmenter = make_segmenter(vad, options)  # before the model loads: a missing VAD package fails fast
+    transcriber = Transcriber.for_device(bundle_dir, config)
 
     def emit(result: Any, seconds: float) -> None:
         record = result_record(result)
@@ -342,9 +222,9 @@ def listen(
             where = f"'{from_file}'" if from_file is not None else "the microphone"
             say(
                 f"listening to {where} with '{transcriber.manifest.patient}' on "
-                f"{', '.join(transcriber.providers)}; Ctrl+C stops"
+                f"{', '.join(transcriber.providers)}, {vad} VAD; Ctrl+C stops"
             )
-            count = transcribe_utterances(transcriber, blocks, UtteranceSegmenter(options), emit, mode)
+            count = transcribe_utterances(transcriber, blocks, segmenter, emit, mode)
     finally:
         sinks.close()
     say(f"stopped after {count} utterance(s)")

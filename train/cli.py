@@ -8,7 +8,7 @@ from pathlib import Path
 
 from resonance.cli import add_command
 from resonance.errors import ResonanceError
-from resonance.runtime.cli import register_eval_phrases
+from resonance.runtime.cli import register_eval_phrases, register_eval_vad
 from resonance.train.config import TrainConfig, field_kind, split_list
 
 TRAIN_REQUIRED = ("data", "out")  # options each command needs, from the command line or --config
@@ -49,9 +49,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="JSON or YAML file with any of the options below; the command line wins")
     _add_config_options(p, TRAIN_REQUIRED)
 
-    evaluate = sub.add_parser("eval", help="measure personalisation: learning curves, phrase-board accuracy")
+    evaluate = sub.add_parser(
+        "eval", help="measure personalisation: learning curves, phrase-board accuracy, the VAD of listen"
+    )
     eval_sub = evaluate.add_subparsers(dest="eval_command", metavar="<action>", required=True)
     register_eval_phrases(eval_sub)  # torch-free: it runs a bundle on the device
+    register_eval_vad(eval_sub)  # torch-free too: the VADs of `listen`
     p = add_command(
         eval_sub,
         "curve",
