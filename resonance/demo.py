@@ -70,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
         val_fraction=0.0,
     )
     report = train(config)
+    print(report["verdict_zh"])  # what the family reads first, as report.txt and report.png open
     print(report["verdict"])
 
     step("3/5 export", f"merge + ONNX ({args.quantize}) + parity check -> {bundle}")
@@ -111,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         f"(PyTorch, training report), {cer([said for said, _ in served], [heard for _, heard in served]):.3f} "
         f"(ONNX {args.quantize} bundle via /transcribe)"
     )
-    print(f"adapter: {adapter}   bundle: {bundle}   report: {adapter / 'report.txt'}")
+    print(f"adapter: {adapter}   bundle: {bundle}   report: {adapter / 'report.txt'} and .png")
     return 0
 
 

