@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import DEMO_DATA
+from helpers import DEMO_DATA
 
 from resonance.audio import load_audio
 from resonance.errors import ResonanceError
