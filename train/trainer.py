@@ -26,7 +26,17 @@ from resonance.train.window import choose_window, shorten_audio_window
 
 log = logging.getLogger("resonance.train")
 FULL_WINDOW = 30.0
-REPORTED_SETTINGS = ("base_model", "lora_r", "lora_alpha", "learning_rate", "batch_size", "epochs", "seed")
+REPORTED_SETTINGS = (
+    "base_model",
+    "finetune",
+    "adapt",
+    "lora_r",
+    "lora_alpha",
+    "learning_rate",
+    "batch_size",
+    "epochs",
+    "seed",
+)
 EVAL_IS_VALIDATION = "validation split (also used to pick the step: optimistic)"
 # Options that a checkpoint's weights, data split and optimiser state depend on: resuming with other values
 # would silently mix two runs (peft loads LoRA weights non-strictly; the restored optimiser keeps its own
