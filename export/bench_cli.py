@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from resonance.cli import add_command
+from resonance.cli_common import add_command
 
 ENGINE_NAMES = "runtime, pytorch, optimum, faster-whisper-int8, faster-whisper-fp32"
 

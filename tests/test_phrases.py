@@ -333,7 +333,7 @@ def test_server_modes_and_a_bad_mode(bundle, tiny_bundle, tmp_path):
 
 def test_eval_phrases_command_on_demo_clips(tiny_bundle, tmp_path, capsys):
     """The registered `eval phrases` command end to end (random weights: the numbers mean nothing here)."""
-    from resonance.runtime.cli import register_eval_phrases
+    from resonance.runtime.cli import register_eval
 
     bundle = tmp_path / "p1"
     shutil.copytree(tiny_bundle, bundle)
@@ -343,7 +343,7 @@ def test_eval_phrases_command_on_demo_clips(tiny_bundle, tmp_path, capsys):
     labels = json.loads((DEMO_DATA / "take1" / "labels.json").read_text(encoding="utf-8"))
     phrases.write_text("\n".join(entry["text"] for entry in labels), encoding="utf-8")
     parser = argparse.ArgumentParser(prog="resonance eval")
-    register_eval_phrases(parser.add_subparsers())
+    register_eval(parser.add_subparsers())  # eval phrases (and eval vad)
     out = tmp_path / "report.json"
     argv = [
         "phrases",

@@ -1,4 +1,5 @@
-"""`resonance model import-ct2`, `resonance train` (registration only: torch loads when a command runs)."""
+"""`resonance model import-ct2`, `resonance train`, `resonance eval curve` (registration only: torch loads when a
+command runs). The `model` and `eval` groups belong to resonance/cli.py."""
 
 from __future__ import annotations
 
@@ -6,18 +7,16 @@ import argparse
 from dataclasses import MISSING, fields
 from pathlib import Path
 
-from resonance.cli import add_command
+from resonance.cli_common import add_command
 from resonance.errors import ResonanceError
-from resonance.runtime.cli import register_eval_phrases, register_eval_vad
 from resonance.train.config import TrainConfig, field_kind, split_list
 
 TRAIN_REQUIRED = ("data", "out")  # options each command needs, from the command line or --config
 CURVE_REQUIRED = ("data", "eval_data", "out")
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    model = sub.add_parser("model", help="get a base Whisper model that works offline")
-    model_sub = model.add_subparsers(dest="model_command", metavar="<action>", required=True)
+def register_model(model_sub: argparse._SubParsersAction) -> None:
+    """Fill the `model` group."""
     p = add_command(
         model_sub,
         "import-ct2",
@@ -34,6 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("out", help="the Hugging Face model folder to create")
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
 
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """`resonance train`."""
     p = add_command(
         sub,
         "train",
@@ -49,12 +51,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="JSON or YAML file with any of the options below; the command line wins")
     _add_config_options(p, TRAIN_REQUIRED)
 
-    evaluate = sub.add_parser(
-        "eval", help="measure personalisation: learning curves, phrase-board accuracy, the VAD of listen"
-    )
-    eval_sub = evaluate.add_subparsers(dest="eval_command", metavar="<action>", required=True)
-    register_eval_phrases(eval_sub)  # torch-free: it runs a bundle on the device
-    register_eval_vad(eval_sub)  # torch-free too: the VADs of `listen`
+
+def register_eval(eval_sub: argparse._SubParsersAction) -> None:
+    """`resonance eval curve` in the `eval` group (the runtime adds `eval phrases` and `eval vad`)."""
     p = add_command(
         eval_sub,
         "curve",

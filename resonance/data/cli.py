@@ -1,11 +1,12 @@
-"""Subcommands of this layer (registration only: heavy imports happen when a command runs)."""
+"""`resonance data check|convert|record`: the data group's actions (registration only: heavy imports happen
+when a command runs). The group itself belongs to resonance/cli.py."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
-from resonance.cli import add_command
+from resonance.cli_common import add_command
 
 CHECK_EXAMPLES = """\
   resonance data check my_data/            # table of problems + summary; exit 1 if any error
@@ -26,16 +27,8 @@ RECORD_EXAMPLES = """\
 """
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    data = sub.add_parser(
-        "data",
-        help="check, convert or record a person's recordings (audio/*.wav + labels.json)",
-        description="Tools for the recordings in the guide's layout: a folder with audio/*.wav "
-        '(16 kHz mono) and labels.json = [{"audio": "audio/001_我想喝水.wav", "text": "我想喝水"}, ...].',
-    )
-    data.set_defaults(run=lambda args: _print_help(data))
-    data_sub = data.add_subparsers(dest="data_command", metavar="<data command>")
-
+def register(data_sub: argparse._SubParsersAction) -> None:
+    """Fill the `data` group."""
     check = add_command(
         data_sub, "check", "find problems in a dataset before training", CHECK_EXAMPLES, run_check
     )
@@ -64,11 +57,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     record.add_argument("--out", required=True, help="dataset folder to add the recordings to")
     record.add_argument("--device", help="input device number or name (default: the system's microphone)")
     record.add_argument("--seconds", type=float, default=4.0, help="length of each take (default: 4)")
-
-
-def _print_help(parser: argparse.ArgumentParser) -> int:
-    parser.print_help()
-    return 1
 
 
 def run_check(args: argparse.Namespace) -> int:
