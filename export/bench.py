@@ -265,7 +265,8 @@ def _hf_config(hf_dir: Path) -> Dict[str, Any]:
 
 def _random_cache(size: str, base_dir: Path) -> Path:
     """cache/bench/random-whisper-SIZE/hf: random weights with the base model's vocabulary (made once)."""
-    from resonance.train.base_model import cache_root, save_random_whisper
+    from resonance.fsutil import cache_root
+    from resonance.train.testing import save_random_whisper
 
     cache = cache_root() / "bench" / f"random-whisper-{size}"
     if not (cache / "hf" / "config.json").is_file():
@@ -302,7 +303,7 @@ def ct2_model(hf_dir: Path, out: Path, pypi_name: Optional[str]) -> Path:
     """The CTranslate2 form of the model: the cached PyPI download, else converted from ``hf_dir`` (fp32;
     faster-whisper quantises to int8 at load, as its users do)."""
     if pypi_name:
-        from resonance.train.base_model import cached_ct2_dir
+        from resonance.train.pypi_models import cached_ct2_dir
 
         return cached_ct2_dir(pypi_name)
     if (out / "model.bin").is_file():

@@ -40,6 +40,11 @@ def write_json_atomic(path: Path, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, ensure_ascii=False, indent=2) + "\n")
 
 
+def cache_root() -> Path:
+    """Where downloaded and generated models are kept: $RESONANCE_CACHE, else ~/.cache/resonance."""
+    return Path(os.environ.get("RESONANCE_CACHE") or Path.home() / ".cache" / "resonance")
+
+
 def refuse_to_overwrite(path: Path, force: bool, what: str) -> None:
     """Stop before touching an existing non-empty output unless the user said --force."""
     path = Path(path)

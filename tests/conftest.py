@@ -34,7 +34,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def tiny_whisper(tmp_path_factory) -> Path:
     """A randomly initialised Whisper with the real multilingual vocabulary, saved as a HF directory."""
-    from resonance.train.base_model import save_random_whisper
+    from resonance.train.testing import save_random_whisper
 
     out = tmp_path_factory.mktemp("tiny-whisper")
     save_random_whisper(out, TOKENIZER_FILE, size="tiny", seed=0)

