@@ -68,8 +68,8 @@ PHRASES_GROUP = (
 
 def build_parser() -> argparse.ArgumentParser:
     from resonance import demo
+    from resonance.bench import cli as bench_cli
     from resonance.data import cli as data_cli
-    from resonance.export import bench_cli
     from resonance.export import cli as export_cli
     from resonance.runtime import cli as runtime_cli
     from resonance.train import cli as train_cli

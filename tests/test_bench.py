@@ -19,7 +19,7 @@ DEMO_TAKE2 = Path(__file__).resolve().parents[1] / "resonance" / "demo_data" / "
 
 def run_bench_cli(*argv) -> int:
     """`resonance bench ...` through the command's own parser (its registration, defaults and run)."""
-    from resonance.export import bench_cli
+    from resonance.bench import cli as bench_cli
 
     parser = argparse.ArgumentParser(prog="resonance")
     bench_cli.register(parser.add_subparsers())
@@ -79,7 +79,7 @@ def test_bench_measures_every_engine_on_the_same_clips(tiny_whisper, tiny_bundle
 def test_random_weights_decode_a_fixed_number_of_tokens(tiny_whisper, tiny_bundle, tmp_path, monkeypatch):
     """--model-size small's mode, on the tiny size: every engine decodes exactly --decode-steps; no CER."""
     pytest.importorskip("faster_whisper", reason="faster-whisper (the [dev] extra) is not installed")
-    from resonance.export.bench import BenchConfig, format_table, run_bench
+    from resonance.bench import BenchConfig, format_table, run_bench
 
     monkeypatch.setenv("RESONANCE_CACHE", str(tmp_path / "cache"))  # the random model and its exports
     engines = ("runtime", "pytorch", "optimum", "faster-whisper-int8")
@@ -108,7 +108,7 @@ def test_random_weights_decode_a_fixed_number_of_tokens(tiny_whisper, tiny_bundl
 
 
 def test_phrase_board_of_a_given_length_from_known_phrases():
-    from resonance.export.bench import phrase_board
+    from resonance.bench.engines.runtime import phrase_board
 
     board = phrase_board(["我想喝水", "帮我开灯", "我想喝水", ""], 10)
     assert len(board) == len(set(board)) == 10
@@ -117,7 +117,7 @@ def test_phrase_board_of_a_given_length_from_known_phrases():
 
 
 def test_bad_settings_are_refused_before_any_work(tmp_path):
-    from resonance.export.bench import BenchConfig
+    from resonance.bench import BenchConfig
 
     with pytest.raises(ResonanceError, match="unknown engine"):
         BenchConfig(engines=("pytorch", "whisper.cpp"))
@@ -128,7 +128,9 @@ def test_bad_settings_are_refused_before_any_work(tmp_path):
 
 
 def test_an_engine_that_cannot_start_is_reported_not_fatal(tmp_path):
-    from resonance.export.bench import RUNTIME, EngineSpec, run_engines
+    from resonance.bench.config import EngineSpec
+    from resonance.bench.engines import RUNTIME
+    from resonance.bench.worker import run_engines
 
     clip = str(DEMO_TAKE2 / "audio" / "0035_是的.wav")
     job = {

@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from resonance.bench.engines import ENGINES
 from resonance.cli_common import add_command
-
-ENGINE_NAMES = "runtime, pytorch, optimum, faster-whisper-int8, faster-whisper-fp32"
 
 EXAMPLES = """\
   resonance bench --bundle bundles/base-fp32 --bundle bundles/base-int8          # built-in demo clips
@@ -60,7 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--warmup", type=int, default=2, help="clips run once before timing (default 2)")
     p.add_argument(
-        "--engines", default=None, help=f"comma-separated subset of: {ENGINE_NAMES} (default: all)"
+        "--engines", default=None, help=f"comma-separated subset of: {', '.join(ENGINES)} (default: all)"
     )
     p.add_argument(
         "--server-requests",
@@ -84,9 +83,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from resonance.export.bench import ENGINES, BenchConfig, format_table, run_bench
+    from resonance.bench.config import BenchConfig
+    from resonance.bench.run import run_bench
+    from resonance.bench.table import format_table
 
-    engines = tuple(e.strip() for e in args.engines.split(",") if e.strip()) if args.engines else ENGINES
+    engines = (
+        tuple(e.strip() for e in args.engines.split(",") if e.strip()) if args.engines else tuple(ENGINES)
+    )
     config = BenchConfig(
         bundles=tuple(args.bundle),
         base_model=args.base_model,

@@ -1,0 +1,93 @@
+"""The faster-whisper baselines (CTranslate2): int8 and fp32, greedy, no VAD, one temperature."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from resonance.bench.config import EngineSpec, ModelFiles
+from resonance.bench.engines import FW_FP32, FW_INT8
+from resonance.bench.engines.common import Transcribe, token_budget
+from resonance.constants import SAMPLE_RATE
+
+log = logging.getLogger(__name__)
+
+PRECISION = {FW_INT8: "int8", FW_FP32: "fp32"}
+FW_PROMPT_TOKENS = 4  # <|startoftranscript|><|zh|><|transcribe|><|notimestamps|>
+
+
+def specs(models: ModelFiles, names: Sequence[str]) -> List[EngineSpec]:
+    ct2 = ct2_model(models.hf_dir, models.store / "ct2", models.pypi_ct2)
+    chosen = [(e, PRECISION[e]) for e in (FW_INT8, FW_FP32) if e in names]
+    return [EngineSpec(e, f"faster-whisper {p}", str(ct2), p, models.window) for e, p in chosen]
+
+
+def ct2_model(hf_dir: Path, out: Path, pypi_name: Optional[str]) -> Path:
+    """The CTranslate2 form of the model: the cached PyPI download, else converted from ``hf_dir`` (fp32;
+    faster-whisper quantises to int8 at load, as its users do)."""
+    if pypi_name:
+        from resonance.train.pypi_models import cached_ct2_dir
+
+        return cached_ct2_dir(pypi_name)
+    if (out / "model.bin").is_file():
+        return out
+    from resonance.errors import require
+
+    converters = require("ctranslate2.converters", "dev", "the faster-whisper baseline")
+    log.info("converting %s to CTranslate2 (%s)", hf_dir, out)
+    files = [f for f in ("tokenizer.json", "preprocessor_config.json") if (hf_dir / f).is_file()]
+    tmp = out.with_name(out.name + ".tmp")
+    converters.TransformersConverter(str(hf_dir), copy_files=files).convert(str(tmp), force=True)
+    os.replace(tmp, out)
+    return out
+
+
+def ct2_max_new_tokens(tokens: int) -> int:
+    """faster-whisper's ``max_new_tokens`` that lets CTranslate2 decode up to ``tokens`` tokens.
+
+    faster-whisper passes max_length = prompt + max_new_tokens, and CTranslate2's whisper.cc decodes at most
+    min(max_length / 2, max_length - prompt) tokens (OpenNMT/CTranslate2#1856; measured on 4.8.5:
+    max_new_tokens 20 -> 12 tokens). Without this, faster-whisper would get a smaller cap than the others.
+    """
+    return max(tokens, 2 * tokens - FW_PROMPT_TOKENS)
+
+
+def load(job: Dict[str, Any]) -> Tuple[Transcribe, str]:
+    from resonance.errors import require
+
+    fw = require("faster_whisper", "dev", "the faster-whisper baseline")
+    spec, steps = job["spec"], job["fixed_steps"]
+    compute_type = "int8" if spec["precision"] == "int8" else "float32"
+    model = fw.WhisperModel(
+        spec["model"], device="cpu", compute_type=compute_type, cpu_threads=job["threads"], num_workers=1
+    )
+    eot = model.hf_tokenizer.token_to_id("<|endoftext|>")
+    # -1: faster-whisper's default set. Random weights: EOT and every special id above it too, so that it
+    # decodes exactly `steps` text tokens, like the other engines.
+    suppress = [-1, *range(eot, job["vocab_size"])] if steps else [-1]
+
+    def run(audio: np.ndarray) -> Tuple[str, int]:
+        segments, _info = model.transcribe(
+            audio,
+            language=job["language"],
+            task="transcribe",
+            beam_size=1,
+            best_of=1,
+            temperature=0.0,  # one greedy pass: the temperature fallback would decode again
+            compression_ratio_threshold=None,
+            log_prob_threshold=None,
+            no_speech_threshold=None,
+            condition_on_previous_text=False,
+            without_timestamps=True,
+            vad_filter=False,
+            suppress_tokens=suppress,
+            max_new_tokens=ct2_max_new_tokens(steps or token_budget(audio.size / SAMPLE_RATE)),
+        )
+        segments = list(segments)  # a generator: decoding happens here
+        return "".join(s.text for s in segments).strip(), sum(len(s.tokens) for s in segments)
+
+    return run, f"faster-whisper {fw.__version__}"

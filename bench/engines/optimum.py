@@ -1,0 +1,54 @@
+"""The Optimum baseline: Optimum's own ONNX export run by ``ORTModelForSpeechSeq2Seq``, as its users run it."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Sequence, Tuple
+
+from resonance.bench.config import EngineSpec, ModelFiles
+from resonance.bench.engines import OPTIMUM
+from resonance.bench.engines.common import Transcribe, hf_generate
+
+log = logging.getLogger(__name__)
+
+
+def specs(models: ModelFiles, names: Sequence[str]) -> List[EngineSpec]:
+    onnx_dir = optimum_export(models.hf_dir, models.store / "optimum")
+    return [EngineSpec(OPTIMUM, "Optimum ORT", str(onnx_dir), "fp32", models.window, str(models.hf_dir))]
+
+
+def optimum_export(hf_dir: Path, out: Path) -> Path:
+    """Optimum's own export of the model (encoder + decoders with KV cache), as its users would run it."""
+    if (out / "encoder_model.onnx").is_file():
+        return out
+    from optimum.exporters.onnx import main_export
+
+    log.info("exporting %s with Optimum to %s", hf_dir, out)
+    tmp = out.with_name(out.name + ".tmp")
+    main_export(str(hf_dir), output=tmp, task="automatic-speech-recognition-with-past", do_validation=False)
+    os.replace(tmp, out)
+    return out
+
+
+def load(job: Dict[str, Any]) -> Tuple[Transcribe, str]:
+    from resonance.errors import require
+
+    ort = require("onnxruntime", "export", "the Optimum baseline")
+    modeling = require("optimum.onnxruntime", "export", "the Optimum baseline")
+    import torch
+    from transformers import WhisperProcessor
+
+    # torch only glues the steps here (logits processors); with `threads` torch threads next to onnxruntime's
+    # spinning ones, a 2-core machine runs 15x slower (measured), which is no fair picture of Optimum.
+    torch.set_num_threads(1)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = job["threads"]
+    options.inter_op_num_threads = 1
+    spec = job["spec"]
+    model = modeling.ORTModelForSpeechSeq2Seq.from_pretrained(
+        spec["model"], provider="CPUExecutionProvider", session_options=options
+    )
+    processor = WhisperProcessor.from_pretrained(spec["processor"])
+    return hf_generate(model, processor, job), f"optimum + onnxruntime {ort.__version__}"

@@ -1,0 +1,27 @@
+"""The PyTorch baseline: Transformers' ``generate`` on the Hugging Face model, fp32."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Sequence, Tuple
+
+from resonance.bench.config import EngineSpec, ModelFiles
+from resonance.bench.engines import PYTORCH
+from resonance.bench.engines.common import Transcribe, hf_generate
+
+
+def specs(models: ModelFiles, names: Sequence[str]) -> List[EngineSpec]:
+    return [EngineSpec(PYTORCH, "PyTorch generate", str(models.hf_dir), "fp32", models.window)]
+
+
+def load(job: Dict[str, Any]) -> Tuple[Transcribe, str]:
+    from resonance.errors import require
+
+    torch = require("torch", "train", "the PyTorch baseline")
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+    torch.set_num_threads(job["threads"])
+    torch.set_num_interop_threads(1)
+    model_dir = job["spec"]["model"]
+    processor = WhisperProcessor.from_pretrained(model_dir)
+    model = WhisperForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
+    return hf_generate(model, processor, job), f"torch {torch.__version__}"

@@ -1,0 +1,63 @@
+"""Our runtime: each bundle as it is (its precision and window), and again with the phrase board."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List, Sequence, Tuple
+
+from resonance.bench.config import EngineSpec, ModelFiles, window_label
+from resonance.bench.engines import RUNTIME
+from resonance.bench.engines.common import Transcribe
+
+
+def specs(models: ModelFiles, names: Sequence[str]) -> List[EngineSpec]:
+    rows = []
+    for bundle, m in zip(models.bundles, models.manifests):
+        label = f"runtime {Path(bundle).name}"
+        win = window_label(m.audio.window_seconds, m.audio.dynamic_window)
+        rows.append(EngineSpec(RUNTIME, label, str(bundle), m.precision, win))
+        if models.config.phrase_list:
+            board = phrase_board([*m.phrases, *models.texts], models.config.phrase_list)
+            both = f"{label} both/{len(board)}"
+            rows.append(EngineSpec(RUNTIME, both, str(bundle), m.precision, win, phrases=board))
+    return rows
+
+
+def phrase_board(known: Sequence[str], size: int) -> Tuple[str, ...]:
+    """A phrase list of ``size``: the distinct ``known`` phrases, then polite variants of them (请…, …吧, …了吗)
+    until it is long enough. Latency depends on the list's length and how alike its phrases are, which the
+    variants keep realistic (a real board has 我想喝水 and 我想喝茶)."""
+    phrases = list(dict.fromkeys(p for p in known if p))[:size] or ["我想喝水"]
+    seen = set(phrases)
+    index = 0
+    while len(phrases) < size:  # variants of the known phrases first, then of the variants
+        for pattern in ("请{}", "{}吧", "{}了吗", "现在{}", "我还{}"):
+            variant = pattern.format(phrases[index])
+            if variant not in seen and len(phrases) < size:
+                seen.add(variant)
+                phrases.append(variant)
+        index += 1
+    return tuple(phrases)
+
+
+def load(job: Dict[str, Any]) -> Tuple[Transcribe, str]:
+    import onnxruntime
+
+    from resonance.runtime.decoding import DecodingOptions
+    from resonance.runtime.transcriber import Transcriber
+
+    steps = job["fixed_steps"]
+    # Random weights: no guard may stop decoding early, so every engine decodes the same number of tokens.
+    fixed = dict(tokens_per_second=None, no_speech_threshold=None, silence_peak_dbfs=None, repetition_count=0)
+    options = DecodingOptions(max_new_tokens=steps, **fixed) if steps else None
+    transcriber = Transcriber(job["spec"]["model"], ("CPUExecutionProvider",), job["threads"], options)
+    board = list(job["spec"].get("phrases") or [])
+
+    def run(audio: Any) -> Tuple[str, int]:
+        if board:  # the phrase board's own cost on top of the same free transcription
+            result = transcriber.transcribe(audio, mode="both", phrases=board)
+        else:
+            result = transcriber.transcribe(audio)
+        return result.text, len(result.tokens)
+
+    return run, f"onnxruntime {onnxruntime.__version__}"

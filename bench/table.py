@@ -1,0 +1,83 @@
+"""The report as text (table.txt, and what `resonance bench` prints): one section after another.
+
+Adding a table: a function ``report -> lines`` here, and its place in ``SECTIONS``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+Report = Dict[str, Any]
+
+
+def format_table(report: Report) -> str:
+    return "\n".join(line for section in SECTIONS for line in section(report))
+
+
+def title(report: Report) -> List[str]:
+    clips = report["clips"]
+    seconds = [c["seconds"] for c in clips]
+    return [
+        f"resonance bench: {report['model']}",
+        f"{len(clips)} clips from {report['data']} ({min(seconds):.1f}-{max(seconds):.1f} s, "
+        f"{report['audio_seconds']:.0f} s in all), {report['threads']} threads per engine, "
+        f"{report['warmup_clips']} warm-up clip(s) not counted; CPU: {report['machine']['cpu']}",
+        "",
+    ]
+
+
+def engines(report: Report) -> List[str]:
+    header = (
+        f"{'engine':<30}{'prec':<6}{'window':<12}{'p50 ms':>8}{'p90 ms':>8}{'x PyTorch':>11}{'x FW-int8':>11}"
+        f"{'RTF':>8}{'peak RSS':>10}{'CER':>8}{'tok/clip':>9}"
+    )
+    lines = [header, "-" * len(header)]
+    for r in report["engines"]:
+        head = f"{r['label'][:29]:<30}{r['precision']:<6}{r['window']:<12}"
+        if r.get("status") != "ok":
+            lines.append(head + f"{r.get('status')}: {(r.get('error') or '').splitlines()[-1][:70]}")
+            continue
+        cer = "-" if r["cer"] is None else f"{100 * r['cer']:.1f}%"
+        lines.append(
+            head + f"{r['p50_ms']:>8.0f}{r['p90_ms']:>8.0f}{_x(r['speedup_vs_pytorch']):>11}"
+            f"{_x(r['speedup_vs_fw_int8']):>11}{r['rtf']:>8.3f}{r['peak_rss_mb']:>7.0f} MB{cer:>8}"
+            f"{r['tokens_per_clip']:>9.1f}"
+        )
+    lines.append(
+        "x ...: p50 of the reference / p50 of the engine (above 1 = faster); RTF: compute s per audio s"
+    )
+    return lines
+
+
+def phrase_board(report: Report) -> List[str]:
+    return [
+        f"phrase board: {r['label']}: mode=both with {len(r['phrases'])} phrases, p50 {r['p50_ms']:.0f} ms "
+        f"= {r['both_vs_free']:.2f}x the same bundle's mode=free"
+        for r in report["engines"]
+        if r.get("both_vs_free") is not None
+    ]
+
+
+def server(report: Report) -> List[str]:
+    lines = []
+    for s in report["server"]:
+        if "error" in s:
+            lines.append(f"server {s['label']}: failed: {s['error'].splitlines()[0][:100]}")
+            continue
+        lines.append(
+            f"server {s['label']}: POST /transcribe of a {s['wav_seconds']:g} s WAV over loopback: p50 "
+            f"{s['http_p50_ms']:.0f} ms (p90 {s['http_p90_ms']:.0f}) vs {s['in_process_p50_ms']:.0f} ms in-process "
+            f"-> HTTP + upload cost {s['overhead_ms']:.0f} ms; server peak RSS {s['server_peak_rss_mb']} MB"
+        )
+    return lines
+
+
+def notes(report: Report) -> List[str]:
+    return [f"note: {n}" for n in report["notes"]]
+
+
+SECTIONS = (title, engines, phrase_board, server, notes)
+
+
+def _x(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.2f}x"
