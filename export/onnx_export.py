@@ -33,7 +33,7 @@ from resonance.cpu import host_int8_preset
 from resonance.errors import ResonanceError
 from resonance.export.quantize import (
     DEFAULT_INT8_PRESET,
-    INT8_PRESETS,
+    INT8_SETTINGS,
     check_int8_output,
     check_int8_preset,
 )
@@ -53,7 +53,6 @@ FULL_WINDOW_POSITIONS = 1500  # stock Whisper: 30 s = 3000 mel frames, halved by
 ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder.onnx"
 TOKENIZER_FILE = "tokenizer.json"
-SINGLE_FILE_LIMIT = 2**31 - 1  # protobuf's limit: bigger models would need external data files
 
 
 def export_bundle(
@@ -78,7 +77,7 @@ def export_bundle(
     give identical tokens). Raises ParityError (and leaves nothing at ``out``) when the check fails.
     ``dynamic_window``: the encoder also takes shorter inputs (export/dynamic_window.py; off by default).
     ``allow_worse``: export an adapter whose training report says it is worse than the generic model.
-    ``int8_preset``: with ``quantize="int8"``, the target CPU (export/quantize.py INT8_PRESETS);
+    ``int8_preset``: with ``quantize="int8"``, the target CPU (export/quantize.py INT8_SETTINGS);
     ``int8_output``: "int8" or "fp32" for the decoder's output projection (export/quantize.py convert_decoder).
     """
     out = Path(out)
@@ -127,7 +126,7 @@ def export_bundle(
             audio=replace(manifest.audio, dynamic_window=dynamic_window),
             quantization={
                 "int8_preset": int8_preset,
-                **INT8_PRESETS[int8_preset],
+                **INT8_SETTINGS[int8_preset],
                 "output_projection": int8_output,
             }
             if precision == "int8"

@@ -28,15 +28,16 @@ log = logging.getLogger(__name__)
 # for *dynamic* quantisation. Weights are quantised per output channel (each row its own scale: more accurate
 # than one scale per matrix, at no runtime cost). AVX2 without VNNI gets unsigned weights: its u8 x s8
 # multiply-add (VPMADDUBSW) saturates int16 sums, which u8 x u8 avoids. For dynamic quantisation the AVX-512
-# (with or without VNNI) and ARM64 presets are the same; the names follow the device.
-INT8_PRESETS = {
+# (with or without VNNI) and ARM64 presets are the same; the names follow the device (resonance/constants.py
+# INT8_PRESETS, the bundle contract's names: these settings are keyed by them).
+INT8_SETTINGS = {
     "avx2": {"weight_type": "QUInt8", "per_channel": True},
     "avx512": {"weight_type": "QInt8", "per_channel": True},
     "avx512-vnni": {"weight_type": "QInt8", "per_channel": True},
     "arm64": {"weight_type": "QInt8", "per_channel": True},  # Jetson
     "per-tensor": {"weight_type": "QInt8", "per_channel": False},  # one scale per matrix (Resonance <= 0.1)
 }
-DEFAULT_INT8_PRESET = "avx512"  # the names are the bundle contract's (runtime/bundle.py INT8_PRESETS)
+DEFAULT_INT8_PRESET = "avx512"
 INT8_OUTPUTS = ("int8", "fp32")  # the decoder's output projection in an int8 bundle
 
 SINGLE_FILE_LIMIT = 2**31 - 1  # protobuf's 2 GB limit: a bigger model would need external data files
@@ -123,10 +124,10 @@ def save_single_file(model, dst: Path) -> None:
 
 
 def check_int8_preset(preset: str) -> None:
-    if preset not in INT8_PRESETS:
+    if preset not in INT8_SETTINGS:
         raise ResonanceError(
             f"unknown int8 preset {preset!r}",
-            f"use one of {', '.join(INT8_PRESETS)} (the CPU of the device that runs the bundle)",
+            f"use one of {', '.join(INT8_SETTINGS)} (the CPU of the device that runs the bundle)",
         )
 
 
@@ -144,7 +145,7 @@ def quantize_int8(
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     check_int8_preset(preset)
-    settings = INT8_PRESETS[preset]
+    settings = INT8_SETTINGS[preset]
     with _quiet_root_logger():
         quantize_dynamic(
             str(src),

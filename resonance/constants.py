@@ -31,6 +31,6 @@ PRECISION_OF = {"none": "fp32", "int8": "int8", "fp16": "fp16"}  # --quantize ->
 PRECISIONS = tuple(PRECISION_OF.values())  # a bundle's manifest "precision" ("fp32", "int8", "fp16")
 
 # CPUs an int8 bundle can be quantised for. The names are the bundle contract (manifest "quantization");
-# export/quantize.py INT8_PRESETS holds each one's settings, resonance/cpu.py picks the one for a CPU.
+# export/quantize.py INT8_SETTINGS holds each one's settings, resonance/cpu.py picks the one for a CPU.
 INT8_PRESETS = ("avx2", "avx512", "avx512-vnni", "arm64", "per-tensor")
 HOST_PRESET = "auto"  # in a device config / --int8-preset: the preset of the CPU it runs on

@@ -189,9 +189,9 @@ def test_overrides_are_validated_like_the_file():
 def test_int8_presets_are_the_same_names_in_export_and_in_every_device_config():
     from resonance.constants import INT8_PRESETS as CONTRACT
     from resonance.cpu import host_int8_preset
-    from resonance.export.quantize import INT8_PRESETS
+    from resonance.export.quantize import INT8_SETTINGS
 
-    assert tuple(INT8_PRESETS) == CONTRACT
+    assert tuple(INT8_SETTINGS) == CONTRACT
 
     presets = {name: load_device_config(name).int8_preset for name in list_device_configs()}
     assert presets["jetson-orin-nano"] == presets["jetson-agx-orin"] == "arm64"

@@ -279,14 +279,14 @@ def test_quantized_export(quantize, base_bundle, tiny_whisper, tmp_path):
         import onnx
 
         from resonance.cpu import host_int8_preset
-        from resonance.export.quantize import INT8_PRESETS
+        from resonance.export.quantize import INT8_SETTINGS
 
         preset = manifest.quantization["int8_preset"]
         assert preset == host_int8_preset()  # no --int8-preset: made for the CPU it was exported on
         weights = {"QInt8": onnx.TensorProto.INT8, "QUInt8": onnx.TensorProto.UINT8}
         vocab = load_manifest(out).model.vocab_size  # the output projection is quantised too
         decoder = onnx.load(str(out / "decoder.onnx")).graph
-        expected = weights[INT8_PRESETS[preset]["weight_type"]]
+        expected = weights[INT8_SETTINGS[preset]["weight_type"]]
         assert any(vocab in t.dims and t.data_type == expected for t in decoder.initializer)
         assert (out / "encoder.onnx").stat().st_size < 0.85 * (base_bundle / "encoder.onnx").stat().st_size
     else:

@@ -24,7 +24,6 @@ ALL_PROJECTIONS = (
     "fc1",
     "fc2",
 )  # attention + MLP, encoder and decoder
-GUIDE_TARGET_MODULES = ("q_proj", "v_proj")
 FINETUNE_CHOICES = ("lora", "full")
 ADAPT_CHOICES = ("encoder", "decoder", "both")
 # Peak learning rates: LoRA's measured on speaker A (README, "Choosing the recipe"); full fine-tuning moves

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 
-FRAMES_PER_SECOND = 100  # 16000 Hz / hop 160
 POSITIONS_PER_SECOND = 50  # the encoder's two convolutions halve the frame rate (conv2 stride 2)
 
 
