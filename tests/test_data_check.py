@@ -328,3 +328,64 @@ def test_cli_help_ends_with_examples(run_cli):
     for command in ("check", "convert", "record"):
         proc = run_cli("data", command, "--help", check=True)
         assert f"examples:\n  resonance data {command}" in proc.stdout
+
+
+# --- hostile or clumsy input (issue #12) ------------------------------------------------------------------
+
+
+def test_a_5000_character_label_is_a_short_report_with_a_warning(make_dataset):
+    """The table used to wrap the label quadratically (minutes) and print it whole; now it is quoted short."""
+    root = make_dataset([("我想喝水", tone(2.0), 16000)])
+    labels = json.loads((root / "labels.json").read_text(encoding="utf-8"))
+    labels[0]["text"] = "我想喝水" * 1250
+    (root / "labels.json").write_text(json.dumps(labels, ensure_ascii=False), encoding="utf-8")
+    report = inspect_dataset(root)
+    long_text = next(p for p in report.problems if p.code == "long-text")
+    assert long_text.severity == "warning" and "5,000 characters for 2.0 s" in long_text.message
+    text = format_report(report, width=120)
+    assert len(text.splitlines()) < 20 and len(text) < 3000
+
+
+def test_deeply_nested_labels_json_is_one_error_not_a_recursion_error(make_dataset):
+    root = make_dataset(clean_entries(1))
+    (root / "labels.json").write_text("[" * 100000, encoding="utf-8")
+    with pytest.raises(ResonanceError, match="nested too deeply") as info:
+        load_labels(root)
+    assert "labels.json must be a list" in info.value.hint
+    assert [(p.code, p.severity) for p in check_dataset(root)] == [("labels-unreadable", "error")]
+
+
+def test_a_huge_or_deep_value_in_an_entry_is_quoted_briefly(make_dataset):
+    root = make_dataset(clean_entries(1))
+    (root / "labels.json").write_text(
+        json.dumps([{"audio": "audio/x.wav", "text": [[[[[[[["deep"]]]]]]]] * 5000}]), encoding="utf-8"
+    )
+    (problem,) = [p for p in check_dataset(root) if p.code == "bad-text"]
+    assert len(problem.message) < 120
+
+
+def test_symlinks_that_leave_the_dataset_are_refused(make_dataset, tmp_path):
+    """A link to a file (or an audio/ folder) outside the dataset is never read as this person's recording."""
+    outside = make_dataset(clean_entries(2), name="someone_else")
+    root = make_dataset(clean_entries(1))
+    (root / "audio" / "linked.wav").symlink_to(next((outside / "audio").iterdir()))
+    (root / "audio" / "sub").symlink_to(outside / "audio", target_is_directory=True)
+    inside = root / "audio" / "same.wav"  # a link that stays inside the folder is fine
+    inside.symlink_to(next((root / "audio").glob("000_*.wav")))
+    add_entry(root, "audio/linked.wav", "别人的")
+    add_entry(root, "audio/sub/" + next((outside / "audio").iterdir()).name, "别人的")
+    with pytest.raises(
+        ResonanceError, match=r"labels\.json\[1\]: audio path 'audio/linked\.wav' is a symbolic link"
+    ) as info:
+        load_labels(root)
+    assert "copy the recording into the data folder" in info.value.hint
+    found = {(p.item, p.code) for p in check_dataset(root) if p.severity == "error"}
+    assert found == {("labels.json[1]", "link-outside-folder"), ("labels.json[2]", "link-outside-folder")}
+    add_entry(root, "audio/same.wav", "我想喝水")
+    assert len(parse_labels_ok(root)) == 2
+
+
+def parse_labels_ok(root: Path):
+    from resonance.data.labels import parse_labels, read_labels_json
+
+    return parse_labels(root, read_labels_json(root))[0]

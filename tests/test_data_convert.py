@@ -76,7 +76,7 @@ def test_converts_every_format_to_16k_mono_pcm16(mixed_source, tmp_path):
         assert (info.format, info.samplerate, info.channels, info.subtype) == ("WAV", 16000, 1, "PCM_16")
         assert info.duration == pytest.approx(seconds, abs=0.1), entry  # lossy codecs pad a few ms
     assert [p for p in check_dataset(dst) if p.severity == "error"] == []
-    assert sorted(p.name for p in dst.iterdir()) == ["audio", "labels.json"]
+    assert sorted(p.name for p in dst.iterdir()) == ["audio", "convert.json", "labels.json"]
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp dir left
 
 
@@ -178,10 +178,25 @@ def test_refuses_to_overwrite_without_force(mixed_source, tmp_path, run_cli):
     assert (dst / "precious.txt").read_text(encoding="utf-8") == "keep me"
     assert sorted(p.name for p in dst.iterdir()) == ["precious.txt"]
 
+    # --force replaces an earlier conversion, never a folder of the user's (issue #12)
     proc = run_cli("data", "convert", mixed_source, dst, "--force")
-    assert proc.returncode == 0, proc.stderr
-    assert "converted 7 recordings" in proc.stdout
-    assert sorted(p.name for p in dst.iterdir()) == ["audio", "labels.json"]
+    assert proc.returncode == 2
+    assert "is not an output folder made by resonance (it has no convert.json)" in proc.stderr
+    assert sorted(p.name for p in dst.iterdir()) == ["precious.txt"]
+
+
+def test_force_replaces_an_earlier_conversion_unless_recordings_were_added(mixed_source, tmp_path):
+    dst = tmp_path / "dst"
+    convert_dataset(mixed_source, dst)
+    record = json.loads((dst / "convert.json").read_text(encoding="utf-8"))
+    assert record["source"] == str(mixed_source.resolve()) and len(record["files"]) == 7
+    assert sorted(p.name for p in dst.iterdir()) == ["audio", "convert.json", "labels.json"]
+    assert convert_dataset(mixed_source, dst, force=True).converted == 7  # an earlier conversion: replaced
+    sf.write(dst / "audio/0008_新录的.wav", tone(), 16000)  # a take recorded into it since
+    before = tree_digest(dst)
+    with pytest.raises(ResonanceError, match=r"1 file\(s\) were added to it since: audio/0008_新录的\.wav"):
+        convert_dataset(mixed_source, dst, force=True)
+    assert tree_digest(dst) == before
 
 
 def test_empty_existing_output_folder_is_fine(mixed_source, tmp_path):

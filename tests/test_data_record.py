@@ -241,3 +241,47 @@ def test_empty_labels_file_and_bad_seconds(tmp_path):
     with pytest.raises(ResonanceError, match="out of range"):
         run(tmp_path / "other", PHRASES, [], seconds=0)
     assert not (tmp_path / "other").exists()
+
+
+def test_recording_into_an_existing_dataset_keeps_its_entries_byte_for_byte(tmp_path):
+    """Extra keys (speaker, notes, split), the order, escapes and layout of what is there are untouched."""
+    out = tmp_path / "patient"
+    (out / "audio").mkdir(parents=True)
+    sf.write(out / "audio" / "0007_我想喝水.wav", speech(0), RATE, subtype="PCM_16")
+    existing = (
+        '\ufeff[ {"text": "\\u6211\\u60f3\\u559d\\u6c34", "audio": "audio/0007_我想喝水.wav",\n'
+        '    "speaker": "A", "notes": {"take": 2, "quiet": true}, "split": "train"}  ]\n'
+    )
+    (out / "labels.json").write_bytes(existing.encode("utf-8"))
+    before = (out / "labels.json").read_bytes()
+    summary, said, _ = run(out, PHRASES, [in_window(speech(1))], "", "", "q")
+    assert said.startswith("1 of 3 phrases already recorded") and summary.kept == 1
+    after = (out / "labels.json").read_bytes()
+    untouched = before.rstrip().rstrip(b"]").rstrip()  # everything up to the closing bracket
+    assert after.startswith(untouched)
+    entries = json.loads(after.decode("utf-8-sig"))
+    assert entries[0] == {
+        "text": "我想喝水",
+        "audio": "audio/0007_我想喝水.wav",
+        "speaker": "A",
+        "notes": {"take": 2, "quiet": True},
+        "split": "train",
+    }
+    assert entries[1] == {"audio": "audio/0008_我饿了.wav", "text": "我饿了"}
+    assert [p.code for p in check_dataset(out) if p.severity == "error"] == []
+
+
+def test_a_take_written_when_a_session_was_killed_is_cleaned_next_time(tmp_path):
+    import subprocess
+    import sys
+
+    from resonance.fsutil import _host_tag
+
+    out = tmp_path / "patient"
+    run(out, PHRASES, [in_window(speech(0))], "", "", "q")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = out / "audio" / f".0002_我饿了.wav.tmp-{_host_tag()}-{dead.pid}-x1y2"
+    stale.write_bytes(b"RIFF half a take")
+    run(out, PHRASES, [], "q")
+    assert sorted(p.name for p in (out / "audio").iterdir()) == ["0001_我想喝水.wav"]

@@ -26,6 +26,7 @@ from resonance.data.labels import (
     parse_labels,
     read_labels_json,
     referenced_paths,
+    shorten,
 )
 from resonance.data.quality import level_findings, measure
 from resonance.errors import AudioError, ResonanceError
@@ -33,6 +34,9 @@ from resonance.text import normalize_for_cer
 
 TARGET_RATE = 16000
 FEW_UTTERANCES = 30  # below this LoRA has too little to learn from; the guide asks for 50-100
+# Fast English is ~15 characters a second (spaces included), Chinese ~5: 25 flags only labels that cannot
+# belong to their clip (a pasted paragraph), never a fast speaker.
+MAX_CHARS_PER_SECOND = 25
 _SEVERITY_ORDER = {"error": 0, "warning": 1}
 _NAME_WITH_TEXT = re.compile(r"^\d+[_\- ](.+?)(?:[_\- ]\d+)?$")  # 001_我想喝水 (a trailing _2 = take number)
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
@@ -134,7 +138,7 @@ def _duplicate_reference_problems(utterances: List[Utterance]) -> List[Problem]:
     problems = []
     for indices in by_file.values():
         if len(indices) > 1:
-            texts = ", ".join(repr(utterances[i].text) for i in indices)
+            texts = ", ".join(repr(shorten(utterances[i].text)) for i in indices[:4])
             problems.append(
                 Problem(
                     "error",
@@ -161,7 +165,7 @@ def _duplicate_text_problems(utterances: List[Utterance]) -> List[Problem]:
             problems.append(
                 Problem(
                     "warning",
-                    f'"{text}"',
+                    f'"{shorten(text)}"',
                     "duplicate-text",
                     f"{len(files)} recordings of the same phrase ({names})",
                     "fine if they are separate takes; make sure each label matches its recording",
@@ -236,6 +240,7 @@ def _inspect_file(data_dir: Path, utterance: Utterance) -> Tuple[List[Problem], 
     for finding in level_findings(measure(mono, rate)):
         problems.append(Problem(finding.severity, rel, finding.code, finding.message, finding.fix))
     problems += _name_mismatch(utterance)
+    problems += _length_problems(utterance, len(mono) / rate)
     return problems, len(mono) / rate, hashlib.sha256(content).hexdigest()
 
 
@@ -308,6 +313,23 @@ def wav_data_shortfall(path: Path) -> Optional[Tuple[int, int]]:
     return None
 
 
+def _length_problems(utterance: Utterance, seconds: float) -> List[Problem]:
+    """A label far longer than anyone can say in its recording: pasted text, or the labels of many clips."""
+    limit = MAX_CHARS_PER_SECOND * max(seconds, 1.0)
+    if len(utterance.text) <= limit:
+        return []
+    return [
+        Problem(
+            "warning",
+            utterance.rel,
+            "long-text",
+            f"the label has {len(utterance.text):,} characters for {seconds:.1f} s of audio, more than anyone "
+            f"says in that time (at most ~{MAX_CHARS_PER_SECOND} per second)",
+            "write only what is said in this recording; Whisper learns one short phrase per clip",
+        )
+    ]
+
+
 def _name_key(text: str) -> str:
     kept = (ch for ch in unicodedata.normalize("NFKC", text) if unicodedata.category(ch)[0] in "LN")
     return "".join(kept).lower()
@@ -326,7 +348,7 @@ def _name_mismatch(utterance: Utterance) -> List[Problem]:
             "warning",
             utterance.rel,
             "name-mismatch",
-            f"file name says '{match.group(1)}' but the label says '{utterance.text}'",
+            f"file name says '{shorten(match.group(1))}' but the label says '{shorten(utterance.text)}'",
             "check that this label belongs to this recording (labels shifted by one entry?)",
         )
     ]
@@ -387,29 +409,43 @@ def _pad(text: str, width: int) -> str:
 
 
 def _clip(text: str, width: int) -> str:
-    while _cells(text) > width:
-        text = "…" + text[2:]
-    return text
+    """The end of ``text`` in at most ``width`` columns, "…" in front when cut (the end of a path names it)."""
+    if _cells(text) <= width:
+        return text
+    kept, used = [], 1  # 1: the "…"
+    for ch in reversed(text):  # one pass: a 5,000-character label must not take quadratic time
+        used += _cells(ch)
+        if used > width:
+            break
+        kept.append(ch)
+    return "…" + "".join(reversed(kept))
 
 
 def _wrap(text: str, width: int) -> List[str]:
-    """Greedy word wrap by terminal columns (textwrap counts a CJK character as one column, not two)."""
-    lines, line = [], ""
+    """Greedy word wrap by terminal columns (textwrap counts a CJK character as one column, not two).
+
+    Linear in the text's length: a word wider than the column (a long path, a Chinese phrase) is cut
+    character by character as it is read.
+    """
+    lines: List[str] = []
+    line, line_w = "", 0
     for word in text.split():
-        while _cells(word) > width:  # a long path or a Chinese phrase: break it anywhere
-            room = width - _cells(line) - (1 if line else 0)
-            cut = next((i for i in range(len(word), 0, -1) if _cells(word[:i]) <= room), 0)
-            if cut == 0:
-                lines.append(line)
-                line = ""
-                continue
-            lines.append(f"{line} {word[:cut]}" if line else word[:cut])
-            line, word = "", word[cut:]
-        if line and _cells(line) + 1 + _cells(word) > width:
+        word_w = _cells(word)
+        if line and line_w + 1 + word_w <= width:
+            line, line_w = f"{line} {word}", line_w + 1 + word_w
+            continue
+        if line:
             lines.append(line)
-            line = word
-        else:
-            line = f"{line} {word}" if line else word
+        piece: List[str] = []
+        line_w = 0
+        for ch in word:  # fits on its own line, or is cut into column-wide pieces
+            ch_w = _cells(ch)
+            if piece and line_w + ch_w > width:
+                lines.append("".join(piece))
+                piece, line_w = [], 0
+            piece.append(ch)
+            line_w += ch_w
+        line = "".join(piece)
     return [*lines, line] if line else lines or [""]
 
 

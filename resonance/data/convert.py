@@ -14,6 +14,7 @@ from typing import Dict, List, Tuple, Union
 
 import numpy as np
 
+from resonance import __version__
 from resonance.constants import SAMPLE_RATE
 from resonance.data.check import wav_data_shortfall
 from resonance.data.labels import (
@@ -26,9 +27,17 @@ from resonance.data.labels import (
     save_labels,
 )
 from resonance.errors import AudioError, ResonanceError
-from resonance.fsutil import atomic_directory
+from resonance.fsutil import (
+    atomic_directory,
+    read_json_file,
+    refuse_overlap,
+    refuse_to_overwrite,
+    write_json_atomic,
+)
 
 log = logging.getLogger(__name__)
+WHAT = "output folder"
+CONVERT_RECORD = "convert.json"  # written into DST: what it was converted from, and the files convert wrote
 _NUMBER_PREFIX = re.compile(r"^\d+[_\-. ]*")  # "001_我想喝水" -> "我想喝水"
 
 
@@ -53,20 +62,57 @@ def convert_dataset(src: Union[str, Path], dst: Union[str, Path], force: bool = 
     """Convert every recording of ``src`` into a new dataset at ``dst``; ``src`` is never modified."""
     src, dst = Path(src), Path(dst)
     _check_paths(src, dst)
+    refuse_to_overwrite(dst, force, WHAT, own=(CONVERT_RECORD,))
+    _refuse_added_files(dst)
     has_labels = (src / LABELS_FILE).exists()
     if has_labels:
         jobs, skipped = _jobs_from_labels(src), _unlabelled(src)
     else:
         jobs, skipped = _jobs_from_names(src), []
     written: Dict[str, Path] = {}
-    with atomic_directory(dst, force=force, what="output folder") as tmp:
+    with atomic_directory(dst, force=force, what=WHAT, own=(CONVERT_RECORD,)) as tmp:
         (tmp / AUDIO_DIR).mkdir()
         for job in jobs:
             if job.name not in written:
                 convert_file(job.source, tmp / AUDIO_DIR / job.name, job.rel)
                 written[job.name] = job.source
         save_labels(tmp, [{"audio": f"{AUDIO_DIR}/{job.name}", "text": job.text} for job in jobs])
+        # What this folder was made from, and which files convert wrote: `--force` replaces it only while it
+        # holds nothing else (a dataset is a person's recordings; new takes may be recorded into it).
+        write_json_atomic(
+            tmp / CONVERT_RECORD,
+            {
+                "made_by": "resonance data convert",
+                "resonance_version": __version__,
+                "source": str(src.resolve()),
+                "files": sorted(f"{AUDIO_DIR}/{name}" for name in written),
+            },
+        )
     return ConvertResult(dst, len(written), len(jobs), not has_labels, skipped)
+
+
+def _refuse_added_files(dst: Path) -> None:
+    """An earlier conversion may be replaced (--force) only if no recording was added to it since."""
+    record = dst / CONVERT_RECORD
+    if not record.is_file():
+        return
+    made = read_json_file(
+        record, "conversion record", f"delete {record} only if {dst} holds no recordings of yours"
+    )
+    ours = set(made.get("files", [])) if isinstance(made, dict) else set()
+    ours |= {LABELS_FILE, CONVERT_RECORD}
+    added = sorted(
+        p.relative_to(dst).as_posix()
+        for p in dst.rglob("*")
+        if (p.is_file() or p.is_symlink()) and p.relative_to(dst).as_posix() not in ours
+    )
+    if added:
+        shown = ", ".join(added[:5]) + (" …" if len(added) > 5 else "")
+        raise ResonanceError(
+            f"'{dst}' was made by `data convert`, but {len(added)} file(s) were added to it since: {shown}; "
+            "--force would delete them",
+            "convert into another folder, or move those files out first (nothing was changed)",
+        )
 
 
 def convert_file(source: Path, out: Path, rel: str = "") -> None:
@@ -106,17 +152,8 @@ def convert_file(source: Path, out: Path, rel: str = "") -> None:
 def _check_paths(src: Path, dst: Path) -> None:
     if not src.is_dir():
         raise ResonanceError(f"source folder '{src}' not found", "pass the folder that holds the recordings")
-    src_real, dst_real = src.resolve(), dst.resolve()
-    if dst_real == src_real or src_real in dst_real.parents:
-        raise ResonanceError(
-            f"the output folder '{dst}' is the source folder or inside it",
-            "choose an output folder outside the source, e.g. resonance data convert my_data my_data-16k",
-        )
-    if dst_real in src_real.parents:  # with --force, replacing DST would delete SRC with it
-        raise ResonanceError(
-            f"the source folder '{src}' is inside the output folder '{dst}'",
-            "choose an output folder that does not contain the source",
-        )
+    # Same, inside or around SRC: with --force, replacing DST would delete SRC with it.
+    refuse_overlap(dst, WHAT, [("source folder", src)])
 
 
 def _jobs_from_labels(src: Path) -> List[_Job]:

@@ -6,21 +6,25 @@ every schema problem instead of stopping at the first, for ``resonance data chec
 
 from __future__ import annotations
 
+import codecs
 import json
 import ntpath
+import os
 import posixpath
+import reprlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, List, Mapping, Set, Tuple, Union
+from typing import Any, Iterable, List, Mapping, Sequence, Set, Tuple, Union
 
 from resonance.errors import ResonanceError
-from resonance.fsutil import write_json_atomic
+from resonance.fsutil import read_json_file, write_bytes_atomic, write_json_atomic
 
 LABELS_FILE = "labels.json"
 AUDIO_DIR = "audio"
 # Extensions `convert` reads and `check` looks for among unlabelled files.
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".mp4", ".webm", ".wma")
 _SHOW_MISSING = 5  # how many missing files an error lists before "… and N more"
+_SHOWN_CHARS = 60  # how much of a label or path a message quotes: a 5,000-character label is not repeated
 
 LABELS_HINT = (
     'labels.json must be a list like [{"audio": "audio/001_我想喝水.wav", "text": "我想喝水"}, ...] '
@@ -122,19 +126,64 @@ def save_labels(data_dir: Union[str, Path], entries: Iterable[Union[Utterance, M
     return path
 
 
+def append_labels(data_dir: Union[str, Path], entries: Sequence[Mapping[str, str]]) -> Path:
+    """Add ``{"audio", "text"}`` entries at the end of ``data_dir/labels.json`` (made if missing), atomically.
+
+    The file is not re-serialised: the new entries are inserted before its closing ``]``, so every byte of
+    what was there stays as it was -- other keys a person or tool added (``speaker``, ``notes``, ``split``),
+    their order, the escapes and the indentation, a byte-order mark.
+    """
+    path = Path(data_dir) / LABELS_FILE
+    rows = [{"audio": str(e["audio"]).replace("\\", "/"), "text": str(e["text"])} for e in entries]
+    if not path.exists():
+        return save_labels(data_dir, rows)
+    raw = path.read_bytes()
+    bom = codecs.BOM_UTF8 if raw.startswith(codecs.BOM_UTF8) else b""
+    text = raw[len(bom) :].decode("utf-8")
+    existing = read_labels_json(data_dir)
+    if not isinstance(existing, list):
+        raise ResonanceError(f"{path} is not a list of entries", LABELS_HINT)
+    if not rows:
+        return path
+    end = text.rstrip()  # a JSON list ends with "]"; only white space may follow it
+    body = end[:-1].rstrip()
+    before_bracket = end[len(body) : -1]  # the white space before "]": kept after the new entries
+    if not before_bracket:
+        before_bracket = "\n"
+    added = ",\n".join(
+        "  " + json.dumps(row, ensure_ascii=False, indent=2).replace("\n", "\n  ") for row in rows
+    )
+    joined = f"{body}\n{added}" if body.endswith("[") else f"{body},\n{added}"
+    updated = joined + before_bracket + "]" + text[len(end) :]
+    if json.loads(updated) != existing + rows:  # the splice is checked before anything is written
+        raise RuntimeError(f"appending to {path} would change its entries")
+    write_bytes_atomic(path, bom + updated.encode("utf-8"))
+    return path
+
+
+def shorten(text: str, limit: int = _SHOWN_CHARS) -> str:
+    """``text`` for a message: its start and its length when longer than ``limit`` characters."""
+    return text if len(text) <= limit else f"{text[: limit - 1]}… ({len(text):,} characters)"
+
+
+def _brief(value: Any) -> str:
+    """A JSON value as a message quotes it: a few items and levels (reprlib), however big or deep it is."""
+    return shorten(reprlib.repr(value))
+
+
 def _safe_relative_path(rel: str) -> str:
     """Normalise a labels.json path (``\\`` allowed, as Windows users write them); refuse absolute or ``..``."""
     if ntpath.isabs(rel) or posixpath.isabs(rel) or ntpath.splitdrive(rel)[0]:
         raise _EntryError(
             "absolute-path",
-            f"audio path '{rel}' is absolute",
+            f"audio path '{shorten(rel)}' is absolute",
             "write paths relative to the data folder, e.g. audio/001_我想喝水.wav",
         )
     norm = posixpath.normpath(rel.replace("\\", "/"))
     if norm == ".." or norm.startswith("../") or norm == ".":
         raise _EntryError(
             "path-outside-folder",
-            f"audio path '{rel}' points outside the data folder",
+            f"audio path '{shorten(rel)}' points outside the data folder",
             "keep the audio files inside the data folder (audio/...) and write paths without '..'",
         )
     return norm
@@ -154,18 +203,37 @@ def _parse_entry(root: Path, entry: Any) -> Utterance:
         raise _EntryError("missing-key", f"has no {' or '.join(repr(k) for k in missing)} key", LABELS_HINT)
     rel, text = entry["audio"], entry["text"]
     if not isinstance(rel, str) or not rel.strip():
-        raise _EntryError("bad-audio-path", f"'audio' must be a non-empty string, got {rel!r}", LABELS_HINT)
+        raise _EntryError(
+            "bad-audio-path", f"'audio' must be a non-empty string, got {_brief(rel)}", LABELS_HINT
+        )
     if not isinstance(text, str):
         raise _EntryError(
-            "bad-text", f"'text' must be a string, got {_json_type(text)} {text!r}", LABELS_HINT
+            "bad-text", f"'text' must be a string, got {_json_type(text)} {_brief(text)}", LABELS_HINT
         )
     if not text.strip():
         raise _EntryError(
             "empty-text",
-            f"text of '{rel}' is empty",
+            f"text of '{shorten(rel)}' is empty",
             "write what is said in the recording, or remove the entry",
         )
-    return Utterance(audio=root / _safe_relative_path(rel), text=text.strip(), rel=rel)
+    return Utterance(audio=_inside_folder(root, _safe_relative_path(rel), rel), text=text.strip(), rel=rel)
+
+
+def _inside_folder(root: Path, norm: str, rel: str) -> Path:
+    """``root / norm``, refused when a symbolic link on the way leads outside ``root`` (the resolved folder).
+
+    A dataset is one folder: training, `data convert` and `data check` read only what is inside it, so a
+    link to /etc/… or to another person's recordings is never read (or copied) as if it were this person's.
+    """
+    path = root / norm
+    real = Path(os.path.realpath(path))
+    if real != root and root not in real.parents:
+        raise _EntryError(
+            "link-outside-folder",
+            f"audio path '{shorten(rel)}' is a symbolic link to {shorten(str(real))}, outside the data folder",
+            "copy the recording into the data folder (audio/...) instead of linking to it",
+        )
+    return path
 
 
 def _existing_dir(data_dir: Union[str, Path]) -> Path:
@@ -187,21 +255,13 @@ def _read_json(path: Path) -> Any:
             "put a labels.json next to audio/ (see the guide), or make one from file names: "
             "resonance data convert SRC DST",
         )
-    try:
-        # utf-8-sig: Windows Notepad saves UTF-8 with a byte-order mark.
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise ResonanceError(
-            f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})",
-            "save labels.json as UTF-8 (in Notepad: Save as… → Encoding: UTF-8)",
-        ) from exc
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ResonanceError(
-            f"{path} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}",
-            "fix the JSON there (a missing comma or quote, or a trailing comma, is typical); " + LABELS_HINT,
-        ) from exc
+    # fsutil.read_json_file: not UTF-8, not JSON or nested too deeply is one error, never a traceback.
+    return read_json_file(
+        path,
+        "labels file",
+        "fix the JSON there (a missing comma or quote, or a trailing comma, is typical; in Notepad save as "
+        "UTF-8); " + LABELS_HINT,
+    )
 
 
 def _json_type(value: Any) -> str:

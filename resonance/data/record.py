@@ -10,7 +10,6 @@ The microphone is just a callable ``seconds -> float32 samples at 16 kHz`` and t
 
 from __future__ import annotations
 
-import os
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -20,9 +19,10 @@ from typing import Any, Callable, List, Optional, Sequence, Union
 import numpy as np
 
 from resonance.constants import SAMPLE_RATE
-from resonance.data.labels import AUDIO_DIR, LABELS_FILE, load_labels, read_labels_json, save_labels
+from resonance.data.labels import AUDIO_DIR, LABELS_FILE, append_labels, load_labels, read_labels_json
 from resonance.data.quality import MAX_SECONDS, Finding, level_findings, measure, trim_silence
 from resonance.errors import ResonanceError
+from resonance.fsutil import atomic_file, clean_stale_temporaries_in
 from resonance.mic import open_input_device
 
 Recorder = Callable[[float], np.ndarray]  # seconds -> mono float32 samples at SAMPLE_RATE
@@ -76,9 +76,10 @@ def record_session(
             f"--seconds {seconds:g} is out of range", f"use 0.5 to {MAX_SECONDS:g} s; 4 suits short phrases"
         )
     out_dir = Path(out_dir)
-    entries = _recorded(out_dir)
+    recorded = _recorded(out_dir)
     (out_dir / AUDIO_DIR).mkdir(parents=True, exist_ok=True)
-    todo = _not_yet_recorded(phrases, [e.text for e in entries])
+    clean_stale_temporaries_in(out_dir / AUDIO_DIR)  # a take being written when the last session was killed
+    todo = _not_yet_recorded(phrases, recorded)
     say(
         f"{len(phrases) - len(todo)} of {len(phrases)} phrases already recorded in {out_dir}; {len(todo)} to go"
     )
@@ -91,8 +92,8 @@ def record_session(
             take = "quit"
         if isinstance(take, np.ndarray):
             name = _write_take(out_dir, phrase, take)
-            entries.append({"audio": f"{AUDIO_DIR}/{name}", "text": phrase})
-            save_labels(out_dir, entries)
+            # Appended, not rewritten: the entries already there keep every byte (and every extra key).
+            append_labels(out_dir, [{"audio": f"{AUDIO_DIR}/{name}", "text": phrase}])
             kept += 1
             say(f"  saved {AUDIO_DIR}/{name}")
         elif take == "skip":
@@ -105,11 +106,11 @@ def record_session(
     return RecordSummary(kept, skipped, skipped, finished=True)
 
 
-def _recorded(out_dir: Path) -> List[Any]:
-    """The entries already in out_dir/labels.json (files not required: the helper may have moved some)."""
+def _recorded(out_dir: Path) -> List[str]:
+    """The texts already in out_dir/labels.json (files not required: the helper may have moved some)."""
     if not (out_dir / LABELS_FILE).exists() or read_labels_json(out_dir) == []:
         return []
-    return list(load_labels(out_dir, check_files=False))
+    return [u.text for u in load_labels(out_dir, check_files=False)]
 
 
 def _not_yet_recorded(phrases: Sequence[str], recorded: Sequence[str]) -> List[str]:
@@ -190,9 +191,8 @@ def _write_take(out_dir: Path, phrase: str, samples: np.ndarray) -> str:
         if not (audio_dir / name).exists():
             break
         number += 1
-    tmp = audio_dir / f".{name}.tmp"
-    sf.write(str(tmp), np.clip(samples, -1.0, 1.0), SAMPLE_RATE, subtype="PCM_16", format="WAV")
-    os.replace(tmp, audio_dir / name)
+    with atomic_file(audio_dir / name) as tmp:
+        sf.write(str(tmp), np.clip(samples, -1.0, 1.0), SAMPLE_RATE, subtype="PCM_16", format="WAV")
     return name
 
 
