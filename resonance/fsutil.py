@@ -151,7 +151,7 @@ def refuse_overlap(output: PathLike, what: str, inputs: Iterable[Tuple[str, Opti
             continue
         raise ResonanceError(
             f"the {what} '{out}' {relation}: writing it could delete or change the {name}",
-            f"choose a {what} apart from the {name}, e.g. a new folder next to it (nothing was changed)",
+            f"choose {_a(what)} apart from the {name}, e.g. a new folder next to it (nothing was changed)",
         )
 
 

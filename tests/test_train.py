@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -281,18 +282,23 @@ def test_resume_continues_from_the_checkpoint(tiny_whisper, demo_data, tmp_path,
     config = TrainConfig(
         data=str(demo_data), out=str(out), base_model=str(tiny_whisper), max_steps=4, **options
     )
-    collate, batches = trainer.collate, []
+    save, saved_to = torch.save, []
 
-    def interrupt_at_step_3(*args, **kwargs):
-        batches.append(1)
-        if len(batches) == 3:
+    def killed_while_writing_the_second_checkpoint(obj, path, *args, **kwargs):
+        saved_to.append(Path(path))
+        if len(saved_to) == 2:  # step 4's checkpoint: half written when the process dies
+            Path(path).write_bytes(b"PK\x03\x04 half a checkpoint")
             raise _Interrupted
-        return collate(*args, **kwargs)
+        return save(obj, path, *args, **kwargs)
 
-    monkeypatch.setattr(trainer, "collate", interrupt_at_step_3)
+    monkeypatch.setattr(torch, "save", killed_while_writing_the_second_checkpoint)
     with pytest.raises(_Interrupted):
         trainer.train(config)
+    monkeypatch.setattr(torch, "save", save)
     checkpoint_path = tmp_path / "adapter.partial" / "checkpoint.pt"
+    # Written under a temporary name and renamed (issue #12): step 2's checkpoint survived the kill.
+    assert all(path.name.startswith(".checkpoint.pt.tmp-") for path in saved_to)
+    assert sorted(p.name for p in checkpoint_path.parent.iterdir()) == ["checkpoint.pt"]
     checkpoint = torch.load(checkpoint_path, weights_only=False)
     assert checkpoint["step"] == 2 and not out.exists()
     # Mark the saved history, so the report shows whether the run went on from it or started over.
@@ -322,3 +328,85 @@ def test_resume_continues_from_the_checkpoint(tiny_whisper, demo_data, tmp_path,
     assert report["steps"] == 4 and report["history"]["loss"][:2] == [[1, 111.0], [2, 222.0]]
     assert [s for s, _ in report["history"]["loss"]] == [1, 2, 3, 4]  # steps 3 and 4 only were trained
     assert (out / "adapter_model.safetensors").is_file() and not checkpoint_path.parent.exists()
+
+
+# --- never lose data, fail clearly (issue #12) -------------------------------------------------------------
+
+
+def tree(root: Path) -> dict:
+    """Every file under root -> its bytes."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_train_into_the_data_folder_with_force_keeps_the_recordings(demo_data, tmp_path, run_cli):
+    """The issue's case: exit 0 and audio/ + labels.json gone. Now refused before anything is loaded."""
+    before = tree(demo_data)
+    proc = run_cli("train", "--data", demo_data, "--out", demo_data, "--force")
+    assert proc.returncode == 2
+    assert f"the adapter folder '{demo_data}' is the data folder" in proc.stderr
+    assert "what to do: choose an adapter folder apart" in proc.stderr and "Traceback" not in proc.stderr
+    assert tree(demo_data) == before
+
+
+@pytest.mark.parametrize("where", ["inside", "parent", "a folder of the user's"])
+def test_train_force_replaces_only_an_adapter(demo_data, tmp_path, where):
+    from resonance.train.trainer import train
+
+    out = {
+        "inside": demo_data / "adapter",
+        "parent": demo_data.parent,
+        "a folder of the user's": tmp_path / "x",
+    }
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "notes.txt").write_text("mine", encoding="utf-8")
+    before, notes = tree(demo_data), tree(tmp_path / "x")
+    expected = {"inside": "is inside the data folder", "parent": "holds the data folder"}.get(
+        where, "is not an adapter made by resonance"
+    )
+    with pytest.raises(ResonanceError, match=expected):
+        train(TrainConfig(data=str(demo_data), out=str(out[where]), force=True))
+    assert tree(demo_data) == before and tree(tmp_path / "x") == notes
+
+
+def test_a_damaged_checkpoint_with_resume_is_a_clear_error(demo_data, tmp_path, run_cli):
+    import torch
+
+    from resonance.train.trainer import train
+
+    partial = tmp_path / "adapter.partial"
+    partial.mkdir()
+    (partial / "checkpoint.pt").write_bytes(b"PK\x03\x04 a checkpoint cut short")
+    proc = run_cli("train", "--data", demo_data, "--out", tmp_path / "adapter", "--resume")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"the checkpoint {partial / 'checkpoint.pt'} is damaged" in proc.stderr
+    assert "run without --resume to start over" in proc.stderr
+    torch.save({"step": 3}, partial / "checkpoint.pt")  # loads, but is not one of ours
+    with pytest.raises(ResonanceError, match="not a training checkpoint of resonance"):
+        train(TrainConfig(data=str(demo_data), out=str(tmp_path / "adapter"), resume=True))
+
+
+def test_a_label_longer_than_whisper_can_write_is_a_clear_error(tiny_whisper, make_dataset, tmp_path):
+    from resonance.train.trainer import train
+
+    data = make_dataset([("我想喝水", np.zeros(16000, np.float32) + 0.1, 16000)] * 2)
+    labels = json.loads((data / "labels.json").read_text(encoding="utf-8"))
+    labels[1]["text"] = "我想喝水" * 200
+    (data / "labels.json").write_text(json.dumps(labels, ensure_ascii=False), encoding="utf-8")
+    with pytest.raises(ResonanceError, match=r"the label of audio/001_我想喝水\.wav is [\d,]+ tokens long"):
+        train(TrainConfig(data=str(data), out=str(tmp_path / "a"), base_model=str(tiny_whisper)))
+
+
+def test_learning_curve_never_writes_into_the_data_or_a_users_folder(demo_data, tmp_path):
+    from resonance.train.curve import learning_curve
+
+    config = TrainConfig(data=str(demo_data), eval_data=str(demo_data), out=str(tmp_path / "c"))
+    before = tree(demo_data)
+    with pytest.raises(ResonanceError, match="is the data folder"):
+        learning_curve(config, [5], demo_data)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine", encoding="utf-8")
+    with pytest.raises(ResonanceError, match="not a learning-curve folder made by resonance"):
+        learning_curve(config, [5], tmp_path / "mine")
+    assert tree(demo_data) == before and sorted(p.name for p in (tmp_path / "mine").iterdir()) == [
+        "notes.txt"
+    ]

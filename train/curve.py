@@ -14,10 +14,17 @@ import statistics
 import time
 from pathlib import Path
 
-from resonance.fsutil import write_json_atomic, write_text_atomic
+from resonance.fsutil import (
+    atomic_file,
+    refuse_overlap,
+    refuse_to_overwrite,
+    write_json_atomic,
+    write_text_atomic,
+)
 from resonance.text import normalize_for_cer
 from resonance.train.config import TrainConfig
 
+CURVE_FILE = "curve.json"  # one row per (size, seed); also what marks a folder as a learning curve's
 GROUPS = ("seen", "unseen")
 MODELS = ("generic", "personal")
 METRICS = ("char_acc", "exact")
@@ -35,8 +42,14 @@ def learning_curve(
     Seeds are ``base.seed``, ``base.seed + 1`` …. ``generic_cache``: the caller's, to share the generic model's
     transcripts of EVAL between curves (they do not depend on the recipe).
     """
-    from resonance.train.trainer import train
+    from resonance.train.trainer import train, training_inputs
 
+    # The folder holds the curve's own adapters, each replaced by the next curve: never the data, and never a
+    # folder of something else (curve.json, written first, marks it as a curve's).
+    refuse_overlap(out, "learning-curve folder", training_inputs(base))
+    refuse_to_overwrite(out, True, "learning-curve folder", own=(CURVE_FILE,))
+    if not (out / CURVE_FILE).is_file():
+        write_json_atomic(out / CURVE_FILE, [])
     rows, generic_cache = [], {} if generic_cache is None else generic_cache
     for size in sizes:
         for seed in range(base.seed, base.seed + seeds):
@@ -56,9 +69,7 @@ def learning_curve(
                     **summarise(report),
                 }
             )
-            write_json_atomic(
-                out / "curve.json", rows
-            )  # after every run: an interrupted curve keeps its rows
+            write_json_atomic(out / CURVE_FILE, rows)  # after every run: an interrupted curve keeps its rows
     write_text_atomic(out / "curve.md", render_markdown(rows))
     plot(aggregate(rows), out / "curve.png")
     return rows
@@ -180,7 +191,6 @@ def plot(summaries: list[dict], path: Path) -> None:
     ax.set_ylim(0, 100)
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
-    tmp.replace(path)

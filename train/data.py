@@ -9,6 +9,7 @@ import numpy as np
 
 from resonance.audio import SAMPLE_RATE, load_audio
 from resonance.data.labels import Utterance
+from resonance.errors import ResonanceError
 
 
 @dataclass
@@ -23,10 +24,17 @@ class Example:
         return len(self.audio) / SAMPLE_RATE
 
 
-def load_examples(utterances: list[Utterance], tokenizer) -> list[Example]:
+def load_examples(utterances: list[Utterance], tokenizer, max_tokens: int | None = None) -> list[Example]:
+    """Each utterance's audio and label tokens; ``max_tokens``: the decoder's length (448 for Whisper)."""
     examples = []
     for utt in utterances:
         ids = tokenizer(utt.text).input_ids  # SOT sequence (prefix tokens set by the caller) ... EOT
+        if max_tokens is not None and len(ids) > max_tokens:
+            raise ResonanceError(
+                f"the label of {utt.rel} is {len(ids):,} tokens long; Whisper writes at most {max_tokens} "
+                "for one recording",
+                "write only what is said in that recording (`resonance data check` flags such labels)",
+            )
         examples.append(Example(utt.text, load_audio(utt.audio), ids[1:], utt.rel))
     return examples
 

@@ -16,6 +16,8 @@ import re
 import textwrap
 from pathlib import Path
 
+from resonance.fsutil import atomic_file
+
 # Families tried in order: Linux (Noto / Source Han / WenQuanYi, e.g. Debian's fonts-wqy-zenhei), macOS
 # (PingFang, Hiragino, Heiti), Windows (Microsoft YaHei, SimHei), Android's fallback.
 CJK_FONTS = (
@@ -62,12 +64,11 @@ def plot(report: dict, rows: list[dict], path: Path) -> None:
 
     with _quiet_font_warnings():
         fig = report_figure(report, rows, find_cjk_font())
-        tmp = path.with_suffix(".tmp.png")
         try:
-            fig.savefig(tmp, dpi=100)
+            with atomic_file(path) as tmp:  # fsutil's temporary name: a killed run's is cleaned next time
+                fig.savefig(tmp, dpi=100, format="png")
         finally:
             plt.close(fig)
-    tmp.replace(path)
 
 
 @contextlib.contextmanager

@@ -14,17 +14,27 @@ from pathlib import Path
 
 import numpy as np
 
+from resonance.data.labels import load_labels
 from resonance.errors import ResonanceError
-from resonance.fsutil import atomic_directory, refuse_to_overwrite, write_json_atomic, write_text_atomic
+from resonance.fsutil import (
+    atomic_directory,
+    atomic_file,
+    refuse_overlap,
+    refuse_to_overwrite,
+    write_json_atomic,
+    write_text_atomic,
+)
 from resonance.text import normalize_for_cer
 from resonance.train import adaptation
-from resonance.train.config import WINDOW_CHOICES, TrainConfig
+from resonance.train.config import ADAPTER_FILES, TRAIN_CONFIG_FILE, WINDOW_CHOICES, TrainConfig
 from resonance.train.data import Augmenter, Example, collate, load_examples, split_examples
 from resonance.train.distill import GenericDecoderTeacher, kl_to_teacher
 from resonance.train.evaluate import as_rows, score, transcribe_batch
 from resonance.train.window import choose_window, shorten_audio_window
 
 log = logging.getLogger("resonance.train")
+CHECKPOINT_FILE = "checkpoint.pt"  # in <out>.partial/ while training; removed when the adapter is written
+CHECKPOINT_KEYS = {"optimizer", "scheduler", "step", "history", "best", "bad_evals"}  # + weights (or lora)
 FULL_WINDOW = 30.0
 REPORTED_SETTINGS = (
     "base_model",
@@ -68,34 +78,34 @@ def train(config: TrainConfig, generic_cache: dict | None = None) -> dict:
     ``generic_cache`` (optional, caller-owned) remembers the generic model's transcripts of an eval set, so a
     learning curve decodes them once rather than once per size.
     """
+    out = Path(config.out)
+    # --- where it goes and what it reads, checked before torch is even imported: a mistake takes a moment
+    checkpoint_path = check_output(config)
+    utterances = load_labels(config.data)[: config.max_train_samples]
+    eval_utterances = load_labels(config.eval_data) if config.eval_data else []
+
     import torch
     from transformers import WhisperFeatureExtractor
 
-    from resonance.data.labels import load_labels
     from resonance.train.base_model import load_whisper
     from resonance.train.report import model_card, write_report
 
-    out = Path(config.out)
-    checkpoint_path = out.with_name(out.name + ".partial") / "checkpoint.pt"
     checkpoint = _load_checkpoint(checkpoint_path, config) if config.resume else None
-    if checkpoint is None:
-        refuse_to_overwrite(out, config.force, "adapter")
     _seed_everything(config.seed)
     _quiet_transformers()
     if config.threads:
         torch.set_num_threads(config.threads)
     device = _pick_device(config.device)
 
-    # --- data: labels checked before the (slow) model load; every clip loaded once
-    utterances = load_labels(config.data)[: config.max_train_samples]
-    eval_utterances = load_labels(config.eval_data) if config.eval_data else []
+    # --- data: every clip loaded once
     processor, model = load_whisper(config.base_model)
     tokenizer = processor.tokenizer
     tokenizer.set_prefix_tokens(language=config.language, task=config.task, predict_timestamps=False)
-    examples = load_examples(utterances, tokenizer)
+    max_tokens = model.config.max_target_positions  # a longer label cannot be a Whisper target
+    examples = load_examples(utterances, tokenizer, max_tokens)
     train_set, val_set = split_examples(examples, config.val_fraction, config.seed)
     # Without --eval-data the report is measured on the validation split, which also picks the kept step.
-    eval_set = load_examples(eval_utterances, tokenizer) if config.eval_data else val_set
+    eval_set = load_examples(eval_utterances, tokenizer, max_tokens) if config.eval_data else val_set
     if len(train_set) < 1:
         raise ResonanceError("no training utterances left after the validation split", "add recordings")
     if not eval_set:  # TrainConfig refuses val_fraction 0 without eval_data; this is the last guard
@@ -240,20 +250,21 @@ def train(config: TrainConfig, generic_cache: dict | None = None) -> dict:
                     bad_evals = 0
                 else:
                     bad_evals += 1
-                checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
-                torch.save(
-                    {
-                        "weights": adaptation.trained_state(model, config),
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "step": step,
-                        "history": history,
-                        "best": best,
-                        "bad_evals": bad_evals,
-                        "config": _resolved(config),
-                    },
-                    checkpoint_path,
-                )
+                # Written under a temporary name and renamed: a run killed mid-write keeps the previous one.
+                with atomic_file(checkpoint_path) as tmp_checkpoint:
+                    torch.save(
+                        {
+                            "weights": adaptation.trained_state(model, config),
+                            "optimizer": optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict(),
+                            "step": step,
+                            "history": history,
+                            "best": best,
+                            "bad_evals": bad_evals,
+                            "config": _resolved(config),
+                        },
+                        tmp_checkpoint,
+                    )
                 if config.patience and bad_evals >= config.patience:
                     log.info(
                         "validation CER has not improved for %d evaluations: stopping at step %d",
@@ -307,17 +318,41 @@ def train(config: TrainConfig, generic_cache: dict | None = None) -> dict:
             "window_seconds": window,
         },
     }
-    with atomic_directory(out, force=True, what="adapter") as tmp:  # refused earlier unless --force/--resume
+    # check_output refused this earlier unless it is free, or an adapter and --force/--resume
+    with atomic_directory(out, force=True, what="adapter", own=ADAPTER_FILES) as tmp:
         adaptation.save(model, tmp, config)
         processor.feature_extractor = feature_extractor
         processor.save_pretrained(tmp)
         made_with = {**_resolved(config), "window_seconds": window}
-        write_json_atomic(tmp / "train_config.json", made_with)
+        write_json_atomic(tmp / TRAIN_CONFIG_FILE, made_with)
         report = write_report(tmp, report)
         write_text_atomic(tmp / "README.md", model_card(report, made_with, out.name))  # not peft's template
     checkpoint_path.unlink(missing_ok=True)
     _remove_empty(checkpoint_path.parent)
     return report
+
+
+def check_output(config: TrainConfig) -> Path:
+    """Refuse an --out that overlaps an input, or exists and is not ours to replace; returns the checkpoint path.
+
+    The adapter folder and its checkpoint folder (<out>.partial) must not be, hold or lie inside the data,
+    the eval data or a local base model: replacing them would delete the patient's recordings. An existing
+    --out is replaced only with --force (or --resume) and only if it is an adapter (train_config.json).
+    """
+    out = Path(config.out)
+    checkpoint_path = out.with_name(out.name + ".partial") / CHECKPOINT_FILE
+    inputs = training_inputs(config)
+    refuse_overlap(out, "adapter folder", inputs)
+    refuse_overlap(checkpoint_path.parent, "checkpoint folder", inputs)
+    resuming = config.resume and checkpoint_path.is_file()
+    refuse_to_overwrite(out, config.force or resuming, "adapter", own=ADAPTER_FILES)
+    return checkpoint_path
+
+
+def training_inputs(config: TrainConfig) -> list[tuple[str, str | None]]:
+    """What training reads, as (name, path) for fsutil.refuse_overlap: no output may touch these."""
+    base_model = config.base_model if Path(config.base_model).exists() else None  # not a hub id or pypi:
+    return [("data folder", config.data), ("eval data folder", config.eval_data), ("base model", base_model)]
 
 
 def _load_checkpoint(path: Path, config: TrainConfig) -> dict | None:
@@ -327,7 +362,23 @@ def _load_checkpoint(path: Path, config: TrainConfig) -> dict | None:
     if not path.exists():
         log.info("--resume: no checkpoint at %s, starting from step 0", path)
         return None
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    start_over = (
+        f"run without --resume to start over (the next checkpoint replaces it), or delete {path.parent}"
+    )
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # a truncated zip, a stray pickle, a disk error: torch raises many kinds
+        raise ResonanceError(
+            f"the checkpoint {path} is damaged and cannot be resumed from ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else 'unreadable'})",
+            start_over,
+        ) from exc
+    missing = sorted(CHECKPOINT_KEYS - set(checkpoint) if isinstance(checkpoint, dict) else CHECKPOINT_KEYS)
+    if missing or not ({"weights", "lora"} & set(checkpoint)):
+        raise ResonanceError(
+            f"{path} is not a training checkpoint of resonance (missing {', '.join(missing) or 'weights'})",
+            start_over,
+        )
     saved = checkpoint.get("config")
     if saved is None:  # written before checkpoints recorded their options
         log.warning("checkpoint %s does not record its options: resuming unchecked", path)
