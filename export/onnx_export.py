@@ -9,7 +9,6 @@ result against PyTorch (parity) before the bundle appears at ``out`` in one rena
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import shutil
@@ -37,7 +36,13 @@ from resonance.export.quantize import (
     check_int8_output,
     check_int8_preset,
 )
-from resonance.fsutil import atomic_directory, refuse_to_overwrite, write_json_atomic
+from resonance.fsutil import (
+    atomic_directory,
+    read_json_file,
+    refuse_overlap,
+    refuse_to_overwrite,
+    write_json_atomic,
+)
 from resonance.runtime.bundle import (
     MANIFEST,
     AudioSpec,
@@ -46,6 +51,7 @@ from resonance.runtime.bundle import (
     TokenSpec,
     file_entry,
 )
+from resonance.train.config import TRAIN_CONFIG_FILE
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +59,7 @@ FULL_WINDOW_POSITIONS = 1500  # stock Whisper: 30 s = 3000 mel frames, halved by
 ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder.onnx"
 TOKENIZER_FILE = "tokenizer.json"
+BUNDLE_FILES = (MANIFEST,)  # what marks a folder as a bundle: the only kind --force replaces
 
 
 def export_bundle(
@@ -98,7 +105,16 @@ def export_bundle(
     int8_preset = int8_preset or DEFAULT_INT8_PRESET
     check_int8_preset(int8_preset)
     check_int8_output(int8_output)
-    refuse_to_overwrite(out, force, "bundle")  # before minutes of work, not after
+    # Before minutes of work, not after: the bundle may not be (or hold, or lie in) what export reads -- with
+    # --force that would delete the adapter -- and --force replaces only a bundle (manifest.json).
+    local_base = base_model if base_model and Path(base_model).exists() else None
+    refuse_overlap(
+        out,
+        "bundle folder",
+        [("adapter folder", adapter), ("base model", local_base)]
+        + [("parity clips", clip) for clip in parity_clips or ()],
+    )
+    refuse_to_overwrite(out, force, "bundle", own=BUNDLE_FILES)
     info = read_adapter(Path(adapter)) if adapter is not None else AdapterInfo()
     if info.report.get("improved") is False and not allow_worse:
         raise ResonanceError(
@@ -112,7 +128,7 @@ def export_bundle(
     started = time.perf_counter()
     model, model_dir = load_merged_model(base_model, adapter, info.window_seconds)
     log.info("model ready in %.1f s; exporting to ONNX", time.perf_counter() - started)
-    with atomic_directory(out, force, "bundle") as tmp:
+    with atomic_directory(out, force, "bundle", own=BUNDLE_FILES) as tmp:
         raw = tmp / ".optimum"
         export_onnx(model, raw, dynamic_window)
         precision = write_onnx_files(raw, tmp, quantize, int8_preset, int8_output)
@@ -203,16 +219,14 @@ def read_adapter(adapter: Path) -> AdapterInfo:
     from resonance.train.adaptation import check_adapter_folder
 
     check_adapter_folder(adapter)  # LoRA, or the tensors of a full fine-tune
-    return AdapterInfo(_read_json(adapter / "train_config.json"), _read_json(adapter / "report.json"))
+    return AdapterInfo(_read_json(adapter / TRAIN_CONFIG_FILE), _read_json(adapter / "report.json"))
 
 
 def _read_json(path: Path) -> Dict[str, Any]:
+    """An adapter's JSON file as a mapping ({} when absent): damaged, it is one error, never a traceback."""
     if not path.is_file():
         return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ResonanceError(f"{path} is not valid JSON: {exc}", "train the adapter again") from exc
+    data = read_json_file(path, "adapter file", "train the adapter again, or restore the file from a copy")
     return data if isinstance(data, dict) else {}
 
 

@@ -225,6 +225,8 @@ def _parse_yaml(text: str, source: str) -> DeviceConfig:
         raise ResonanceError(
             f"device config {source} is not valid YAML: {exc}", "fix the file's syntax"
         ) from exc
+    except RecursionError as exc:  # "[" x 100000: the parser runs out of stack, not a traceback
+        raise ResonanceError(f"device config {source} is nested too deeply", "fix the file's syntax") from exc
     return _from_mapping(data, source)
 
 
@@ -259,7 +261,11 @@ def load_device_config(name_or_path: Union[str, Path]) -> DeviceConfig:
             raise ResonanceError(
                 f"device config file not found: {path}", f"packaged configs: {list_device_configs()}"
             )
-        return _parse_yaml(path.read_text(encoding="utf-8"), str(path))
+        try:
+            text = path.read_text(encoding="utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise ResonanceError(f"device config {path} is not UTF-8 text", "save it as UTF-8") from exc
+        return _parse_yaml(text, str(path))
     packaged = _packaged_text(text) if text.replace("-", "").replace("_", "").isalnum() else None
     if packaged is None:
         raise ResonanceError(

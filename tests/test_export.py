@@ -208,8 +208,52 @@ def test_adapter_window_is_applied_before_export(adapter, tmp_path):
 
 
 def test_not_an_adapter_folder(tiny_whisper, tmp_path):
+    (tmp_path / "x").mkdir()
     with pytest.raises(ResonanceError, match="not an adapter folder"):
-        export_bundle(str(tiny_whisper), tmp_path / "b", adapter=tmp_path)
+        export_bundle(str(tiny_whisper), tmp_path / "b", adapter=tmp_path / "x")
+
+
+def test_a_bundle_or_a_missing_folder_where_an_adapter_is_expected(base_bundle, tmp_path):
+    with pytest.raises(ResonanceError, match=r"is a bundle .*, not an adapter") as info:
+        export_bundle(None, tmp_path / "b", adapter=base_bundle)
+    assert "--adapter adapters/grandpa" in info.value.hint
+    with pytest.raises(ResonanceError, match=r"adapter folder '.*nope' does not exist"):
+        export_bundle(None, tmp_path / "b", adapter=tmp_path / "nope")
+
+
+def test_a_damaged_train_config_is_one_error(adapter, tmp_path):
+    damaged = tmp_path / "adapter"
+    shutil.copytree(adapter, damaged)
+    (damaged / "train_config.json").write_text("[" * 100000, encoding="utf-8")
+    with pytest.raises(ResonanceError, match=r"train_config\.json is nested too deeply"):
+        export_bundle(None, tmp_path / "b", adapter=damaged)
+
+
+def tree(root: Path) -> dict:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_export_onto_its_adapter_with_force_keeps_the_adapter(adapter, tmp_path, run_cli):
+    """The issue's case: `export --adapter X --out X --force` deleted the adapter. Refused before any work."""
+    mine = tmp_path / "grandpa"
+    shutil.copytree(adapter, mine)
+    before = tree(mine)
+    proc = run_cli("export", "--adapter", mine, "--out", mine, "--force")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"the bundle folder '{mine}' is the adapter folder" in proc.stderr
+    for out in (mine / "bundle", tmp_path):  # inside it, or around it
+        with pytest.raises(ResonanceError, match="adapter folder"):
+            export_bundle(None, out, adapter=mine, force=True)
+    assert tree(mine) == before
+
+
+def test_force_replaces_a_bundle_but_never_another_folder(adapter, tmp_path):
+    users = tmp_path / "documents"
+    users.mkdir()
+    (users / "letter.txt").write_text("keep me", encoding="utf-8")
+    with pytest.raises(ResonanceError, match=r"is not a bundle made by resonance .*manifest\.json"):
+        export_bundle(None, users, adapter=adapter, force=True)
+    assert tree(users) == {"letter.txt": b"keep me"}
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -32,10 +32,17 @@ def is_adapter_folder(folder: Path) -> bool:
 
 
 def check_adapter_folder(folder: Path) -> None:
+    """An adapter folder, or one error saying what the path is instead (missing, a file, a bundle …)."""
+    folder = Path(folder)
+    hint = "pass the folder that `resonance train --out` created, e.g. --adapter adapters/grandpa"
+    if not folder.is_dir():
+        what = "does not exist" if not folder.exists() else "is a file, not a folder"
+        raise ResonanceError(f"adapter folder '{folder}' {what}", hint)
+    if (folder / "manifest.json").is_file():  # the bundle's contract file (runtime/bundle.py MANIFEST)
+        raise ResonanceError(f"'{folder}' is a bundle (made by `resonance export`), not an adapter", hint)
     if not is_adapter_folder(folder):
         raise ResonanceError(
-            f"'{folder}' is not an adapter folder (no {LORA_CONFIG} or {FULL_WEIGHTS})",
-            "pass the folder that `resonance train --out` created",
+            f"'{folder}' is not an adapter folder (no {LORA_CONFIG} or {FULL_WEIGHTS})", hint
         )
 
 

@@ -6,7 +6,6 @@ Each field's ``help`` is its --help text (train/cli.py builds the options from t
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import Field, asdict, dataclass, field, fields
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any, Callable
 
 from resonance.constants import DEFAULT_BASE_MODEL, OFFLINE_BASE_MODEL
 from resonance.errors import ResonanceError
+from resonance.fsutil import read_json_file
 
 TRAIN_CONFIG_FILE = "train_config.json"  # every option an adapter was made with, beside it
 ADAPTER_FILES = (TRAIN_CONFIG_FILE,)  # only `resonance train` writes it: what marks a folder as an adapter
@@ -220,19 +220,17 @@ _RANGES: tuple[tuple[tuple[str, ...], Callable[[Any], bool], str], ...] = (
 
 def _parse(path: Path) -> dict[str, Any]:
     """The mapping in a JSON or YAML file (YAML by suffix), or a ResonanceError naming the file."""
-    text = path.read_text(encoding="utf-8")
     if path.suffix in (".yaml", ".yml"):
         import yaml
 
         try:
-            values = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ResonanceError(f"cannot parse {path}: {exc}", "fix the YAML syntax") from exc
+            values = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise ResonanceError(f"cannot parse {path}: {exc}", "fix the YAML syntax (UTF-8 text)") from exc
+        except RecursionError as exc:  # "[" x 100000: the parser runs out of stack
+            raise ResonanceError(f"cannot parse {path}: nested too deeply", "fix the YAML syntax") from exc
     else:
-        try:
-            values = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ResonanceError(f"cannot parse {path}: {exc}", "fix the JSON syntax") from exc
+        values = read_json_file(path, "config file", "fix the JSON syntax")
     if values is None:  # an empty YAML file
         return {}
     if not isinstance(values, dict):

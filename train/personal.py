@@ -8,12 +8,12 @@ of that length. This does both.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional, Union
 
 from resonance.constants import DEFAULT_BASE_MODEL
-from resonance.errors import ResonanceError
+from resonance.fsutil import read_json_file
+from resonance.train.config import TRAIN_CONFIG_FILE
 
 
 def load_personal_model(
@@ -43,10 +43,10 @@ def load_personal_model(
 
 
 def _train_config(adapter: Path) -> dict:
-    path = adapter / "train_config.json"
+    path = adapter / TRAIN_CONFIG_FILE
     if not path.is_file():
         return {}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ResonanceError(f"{path} is not valid JSON: {exc}", "train the adapter again") from exc
+    made_with = read_json_file(
+        path, "adapter file", "train the adapter again, or restore the file from a copy"
+    )
+    return made_with if isinstance(made_with, dict) else {}
