@@ -120,9 +120,7 @@ def read_json_file(path: PathLike, what: str, hint: str) -> Any:
             f"{what} {path} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}", hint
         ) from exc
     except RecursionError as exc:
-        raise ResonanceError(
-            f"{what} {path} is nested too deeply to be read (not a file we wrote)", hint
-        ) from exc
+        raise ResonanceError(f"{what} {path} is nested too deeply to be read", hint) from exc
 
 
 # --- outputs next to inputs --------------------------------------------------------------------------------
@@ -205,14 +203,14 @@ def refuse_to_overwrite(path: PathLike, force: bool, what: str, own: Sequence[st
         return
     if not path.is_dir() or path.is_symlink():
         raise ResonanceError(
-            f"'{path}' is a {'link' if path.is_symlink() else 'file'}, not {_a(what)}; --force replaces only "
-            f"{_a(what)} made by resonance",
+            f"'{path}' is a {'link' if path.is_symlink() else 'file'}, not {_a(what)}; only {_a(what)} made by "
+            "resonance is ever replaced (--force included)",
             "choose another output path (nothing was changed)",
         )
     if not any((path / marker).is_file() for marker in own):
         raise ResonanceError(
-            f"'{path}' is not {_a(what)} made by resonance (it has no {' or '.join(own)}); --force replaces "
-            "only that, never another folder",
+            f"'{path}' is not {_a(what)} made by resonance (it has no {' or '.join(own)}); only such a folder is "
+            "ever replaced (--force included), never another",
             "choose another output path; if you really want to replace that folder, move or delete it "
             "yourself first (nothing was changed)",
         )

@@ -285,3 +285,13 @@ def test_a_take_written_when_a_session_was_killed_is_cleaned_next_time(tmp_path)
     stale.write_bytes(b"RIFF half a take")
     run(out, PHRASES, [], "q")
     assert sorted(p.name for p in (out / "audio").iterdir()) == ["0001_我想喝水.wav"]
+
+
+def test_cli_refuses_labels_json_as_the_phrase_list(tmp_path, run_cli):
+    out = tmp_path / "patient"
+    out.mkdir()
+    (out / "labels.json").write_text('[{"audio": "audio/1.wav", "text": "我想喝水"}]', encoding="utf-8")
+    before = (out / "labels.json").read_bytes()
+    proc = run_cli("data", "record", "--phrases", out / "labels.json", "--out", out)
+    assert proc.returncode == 2 and "is the phrase list" in proc.stderr
+    assert (out / "labels.json").read_bytes() == before and sorted(out.iterdir()) == [out / "labels.json"]

@@ -81,6 +81,12 @@ def train(config: TrainConfig, generic_cache: dict | None = None) -> dict:
     out = Path(config.out)
     # --- where it goes and what it reads, checked before torch is even imported: a mistake takes a moment
     checkpoint_path = check_output(config)
+    if not config.resume and checkpoint_path.is_file():
+        log.warning(
+            "%s holds the checkpoint of an interrupted run: this run starts over and replaces it at its first "
+            "evaluation (stop now and add --resume to continue that run instead)",
+            checkpoint_path.parent,
+        )
     utterances = load_labels(config.data)[: config.max_train_samples]
     eval_utterances = load_labels(config.eval_data) if config.eval_data else []
 

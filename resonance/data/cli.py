@@ -90,8 +90,14 @@ def run_convert(args: argparse.Namespace) -> int:
 
 
 def run_record(args: argparse.Namespace) -> int:
-    from resonance.data.record import microphone, read_phrases, record_session
+    from pathlib import Path
 
+    from resonance.data.labels import LABELS_FILE
+    from resonance.data.record import microphone, read_phrases, record_session
+    from resonance.fsutil import refuse_overlap
+
+    # The phrase list may live in the dataset folder, but it cannot be labels.json, which record adds to.
+    refuse_overlap(Path(args.out) / LABELS_FILE, "labels file", [("phrase list", args.phrases)])
     phrases = read_phrases(args.phrases)
     device = int(args.device) if args.device and args.device.isdigit() else args.device
     recorder = microphone(device)

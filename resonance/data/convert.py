@@ -151,7 +151,8 @@ def convert_file(source: Path, out: Path, rel: str = "") -> None:
 
 def _check_paths(src: Path, dst: Path) -> None:
     if not src.is_dir():
-        raise ResonanceError(f"source folder '{src}' not found", "pass the folder that holds the recordings")
+        what = "is a file, not a folder" if src.exists() else "not found"
+        raise ResonanceError(f"source folder '{src}' {what}", "pass the folder that holds the recordings")
     # Same, inside or around SRC: with --force, replacing DST would delete SRC with it.
     refuse_overlap(dst, WHAT, [("source folder", src)])
 

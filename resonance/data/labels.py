@@ -230,7 +230,7 @@ def _inside_folder(root: Path, norm: str, rel: str) -> Path:
     if real != root and root not in real.parents:
         raise _EntryError(
             "link-outside-folder",
-            f"audio path '{shorten(rel)}' is a symbolic link to {shorten(str(real))}, outside the data folder",
+            f"audio path '{shorten(rel)}' is a symbolic link to {shorten(str(real), 200)}, outside the data folder",
             "copy the recording into the data folder (audio/...) instead of linking to it",
         )
     return path
