@@ -22,7 +22,7 @@ import shutil
 import socket
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from resonance.errors import ResonanceError
 
@@ -250,20 +250,21 @@ def atomic_directory(
 
 
 def clean_stale_temporaries(final: PathLike) -> List[Path]:
-    """Remove the temporary files/folders a killed run left beside ``final``; returns what was removed.
+    """Remove the temporary files/folders killed runs left beside ``final``; returns what was removed.
 
     Only names this module makes (``.<name>.tmp-<host>-<pid>-…``, ``.<name>.old-<host>-<pid>``) whose
-    process is gone on this host are touched. A replaced output whose replacement never arrived (killed
-    between the two renames) is put back, not removed. Temporaries of a running process, of another host,
-    or from before names carried their owner are only named in a warning.
+    process is gone on this host are touched, for any output in ``final``'s folder (bundles/ may hold a killed
+    export of another patient). A replaced output whose replacement never arrived (killed between the two
+    renames) is put back, not removed. ``final``'s own temporaries of a running process, of another host, or
+    from before names carried their owner are named in a warning, and kept.
     """
     final = Path(final)
-    return _clean(final.parent, lambda name: name == final.name, name_unknown=True)
+    return _clean(final.parent, warn_for=final.name)
 
 
 def clean_stale_temporaries_in(folder: PathLike) -> List[Path]:
-    """:func:`clean_stale_temporaries` for every name in ``folder`` (e.g. takes of a killed recording)."""
-    return _clean(Path(folder), lambda name: True, name_unknown=False)
+    """:func:`clean_stale_temporaries` for a folder (e.g. the takes a killed recording session left)."""
+    return _clean(Path(folder), warn_for=None)
 
 
 _TEMPORARY = re.compile(
@@ -271,7 +272,7 @@ _TEMPORARY = re.compile(
 )
 
 
-def _clean(folder: Path, wanted: Callable[[str], bool], name_unknown: bool) -> List[Path]:
+def _clean(folder: Path, warn_for: Optional[str]) -> List[Path]:
     removed: List[Path] = []
     try:
         entries = [
@@ -283,12 +284,12 @@ def _clean(folder: Path, wanted: Callable[[str], bool], name_unknown: bool) -> L
         return removed
     for entry in entries:
         match = _TEMPORARY.match(entry.name)
-        if not match or not wanted(match.group("name")):
+        if not match:
             continue
         path, final = Path(entry.path), folder / match.group("name")
         pid = match.group("pid")
         if pid is None or match.group("host") != _host_tag() or _process_alive(int(pid)):
-            if name_unknown:
+            if match.group("name") == warn_for:
                 log.warning(
                     "%s looks like the temporary %s of an interrupted or running resonance command; "
                     "delete it if no command is writing %s",

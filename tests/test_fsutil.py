@@ -126,14 +126,18 @@ def test_next_run_removes_what_a_killed_run_left(tmp_path, caplog):
     other_host.mkdir()
     legacy = tmp_path / ".bundle.tmp-k2j4h5l1"  # before names carried their owner: named, kept
     legacy.mkdir()
-    unrelated = tmp_path / f".bundle2.tmp-{host}-{dead}-abc"  # another output's: not this one's to clean
-    unrelated.mkdir()
+    other_patient = tmp_path / f".bundle2.tmp-{host}-{dead}-abc"  # another output's killed export: gone too
+    other_patient.mkdir()
+    other_running = tmp_path / f".bundle2.tmp-{host}-{os.getpid()}-abc"  # running: kept, not named
+    other_running.mkdir()
     logged = caplog.at_level(logging.INFO, logger="resonance.fsutil")
     with logged, atomic_directory(tmp_path / "bundle", what="bundle") as tmp:
         (tmp / "manifest.json").write_text("{}", encoding="utf-8")
-    assert not stale_dir.exists()
-    assert running.exists() and other_host.exists() and legacy.exists() and unrelated.exists()
-    assert str(legacy) in caplog.text and str(running) in caplog.text
+    assert not stale_dir.exists() and not other_patient.exists()
+    assert running.exists() and other_host.exists() and legacy.exists() and other_running.exists()
+    assert (
+        str(legacy) in caplog.text and str(running) in caplog.text and str(other_running) not in caplog.text
+    )
     write_json_atomic(tmp_path / "labels.json", [])
     assert not stale_file.exists()
     assert (tmp_path / "bundle" / "manifest.json").is_file()
