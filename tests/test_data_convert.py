@@ -240,3 +240,18 @@ def test_labels_problems_are_reported_before_any_work(mixed_source, tmp_path):
     with pytest.raises(ResonanceError, match=r"do not exist: audio/01_立体声\.wav"):
         convert_dataset(mixed_source, tmp_path / "dst")
     assert not (tmp_path / "dst").exists()
+
+
+def test_a_linked_file_from_outside_the_source_is_refused(tmp_path):
+    """Without labels.json the files are taken from the folder: a link out of it is refused there too."""
+    src, outside = tmp_path / "src", tmp_path / "elsewhere"
+    src.mkdir()
+    outside.mkdir()
+    sf.write(src / "001_好.wav", tone(), 16000)
+    sf.write(outside / "secret.wav", tone(), 16000)
+    (src / "002_别人的.wav").symlink_to(outside / "secret.wav")
+    with pytest.raises(
+        ResonanceError, match=r"'002_别人的\.wav' is a symbolic link to .*secret\.wav, outside"
+    ):
+        convert_dataset(src, tmp_path / "dst")
+    assert not (tmp_path / "dst").exists()

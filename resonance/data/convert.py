@@ -185,8 +185,14 @@ def _jobs_from_names(src: Path) -> List[_Job]:
             "pass the folder that holds the recordings",
         )
     jobs, names, nameless = [], {}, []
+    root = src.resolve()
     for path in files:
         rel = path.relative_to(src).as_posix()
+        if root not in path.resolve().parents:  # as labels.json entries: a dataset is its folder
+            raise ResonanceError(
+                f"'{rel}' is a symbolic link to {path.resolve()}, outside the source folder",
+                "copy the recording into the folder instead of linking to it (nothing was written)",
+            )
         text = text_from_file_name(path.stem)
         if not text:
             nameless.append(rel)
