@@ -20,13 +20,21 @@ from resonance.constants import OFFLINE_BASE_MODEL
 from resonance.errors import ResonanceError
 
 log = logging.getLogger(__name__)
+BENCH_FILES = ("bench.json",)  # what marks a folder as a benchmark's: the only kind --force replaces
 
 
 def run_bench(config: BenchConfig) -> Dict[str, Any]:
     """Run every engine, measure the server, write bench.json/bench.png/table.txt under ``config.out``."""
-    from resonance.fsutil import refuse_to_overwrite
+    from resonance.fsutil import refuse_overlap, refuse_to_overwrite
 
-    refuse_to_overwrite(config.out, config.force, "benchmark folder")  # before minutes of work
+    # Before minutes of work: never onto what it measures, and --force replaces only an earlier benchmark.
+    local_base = config.base_model if config.base_model and Path(config.base_model).exists() else None
+    inputs = [("bundle", b) for b in config.bundles] + [
+        ("data folder", config.data),
+        ("base model", local_base),
+    ]
+    refuse_overlap(config.out, "benchmark folder", inputs)
+    refuse_to_overwrite(config.out, config.force, "benchmark folder", own=BENCH_FILES)
     data = config.data or demo_clips()
     clips = choose_clips(data, config.clips)
     manifests = [load_manifest(b) for b in config.bundles]
@@ -81,7 +89,7 @@ def write_outputs(report: Dict[str, Any], out: Path, force: bool) -> None:
     """bench.json, bench.png and table.txt appear together in ``out`` (one rename), or not at all."""
     from resonance.fsutil import atomic_directory, write_json_atomic, write_text_atomic
 
-    with atomic_directory(Path(out), force, "benchmark folder") as tmp:
+    with atomic_directory(Path(out), force, "benchmark folder", own=BENCH_FILES) as tmp:
         write_json_atomic(tmp / "bench.json", report)
         write_text_atomic(tmp / "table.txt", format_table(report) + "\n")
         write_chart(report, tmp / "bench.png")

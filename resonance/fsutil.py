@@ -246,6 +246,23 @@ def atomic_directory(
         shutil.rmtree(old, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def scratch_directory(beside: PathLike, purpose: str) -> Iterator[Path]:
+    """A temporary folder next to ``beside`` for ``purpose`` (e.g. a download), removed on exit.
+
+    Beside the output, not in /tmp (often a small RAM disk), and named like this module's temporaries
+    (``.<name>-<purpose>.tmp-<host>-<pid>-…``), so the next run removes it if this one is killed.
+    """
+    beside = Path(beside)
+    beside.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_temporaries_in(beside.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=_own_prefix(f"{beside.name}-{purpose}"), dir=beside.parent))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 # --- what a killed run leaves behind -----------------------------------------------------------------------
 
 

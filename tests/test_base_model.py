@@ -222,8 +222,25 @@ def test_existing_output_is_not_overwritten_without_force(ct2_tiny, tmp_path):
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     assert (out / "keep.txt").read_text() == "user data"
 
-    bm.import_ct2(ct2_tiny, out, force=True)
-    assert not (out / "keep.txt").exists() and (out / "model.safetensors").is_file()
+    # --force replaces an earlier import (resonance-import.json), never a folder of the user's (issue #12)
+    with pytest.raises(
+        ResonanceError, match=r"is not a base model made by resonance .*resonance-import\.json"
+    ):
+        bm.import_ct2(ct2_tiny, out, force=True)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    imported = bm.import_ct2(ct2_tiny, tmp_path / "imported")
+    bm.import_ct2(ct2_tiny, imported, force=True)
+    assert (imported / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("where", ["same", "inside", "around"])
+def test_import_never_writes_onto_its_source(ct2_tiny, tmp_path, where):
+    src = shutil.copytree(ct2_tiny, tmp_path / "faster-whisper-tiny")
+    before = {p.name: p.read_bytes() for p in src.iterdir()}
+    out = {"same": src, "inside": src / "hf", "around": tmp_path}[where]
+    with pytest.raises(ResonanceError, match="source folder"):
+        bm.import_ct2(src, out, force=True)
+    assert {p.name: p.read_bytes() for p in src.iterdir()} == before
 
 
 def test_joined_parts_are_checked_against_the_pinned_sha256(tmp_path):

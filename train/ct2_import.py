@@ -6,7 +6,6 @@ The ``model.bin`` format is parsed here: it is a small, stable format (``ctransl
 
 from __future__ import annotations
 
-import json
 import re
 import struct
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from resonance.errors import ResonanceError
-from resonance.fsutil import atomic_directory
+from resonance.fsutil import atomic_directory, read_json_file
 from resonance.train.whisper_folder import WhisperTokens, save_whisper_folder, whisper_config
 
 # --------------------------------------------------------------------------------------------------------
@@ -341,21 +340,26 @@ def read_ct2_dir(src: Path) -> Tuple[Ct2Model, Dict[str, Any], Path]:
             "copy the tokenizer.json that came with the faster-whisper model into the folder",
         )
     config_file = src / "config.json"
-    try:
-        ct2_config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
-    except json.JSONDecodeError as exc:
-        raise ResonanceError(f"'{config_file}' is not valid JSON ({exc}).", "copy the file again") from exc
+    ct2_config = (
+        read_json_file(config_file, "model file", "copy the file again") if config_file.is_file() else {}
+    )
+    if not isinstance(ct2_config, dict):
+        raise ResonanceError(f"'{config_file}' is not a JSON object.", "copy the file again")
     return read_ct2_model(src), ct2_config, tokenizer_file
 
 
-def import_ct2_dir(src: Path, out: Path, force: bool, source: str) -> Path:
+def import_ct2_dir(src: Path, out: Path, force: bool, source: str, own: Sequence[str] = ()) -> Path:
+    """``src`` (a CTranslate2 Whisper folder) -> a Hugging Face folder at ``out``, written atomically.
+
+    ``own``: as in fsutil.refuse_to_overwrite (the CLI's import replaces only an earlier import).
+    """
     import torch
     from transformers import WhisperForConditionalGeneration
 
     ct2, ct2_config, tokenizer_file = read_ct2_dir(src)
     shape, state = ct2_to_hf_state_dict(ct2)
     tokens = WhisperTokens.from_tokenizer_file(tokenizer_file, ct2_config.get("lang_ids"))
-    with atomic_directory(out, force, "base model") as tmp:
+    with atomic_directory(out, force, "base model", own=own) as tmp:
         model = WhisperForConditionalGeneration(whisper_config(tokens, **shape))
         tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}
         result = model.load_state_dict(tensors, strict=False)
