@@ -375,8 +375,7 @@ def _load_checkpoint(path: Path, config: TrainConfig) -> dict | None:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # a truncated zip, a stray pickle, a disk error: torch raises many kinds
         raise ResonanceError(
-            f"the checkpoint {path} is damaged and cannot be resumed from ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else 'unreadable'})",
+            f"the checkpoint {path} is damaged and cannot be resumed from (torch: {type(exc).__name__})",
             start_over,
         ) from exc
     missing = sorted(CHECKPOINT_KEYS - set(checkpoint) if isinstance(checkpoint, dict) else CHECKPOINT_KEYS)
