@@ -15,6 +15,7 @@ from typing import List, Optional
 from resonance import __version__
 from resonance.cli_common import add_group
 from resonance.errors import ResonanceError
+from resonance.logsafe import OneLineFormatter
 
 EPILOG = """\
 the pipeline, in order (each step's --help has examples):
@@ -102,9 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
-    )
+    handler = logging.StreamHandler()
+    handler.setFormatter(OneLineFormatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler])
     if not getattr(args, "run", None):
         parser.print_help()
         return 1

@@ -33,6 +33,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", help="interface to listen on (default: the device config's, usually 0.0.0.0)")
     p.add_argument("--port", type=int, help="TCP port (default: the device config's; 0 = any free port)")
     p.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also answer requests addressed to this host name or address (repeatable); by default only "
+        "this machine's addresses, its host name, <hostname>.local and localhost are served",
+    )
+    p.add_argument(
         "--auth", action="store_true", help="require a bearer token (made and printed at first start)"
     )
     p.add_argument(
@@ -335,6 +343,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         reload_interval_s=max(0.0, args.reload_interval),
         retain_dir=Path(args.retain).expanduser() if args.retain else None,
+        allowed_hosts=tuple(args.allow_host),
     )
     serve(Path(args.models), config, settings, port=args.port, token_note=note)
     return 0

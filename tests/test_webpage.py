@@ -237,7 +237,7 @@ def setup(tmp_path_factory, tiny_bundle):
 @pytest.fixture(scope="module")
 def server(setup):
     _, models, config = setup
-    srv = Server(models, config)
+    srv = Server(models, config, "--allow-host", INSECURE_HOST)  # the LAN-like name the browser maps
     yield srv
     srv.stop()
 

@@ -1,4 +1,5 @@
-"""The LAN API the caregiver's app calls: a Flask app over one Transcriber per patient, served by waitress.
+"""The LAN API the caregiver's app calls: a Flask app over one Transcriber per patient, behind an ASGI gate
+served by uvicorn.
 
 Endpoints:
   GET  /                          the caregiver's web page (runtime/static: record or upload, see the text)
@@ -11,12 +12,14 @@ Endpoints:
                                   text = the accepted phrase or "" (runtime/phrases.py)
   POST /v1/audio/transcriptions   OpenAI-compatible: ``file``, ``model`` = patient id, ``response_format``
 
-Every error is a real HTTP status with ``{"error": {"message", "hint", "code", "type"}}``. Explicit caps:
-413 for bodies over ``max_upload_mb`` and audio over ``max_audio_seconds``; 503 + Retry-After when all
-``max_concurrent_requests`` slots stay taken for ``queue_timeout_s``. Audio lives only in memory: uploads are
-parsed into BytesIO (never a temp file) and waitress buffers bodies in RAM; nothing is written to disk
+Every error is a real HTTP status with ``{"error": {"message", "hint", "code", "type"}}``. What a hostile
+LAN may send is refused from the headers alone, before a body byte is read (gate.py): a Host that is not this
+machine's (DNS rebinding), a browser Origin other than the server's own page (CSRF), a missing token, a
+Content-Length over ``max_upload_mb`` (413); audio requests then wait for one of ``max_concurrent_requests``
+slots (503 + Retry-After after ``queue_timeout_s`` from arrival) and are read, decoded and transcribed on it.
+Audio lives only in memory: uploads are parsed into BytesIO (never a temp file); nothing is written to disk
 unless the caregiver turns on ``retain_dir`` (runtime/retention.py). Logs carry transcript lengths, not
-transcripts, unless ``log_transcripts`` is on.
+transcripts, unless ``log_transcripts`` is on, and every logged field is escaped (resonance/logsafe.py).
 
 One job per module:
   app.py               the app factory: request hooks (auth, request log), error handlers, the blueprints
@@ -24,13 +27,15 @@ One job per module:
   openai.py            /v1/audio/transcriptions and its response formats
   page.py              the caregiver's web page and its security headers
   uploads.py           an HTTP upload -> checked audio -> a transcription on a slot (+ retention)
-  errors.py            ApiError and the error -> HTTP status table
+  errors.py            ApiError, the JSON error body and the error -> HTTP status table
   auth.py              the bearer token: its file, and the check (framework-free)
-  slots.py             TranscriptionSlots: at most N transcriptions at once, shared by every front end
+  hosts.py             the Host allow-list and the same-origin check (framework-free)
+  slots.py             TranscriptionSlots: at most N transcriptions at once on N threads, for every front end
   context.py           ServerSettings and what one app shares with its requests
+  gate.py              the ASGI gate: header checks, slots, body caps and timeouts, then the app via a2wsgi
+  listener.py          sockets bound first, uvicorn with a request-head deadline and a connection cap
   lan.py               LAN addresses, the QR code, the start banner
-  run.py               serve(): load the bundles, build the app, print the banner, run the listener
-  waitress_listener.py the HTTP listener (the only module that knows waitress)
+  run.py               serve(): bind, load the bundles, build app + gate, print the banner, run the listener
 """
 
 from __future__ import annotations
@@ -38,12 +43,19 @@ from __future__ import annotations
 from resonance.runtime.server.app import create_app
 from resonance.runtime.server.auth import default_token_path, load_or_create_token
 from resonance.runtime.server.context import ServerSettings
+from resonance.runtime.server.gate import Gate
+from resonance.runtime.server.hosts import HostPolicy
 from resonance.runtime.server.lan import lan_addresses, qr_text, urls_for
+from resonance.runtime.server.listener import Endpoint, Front
 from resonance.runtime.server.run import serve
 from resonance.runtime.server.slots import Busy, TranscriptionSlots
 
 __all__ = [
     "Busy",
+    "Endpoint",
+    "Front",
+    "Gate",
+    "HostPolicy",
     "ServerSettings",
     "TranscriptionSlots",
     "create_app",

@@ -1,7 +1,7 @@
 """The Flask app factory: it only translates HTTP to ``Transcriber.transcribe`` and back.
 
-No serving concerns here (threads, sockets, TLS belong to the listener): the same app runs under waitress
-today and behind any other WSGI/ASGI front tomorrow.
+No serving concerns here (sockets, TLS, threads and what is refused before a body is read belong to the
+gate and the listener): the app is plain WSGI, and works on its own too (Flask's test client).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from resonance.runtime.models import ModelRegistry
 from resonance.runtime.server.api import api
 from resonance.runtime.server.auth import authorized, is_open_path
 from resonance.runtime.server.context import EXTENSION, ServerContext, ServerSettings
-from resonance.runtime.server.errors import error_response, register_error_handlers
+from resonance.runtime.server.errors import register_error_handlers, unauthorized_error
 from resonance.runtime.server.openai import openai
 from resonance.runtime.server.page import page
 from resonance.runtime.server.uploads import InMemoryRequest
@@ -37,19 +37,13 @@ def create_app(
     app.extensions[EXTENSION] = ServerContext.create(registry, device_config, settings)
 
     @app.before_request
-    def _check_auth() -> Optional[Response]:
+    def _check_auth() -> None:
         g.started = time.perf_counter()
         g.log_fields = {}
         header = request.headers.get("Authorization", "")
-        if is_open_path(request.path) or authorized(header, settings.auth_token):
-            return None
-        return error_response(
-            401,
-            "unauthorized",
-            "missing or wrong access token" if header else "this server needs an access token",
-            "send the header 'Authorization: Bearer <token>' with the token `resonance serve --auth` printed",
-            {"WWW-Authenticate": 'Bearer realm="resonance"'},
-        )
+        # The gate checked this before the body was read; checked again for the app on its own (tests).
+        if not is_open_path(request.path) and not authorized(header, settings.auth_token):
+            raise unauthorized_error(header)
 
     @app.after_request
     def _log_request(response: Response) -> Response:

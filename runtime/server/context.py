@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Tuple
 
 from flask import current_app
 
@@ -28,6 +28,9 @@ class ServerSettings:
     retain_dir: Optional[Path] = (
         None  # keep each request's audio + result under DIR/<patient>/; None: nothing
     )
+    # Host names (or addresses) the server answers to besides its own (hosts.HostPolicy): e.g. a name the
+    # home router's DNS gives it. Requests naming any other host are refused (DNS rebinding).
+    allowed_hosts: Tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,8 @@ from resonance.runtime.server.slots import Busy
 
 log = logging.getLogger(__name__)
 
+FORM_PARTS_LIMIT = 16  # fields in one multipart form (the API's forms have at most 5)
+
 
 class ApiError(ResonanceError):
     """A request the server refuses, with its HTTP status and a stable machine-readable code."""
@@ -37,11 +39,38 @@ STATUS_OF: Tuple[Tuple[Type[ResonanceError], int, str], ...] = (
 )
 
 
+def unauthorized_error(authorization_header: str) -> ApiError:
+    """401 for a protected route without the right bearer token."""
+    return ApiError(
+        401,
+        "unauthorized",
+        "missing or wrong access token" if authorization_header else "this server needs an access token",
+        "send the header 'Authorization: Bearer <token>' with the token in the file `resonance serve --auth` "
+        "named",
+        {"WWW-Authenticate": 'Bearer realm="resonance"'},
+    )
+
+
+def too_large_error(max_upload_mb: float) -> ApiError:
+    """413 for an upload over the device's cap (announced by Content-Length, or counted as it arrives)."""
+    return ApiError(
+        413,
+        "too_large",
+        f"the upload is larger than this server's limit of {max_upload_mb:g} MB",
+        "send a shorter recording, or 16 kHz mono 16-bit WAV; the limit is max_upload_mb in the device config",
+    )
+
+
+def error_body(status: int, code: str, message: str, hint: str = "") -> Dict[str, Dict[str, str]]:
+    """The JSON of every error reply, from Flask or from the gate that answers before Flask sees a request."""
+    kind = "server_error" if status >= 500 else "invalid_request_error"  # OpenAI clients read `type`
+    return {"error": {"message": message, "hint": hint, "code": code, "type": kind}}
+
+
 def error_response(
     status: int, code: str, message: str, hint: str = "", headers: Optional[Dict[str, str]] = None
 ) -> Response:
-    kind = "server_error" if status >= 500 else "invalid_request_error"  # OpenAI clients read `type`
-    response = jsonify({"error": {"message": message, "hint": hint, "code": code, "type": kind}})
+    response = jsonify(error_body(status, code, message, hint))
     response.status_code = status
     for name, value in (headers or {}).items():
         response.headers[name] = value
@@ -61,12 +90,17 @@ def register_error_handlers(app: Flask, max_upload_mb: float) -> None:
     def _http_error(exc: HTTPException) -> Response:
         status = exc.code or 500
         if status == 413:
-            return error_response(
-                413,
-                "too_large",
-                f"the upload is larger than this server's limit of {max_upload_mb:g} MB",
-                "send a shorter recording, or 16 kHz mono 16-bit WAV; the limit is max_upload_mb in the device config",
-            )
+            length = request.content_length
+            if length is not None and length <= request.max_content_length:
+                # The upload fits the cap: werkzeug refused the form's number of parts.
+                return error_response(
+                    413,
+                    "too_many_parts",
+                    f"the form has more than {FORM_PARTS_LIMIT} parts",
+                    "send the recording as the field 'file', and only the fields the API names",
+                )
+            error = too_large_error(max_upload_mb)
+            return error_response(error.status, error.code, error.message, error.hint)
         code = (exc.name or "error").lower().replace(" ", "_")
         return error_response(status, code, exc.description or exc.name or "error")
 

@@ -1,19 +1,26 @@
-"""`resonance serve`: load every patient's bundle, build the app, print where to find it, serve until Ctrl+C."""
+"""`resonance serve`: bind the port, load every patient's bundle, print where to find it, serve until Ctrl+C."""
 
 from __future__ import annotations
 
 import logging
 import os
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 from resonance.errors import ResonanceError
 from resonance.runtime.device_config import DeviceConfig
 from resonance.runtime.models import ModelRegistry
 from resonance.runtime.server.app import create_app
-from resonance.runtime.server.context import ServerSettings
+from resonance.runtime.server.context import EXTENSION, ServerSettings
+from resonance.runtime.server.gate import Gate
+from resonance.runtime.server.hosts import HostPolicy
 from resonance.runtime.server.lan import banner
-from resonance.runtime.server.waitress_listener import WaitressListener
+from resonance.runtime.server.listener import Endpoint, Front
+
+
+def endpoints_for(device_config: DeviceConfig, port: Optional[int] = None) -> List[Endpoint]:
+    """Where the server listens: the device config's host and port (``port`` overrides; 0 = any free)."""
+    return [Endpoint(device_config.host, device_config.port if port is None else port)]
 
 
 def serve(
@@ -25,25 +32,37 @@ def serve(
 ) -> None:
     """Load every bundle under ``models_dir`` and serve the API until interrupted.
 
+    The port is bound first: a port in use is one error line before any model is loaded.
     ``port`` overrides the device config's (0 = any free port; the URL printed says which).
     """
     settings = settings or ServerSettings()
     logging.getLogger("resonance").setLevel(settings.log_level.upper())
-    # onnxruntime >= 1.2x keeps usage telemetry (a device id, the OS, paths) in ~/.cache/Microsoft/... and
-    # a session file in $TMPDIR, to upload when online. A patient's offline device writes nothing it was not
-    # asked to: off unless the operator set the variable. onnxruntime reads it at import, i.e. just below.
-    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
-    registry = ModelRegistry(models_dir, device_config, poll_interval_s=settings.reload_interval_s)
-    if not registry.patients:
-        problems = "; ".join(f"{k}: {v}" for k, v in registry.failed.items()) or "it has no bundle folders"
-        raise ResonanceError(
-            f"no usable bundle in {models_dir} ({problems})",
-            "export one with `resonance export --out <models>/<patient>` and copy the whole folder here",
-        )
-    listener = WaitressListener(create_app(registry, device_config, settings), device_config, port)
-    print(banner(registry, device_config, settings, listener.port, models_dir, token_note), flush=True)
+    logging.getLogger("uvicorn").setLevel(logging.WARNING)  # its start/stop chatter; warnings still show
+    front = Front(endpoints_for(device_config, port))
+    registry: Optional[ModelRegistry] = None
     try:
-        listener.run()
+        # onnxruntime >= 1.2x keeps usage telemetry (a device id, the OS, paths) in ~/.cache/Microsoft/...
+        # and a session file in $TMPDIR, to upload when online. A patient's offline device writes nothing it
+        # was not asked to: off unless the operator set the variable. onnxruntime reads it at import, below.
+        os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+        registry = ModelRegistry(models_dir, device_config, poll_interval_s=settings.reload_interval_s)
+        if not registry.patients:
+            problems = (
+                "; ".join(f"{k}: {v}" for k, v in registry.failed.items()) or "it has no bundle folders"
+            )
+            raise ResonanceError(
+                f"no usable bundle in {models_dir} ({problems})",
+                "export one with `resonance export --out <models>/<patient>` and copy the whole folder here",
+            )
+        app = create_app(registry, device_config, settings)
+        context = app.extensions[EXTENSION]
+        hosts = HostPolicy.for_server(settings.allowed_hosts, device_config.host)
+        print(banner(registry, device_config, settings, front.ports[0], models_dir, token_note), flush=True)
+        try:
+            front.run(Gate(app, context, hosts))
+        finally:
+            context.slots.close()
     finally:
-        registry.stop_polling()
-        listener.close()
+        if registry is not None:
+            registry.stop_polling()
+        front.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Tuple
 
 from flask import Request, g, request
 
@@ -13,9 +13,12 @@ from resonance.audio import load_audio
 from resonance.constants import SAMPLE_RATE
 from resonance.runtime.models import LoadedBundle
 from resonance.runtime.server.context import server_context
-from resonance.runtime.server.errors import ApiError
+from resonance.runtime.server.errors import FORM_PARTS_LIMIT, ApiError
+from resonance.runtime.server.slots import SLOT_HELD
 
 if TYPE_CHECKING:  # the transcriber (numpy, onnxruntime) loads with the first bundle
+    import numpy as np
+
     from resonance.runtime.transcriber import TranscriptionResult
 
 
@@ -25,7 +28,15 @@ MULTIPART_HINT = "send the recording as a multipart form field named 'file' (cur
 
 
 class InMemoryRequest(Request):
-    """Werkzeug spools uploads over 500 KB to a temporary file; keep audio in RAM (size is capped anyway)."""
+    """Werkzeug spools uploads over 500 KB to a temporary file; keep audio in RAM (size is capped anyway).
+
+    The body cap (max_upload_mb) is the memory bound, so werkzeug's own 500 KB form-field limit is off: it
+    also bounds its parser's buffer, and a recording with 500 KB without a newline byte (16 s of digital
+    silence) was refused as a "form field larger than 25 MB". Each handler checks its own fields.
+    """
+
+    max_form_memory_size = None
+    max_form_parts = FORM_PARTS_LIMIT
 
     def _get_file_stream(self, total_content_length, content_type, filename=None, content_length=None):
         return io.BytesIO()
@@ -52,17 +63,24 @@ def transcribe_upload(
     bundle: LoadedBundle, data: bytes, endpoint: str, mode: str = "free"
 ) -> TranscriptionResult:
     """Decode ``data``, check its length, transcribe it on a slot (Busy when none frees up), keep it if the
-    caregiver asked (retention), and note what the request log shows."""
+    caregiver asked (retention), and note what the request log shows.
+
+    Decoding runs on the slot too: a small compressed file can decode to a lot of audio.
+    """
     context = server_context()
     g.log_fields.update(patient=bundle.patient, bytes=len(data))
-    header_s = _header_duration(data)
-    if header_s is not None:
-        _check_length(header_s)  # before decoding: an hour of 8-bit 8 kHz audio fits in 25 MB
-    audio = load_audio(data, SAMPLE_RATE)  # AudioError -> 400
-    duration_s = audio.size / SAMPLE_RATE
-    g.log_fields["audio_s"] = f"{duration_s:.2f}"
-    _check_length(duration_s)
-    result = context.slots.run(lambda: bundle.transcriber.transcribe(audio, mode=mode))
+    limit_s = context.device_config.max_audio_seconds
+
+    def decode_and_transcribe() -> Tuple[np.ndarray, TranscriptionResult]:
+        header_s = _header_duration(data)
+        if header_s is not None:
+            _check_length(header_s, limit_s)  # before decoding: an hour of 8-bit 8 kHz audio fits in 25 MB
+        audio = load_audio(data, SAMPLE_RATE)  # AudioError -> 400
+        _check_length(audio.size / SAMPLE_RATE, limit_s)
+        return audio, bundle.transcriber.transcribe(audio, mode=mode)
+
+    audio, result = context.slots.run(decode_and_transcribe, held=request.environ.get(SLOT_HELD, False))
+    g.log_fields["audio_s"] = f"{audio.size / SAMPLE_RATE:.2f}"
     g.log_fields["text_len"] = len(result.text)
     if context.settings.log_transcripts:
         g.log_fields["text"] = repr(result.text)
@@ -78,8 +96,7 @@ def transcribe_upload(
     return result
 
 
-def _check_length(duration_s: float) -> None:
-    limit = server_context().device_config.max_audio_seconds
+def _check_length(duration_s: float, limit: float) -> None:
     if duration_s > limit:
         raise ApiError(
             413,
