@@ -42,12 +42,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
-from resonance.constants import PRECISIONS
+from resonance.constants import HOP_LENGTH, N_FFT, PRECISIONS, SAMPLE_RATE
 from resonance.errors import ResonanceError
+from resonance.runtime.schema import check_types
 
 FORMAT = "resonance-bundle"
 FORMAT_VERSION = 1
@@ -141,9 +143,95 @@ class Manifest:
             manifest = cls(**fields)
         except (KeyError, TypeError) as exc:
             raise BundleError(f"manifest.json is incomplete or has unknown fields: {exc}") from exc
-        if manifest.precision not in PRECISIONS:
-            raise BundleError(f"unknown precision {manifest.precision!r} (expected one of {PRECISIONS})")
+        wrong = _manifest_problem(manifest)
+        if wrong is not None:
+            key, problem = wrong
+            raise BundleError(
+                f"manifest.json: '{key}' {problem}",
+                "re-export the bundle with `resonance export`, or restore its manifest.json",
+            )
         return manifest
+
+
+WHISPER_N_MELS = (80, 128)  # tiny..large-v2, large-v3
+TASKS = ("transcribe", "translate")
+MAX_WINDOW_SECONDS = 30.0  # Whisper's context: 1500 encoder positions of 20 ms
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def _manifest_problem(manifest: Manifest) -> Optional[Tuple[str, str]]:
+    """(key, problem) for the first value of a parsed manifest of the wrong type or out of range, else None.
+
+    Checked at load, so a hand-edited or damaged manifest is one clear line and a skipped bundle, not a
+    bundle that loads and then fails every request (issue #12 finding 7).
+    """
+    for prefix, part in (("", manifest), ("audio.", manifest.audio), ("model.", manifest.model)):
+        wrong = check_types(part, skip=("audio", "model", "tokens"))
+        if wrong is not None:
+            return prefix + wrong[0], wrong[1]
+    wrong = check_types(manifest.tokens)
+    if wrong is not None:
+        return "tokens." + wrong[0], wrong[1]
+    audio, model, tokens = manifest.audio, manifest.model, manifest.tokens
+    rules: List[Tuple[str, bool, str]] = [
+        ("precision", manifest.precision in PRECISIONS, f"must be one of {PRECISIONS}"),
+        ("task", manifest.task in TASKS, f"must be one of {TASKS}"),
+        ("language", 0 < len(manifest.language) <= 16, "must be a language code such as 'zh'"),
+        (
+            "audio.sample_rate",
+            audio.sample_rate == SAMPLE_RATE,
+            f"must be {SAMPLE_RATE} (what Whisper hears)",
+        ),
+        ("audio.n_fft", audio.n_fft == N_FFT, f"must be {N_FFT} (Whisper's 25 ms window)"),
+        ("audio.hop_length", audio.hop_length == HOP_LENGTH, f"must be {HOP_LENGTH} (Whisper's 10 ms hop)"),
+        ("audio.n_mels", audio.n_mels in WHISPER_N_MELS, f"must be one of {WHISPER_N_MELS}"),
+        (
+            "audio.window_seconds",
+            0 < audio.window_seconds <= MAX_WINDOW_SECONDS,
+            f"must be > 0 and <= {MAX_WINDOW_SECONDS:g}",
+        ),
+    ]
+    for name in ("d_model", "decoder_layers", "decoder_attention_heads", "max_target_positions"):
+        rules.append((f"model.{name}", 0 < getattr(model, name) <= 100_000, "must be between 1 and 100000"))
+    rules.append(("model.max_source_positions", 0 < model.max_source_positions <= 100_000, "must be > 0"))
+    rules.append(("model.vocab_size", 0 < model.vocab_size <= 10_000_000, "must be > 0"))
+    for name, value in vars(tokens).items():
+        ids = value if isinstance(value, list) else [] if value is None else [value]
+        in_vocabulary = all(0 <= i < model.vocab_size for i in ids)
+        rules.append(
+            (f"tokens.{name}", in_vocabulary, f"must be token ids below vocab_size {model.vocab_size}")
+        )
+    rules.append(
+        ("tokens.sot_sequence", tokens.sot_sequence[:1] == [tokens.sot], "must start with tokens.sot")
+    )
+    for key, problem_ok, problem in rules:
+        if not problem_ok:
+            return key, f"{problem}, got {_value_of(manifest, key)!r}"
+    for role, entry in manifest.files.items():
+        problem = _file_entry_problem(entry)
+        if problem:
+            return f"files.{role}", problem
+    return None
+
+
+def _file_entry_problem(entry: Dict[str, Any]) -> Optional[str]:
+    """What is wrong with one ``files`` entry: its path must be a plain file name inside the bundle."""
+    path = entry.get("path")
+    if not isinstance(path, str) or not path or path in (".", "..") or any(c in path for c in "/\\\0"):
+        return f"'path' must be a file name inside the bundle folder, got {path!r}"
+    if not isinstance(entry.get("sha256"), str) or not SHA256_HEX.fullmatch(entry["sha256"]):
+        return "'sha256' must be 64 hex digits"
+    size = entry.get("bytes")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        return f"'bytes' must be a size in bytes, got {size!r}"
+    return None
+
+
+def _value_of(manifest: Manifest, key: str) -> Any:
+    value: Any = manifest
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
 
 
 def sha256_file(path: Path) -> str:

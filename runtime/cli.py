@@ -66,7 +66,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--retain",
         metavar="DIR",
         help="keep each transcribed recording (16 kHz WAV) and its result (JSON) under DIR/<patient>/, "
-        "private to this user (default: nothing is written to disk)",
+        "private to this user (default: nothing is written to disk); silent clips are not kept",
+    )
+    p.add_argument(
+        "--retain-max-mb",
+        type=float,
+        metavar="MB",
+        help="stop keeping recordings once the --retain folder holds this much (default 1024 MB, about 30 "
+        "hours of audio); transcription goes on",
     )
 
     p = add_command(
@@ -328,15 +335,20 @@ def _device_config(args: argparse.Namespace, **changes: Any):
 def _run_serve(args: argparse.Namespace) -> int:
     from resonance.errors import ResonanceError
     from resonance.runtime.server import ServerSettings, default_token_path, load_or_create_token, serve
+    from resonance.runtime.server.auth import token_note
 
     config = _device_config(args, host=args.host)
     if args.port is not None and not 0 <= args.port <= 65535:
         raise ResonanceError(f"--port {args.port} is out of range", "use 1-65535, or 0 for any free port")
+    if args.retain_max_mb is not None and not args.retain_max_mb > 0:
+        raise ResonanceError(
+            f"--retain-max-mb {args.retain_max_mb:g} must be positive", "e.g. --retain-max-mb 1024"
+        )
     token, note = None, ""
     if args.auth:
         path = Path(args.token_file).expanduser() if args.token_file else default_token_path()
         token, created = load_or_create_token(path)
-        note = f"New token (shown once; kept in {path}):\n  {token}" if created else f"Token in {path}."
+        note = token_note(path, token, created, interactive=sys.stdout.isatty())
     settings = ServerSettings(
         auth_token=token,
         log_transcripts=args.log_transcripts,
@@ -344,6 +356,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         reload_interval_s=max(0.0, args.reload_interval),
         retain_dir=Path(args.retain).expanduser() if args.retain else None,
         allowed_hosts=tuple(args.allow_host),
+        **({"retain_max_mb": args.retain_max_mb} if args.retain_max_mb is not None else {}),
     )
     serve(Path(args.models), config, settings, port=args.port, token_note=note)
     return 0

@@ -1,8 +1,15 @@
-"""The bundles a server serves: one Transcriber per patient, loaded from ``<models_dir>/<patient>/``.
+"""The bundles a server serves: one Transcriber per patient, from ``<models_dir>/<patient>/``.
 
-A corrupt or half-copied bundle is logged and skipped while the others keep serving. ``reload()`` picks up
-new, changed and removed bundles and swaps the whole table in one assignment: a request that already holds
-a Transcriber keeps using it, the next request gets the new one.
+Every bundle folder is checked when it appears or changes (manifest parsed and validated, files hashed
+against it); a corrupt, half-copied or mis-named one is logged once and skipped while the others keep
+serving. Checked bundles are *available*; their Transcribers load when first used, and are unloaded least
+recently used first when the loaded ones' model files would exceed the device's ``model_memory_mb`` (a care
+home's many patients on one device). At start, bundles are loaded in order until the budget is full, so a
+home with one or a few patients never waits for a first load.
+
+``reload()`` picks up new, changed and removed bundles and swaps the table of available bundles in one
+assignment; a loaded bundle that changed is loaded again at once (a broken new version leaves the old one
+serving). A request that already holds a Transcriber keeps using it, unloaded or replaced or not.
 """
 
 from __future__ import annotations
@@ -10,12 +17,13 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Set, Tuple
 
 from resonance.errors import ResonanceError
-from resonance.runtime.bundle import MANIFEST, BundleError, load_manifest
+from resonance.runtime.bundle import MANIFEST, BundleError, Manifest, load_manifest
 from resonance.runtime.device_config import DeviceConfig
 from resonance.runtime.device_sessions import warn_on_precision
 
@@ -33,7 +41,7 @@ class InvalidPatientId(ResonanceError):
 
 
 class UnknownPatient(ResonanceError):
-    """A well-formed patient id with no bundle loaded (HTTP 404)."""
+    """A well-formed patient id with no bundle available (HTTP 404)."""
 
 
 def check_patient_id(patient: str) -> str:
@@ -46,11 +54,23 @@ def check_patient_id(patient: str) -> str:
 
 
 @dataclass(frozen=True)
+class BundleEntry:
+    """A checked bundle folder, loaded or not: what /patients lists and what a first request loads."""
+
+    patient: str
+    path: Path
+    manifest: Manifest
+    fingerprint: Fingerprint
+    model_bytes: int  # its files' size: what loading it costs against model_memory_mb
+
+
+@dataclass(frozen=True)
 class LoadedBundle:
     patient: str
     path: Path
     transcriber: Any  # resonance.runtime.transcriber.Transcriber (imported lazily: it pulls in onnxruntime)
     fingerprint: Fingerprint
+    model_bytes: int = 0
 
     @property
     def manifest(self) -> Any:
@@ -72,7 +92,8 @@ class ReloadReport:
 def default_transcriber_factory(bundle_dir: Path, config: DeviceConfig) -> Any:
     from resonance.runtime.transcriber import Transcriber
 
-    return Transcriber.for_device(bundle_dir, config, verify=True, warn=False)  # the registry warns itself
+    # The registry hashed the files when it checked the folder (and re-checks if they changed since).
+    return Transcriber.for_device(bundle_dir, config, verify=False, warn=False)  # the registry warns itself
 
 
 def fingerprint(folder: Path) -> Fingerprint:
@@ -86,7 +107,11 @@ def fingerprint(folder: Path) -> Fingerprint:
 
 
 class ModelRegistry:
-    """Every bundle under ``models_dir``, by patient id. Thread-safe; ``reload()`` swaps atomically."""
+    """Every usable bundle under ``models_dir``, by patient id; thread-safe.
+
+    ``patients`` and ``entries()`` are the available bundles; ``bundles()`` the loaded ones; ``get()`` loads on
+    first use. ``memory_budget_mb`` defaults to the device config's ``model_memory_mb`` (0 = no limit).
+    """
 
     def __init__(
         self,
@@ -94,6 +119,7 @@ class ModelRegistry:
         device_config: DeviceConfig,
         factory: TranscriberFactory = default_transcriber_factory,
         poll_interval_s: float = 0.0,
+        memory_budget_mb: Optional[float] = None,
     ) -> None:
         self.models_dir = Path(models_dir)
         if not self.models_dir.is_dir():
@@ -102,36 +128,53 @@ class ModelRegistry:
                 "pass the folder that holds one bundle per patient (made by `resonance export --out <dir>/<id>`)",
             )
         self.device_config = device_config
+        budget = device_config.model_memory_mb if memory_budget_mb is None else memory_budget_mb
+        self.memory_budget_bytes = int(budget * 1024 * 1024)  # 0: no limit
         self._factory = factory
-        self._bundles: Mapping[str, LoadedBundle] = {}
+        self._entries: Mapping[str, BundleEntry] = {}
+        self._loaded: OrderedDict[str, LoadedBundle] = OrderedDict()  # least recently used first
         self._failed: Dict[str, Tuple[Fingerprint, str]] = {}  # skipped folder -> (its fingerprint, why)
+        self._ignored: Set[str] = set()  # folders that are not patient ids (warned about once)
+        self._lock = threading.Lock()  # guards _loaded and _load_locks
+        self._load_locks: Dict[str, threading.Lock] = {}  # one load at a time per patient
         self._reload_lock = threading.Lock()
         self._stop = threading.Event()
         self._poller: Optional[threading.Thread] = None
         self.reload()
+        self.preload()
         if poll_interval_s > 0:
             self.start_polling(poll_interval_s)
 
-    # -- lookups (no lock: they read one reference to an immutable-by-convention dict) -------------------
+    # -- lookups ------------------------------------------------------------------------------------------------
 
     @property
     def patients(self) -> List[str]:
-        return sorted(self._bundles)
+        return sorted(self._entries)
 
     @property
     def failed(self) -> Dict[str, str]:
         return {name: why for name, (_, why) in self._failed.items()}
 
-    def bundles(self) -> List[LoadedBundle]:
-        table = self._bundles
+    def entries(self) -> List[BundleEntry]:
+        table = self._entries
         return [table[p] for p in sorted(table)]
 
+    def bundles(self) -> List[LoadedBundle]:
+        """The bundles loaded now, by patient id."""
+        with self._lock:
+            return [self._loaded[p] for p in sorted(self._loaded)]
+
+    @property
+    def loaded_bytes(self) -> int:
+        with self._lock:
+            return sum(b.model_bytes for b in self._loaded.values())
+
     def get(self, patient: Optional[str] = None) -> LoadedBundle:
-        """The bundle of ``patient``; with no id, the only one (an error when several are loaded)."""
-        table = self._bundles  # one read: a concurrent reload cannot change what this request sees
+        """The bundle of ``patient``, loaded if it is not; with no id, the only one (an error when several)."""
+        table = self._entries  # one read: a concurrent reload cannot change what this request sees
         if not patient:
             if len(table) == 1:
-                return next(iter(table.values()))
+                return self._loaded_bundle(next(iter(table.values())))
             if not table:
                 raise UnknownPatient(
                     "no model is loaded on this server", "copy a bundle into the models folder"
@@ -141,21 +184,106 @@ class ModelRegistry:
                 "send the form field 'patient' (OpenAI API: 'model') with the patient id",
             )
         check_patient_id(patient)
-        bundle = table.get(patient)
-        if bundle is None:
+        entry = table.get(patient)
+        if entry is None:
             raise UnknownPatient(
                 f"no model for patient '{patient}'", "GET /patients lists the ids this server has"
             )
-        return bundle
+        return self._loaded_bundle(entry)
+
+    # -- loading and unloading ----------------------------------------------------------------------------------
+
+    def preload(self) -> List[str]:
+        """Load available bundles in id order while they fit the memory budget; returns those loaded."""
+        loaded = []
+        for entry in self.entries():
+            over = (
+                self.memory_budget_bytes and self.loaded_bytes + entry.model_bytes > self.memory_budget_bytes
+            )
+            if over and self.bundles():  # the first one loads even when it alone is over the budget
+                break
+            try:
+                self._loaded_bundle(entry)
+            except BundleError:
+                continue  # logged and now listed as failed
+            loaded.append(entry.patient)
+        return loaded
+
+    def _loaded_bundle(self, entry: BundleEntry) -> LoadedBundle:
+        with self._lock:
+            current = self._loaded.get(entry.patient)
+            if current is not None and current.fingerprint == entry.fingerprint:
+                self._loaded.move_to_end(entry.patient)
+                return current
+            load_lock = self._load_locks.setdefault(entry.patient, threading.Lock())
+        with load_lock:  # a second request for the same patient waits for this load instead of repeating it
+            with self._lock:
+                current = self._loaded.get(entry.patient)
+                if current is not None and current.fingerprint == entry.fingerprint:
+                    self._loaded.move_to_end(entry.patient)
+                    return current
+            bundle = self._load(entry)
+            with self._lock:
+                self._make_room(bundle.model_bytes, keep=entry.patient)
+                self._loaded[entry.patient] = bundle
+                self._loaded.move_to_end(entry.patient)
+            return bundle
+
+    def _load(self, entry: BundleEntry) -> LoadedBundle:
+        """A Transcriber for ``entry``; BundleError (logged, and the bundle listed as failed) when it fails."""
+        try:
+            if fingerprint(entry.path) != entry.fingerprint:  # changed since it was checked: check it again
+                raise BundleError(
+                    f"bundle '{entry.patient}' changed on disk while it was in use",
+                    "wait for the copy to finish; the next reload checks it again",
+                )
+            transcriber = self._factory(entry.path, self.device_config)
+        except Exception as exc:  # onnxruntime refusing a graph, a file gone ...: this bundle only
+            why = _one_line(exc)
+            with self._reload_lock:  # no longer available, until its folder changes
+                self._failed[entry.patient] = (entry.fingerprint, why)
+                self._entries = {k: v for k, v in self._entries.items() if k != entry.patient}
+            trace = not isinstance(exc, (ResonanceError, OSError))
+            log.error("bundle '%s' not loaded (skipped): %s", entry.patient, why, exc_info=trace)
+            raise BundleError(
+                f"the model of patient '{entry.patient}' could not be loaded: {why}",
+                "copy the bundle again from the export machine",
+            ) from exc
+        warn_on_precision(entry.patient, entry.manifest, self.device_config)
+        log.info(
+            "loaded bundle '%s' (%s, %s) on %s",
+            entry.patient,
+            entry.manifest.base_model,
+            entry.manifest.precision,
+            ", ".join(getattr(transcriber, "providers", ()) or ()),
+        )
+        return LoadedBundle(entry.patient, entry.path, transcriber, entry.fingerprint, entry.model_bytes)
+
+    def _make_room(self, needed: int, keep: str) -> None:
+        """Unload the least recently used bundles until ``needed`` more bytes fit the budget (lock held)."""
+        if not self.memory_budget_bytes:
+            return
+        used = sum(b.model_bytes for p, b in self._loaded.items() if p != keep)
+        for patient in [p for p in self._loaded if p != keep]:
+            if used + needed <= self.memory_budget_bytes:
+                break
+            unloaded = self._loaded.pop(patient)
+            used -= unloaded.model_bytes
+            log.info(
+                "unloaded bundle '%s' (least recently used; model memory budget %d MB)",
+                patient,
+                self.memory_budget_bytes // (1024 * 1024),
+            )
 
     # -- reloading ------------------------------------------------------------------------------------------
 
     def reload(self) -> ReloadReport:
-        """Load new and changed bundles, drop removed ones; a broken new version leaves the old one serving."""
+        """Check new and changed bundles, drop removed ones, load again the loaded ones that changed; a broken
+        new version leaves the old one serving."""
         with self._reload_lock:
             report = ReloadReport()
-            old = self._bundles
-            new: Dict[str, LoadedBundle] = {}
+            old = self._entries
+            new: Dict[str, BundleEntry] = {}
             seen = set()
             for folder in self._bundle_folders():
                 name = folder.name
@@ -174,7 +302,9 @@ class ModelRegistry:
                         new[name] = current
                     continue  # unchanged since it failed: don't re-hash it every poll
                 try:
-                    new[name] = self._load(folder, stamp)
+                    entry = self._check(folder, stamp)
+                    if current is not None and self._is_loaded(name):
+                        self._replace_loaded(entry)  # in use: the new version is loaded now
                 except Exception as exc:  # one broken bundle must not stop the others; logged, never hidden
                     self._failed[name] = (stamp, _one_line(exc))
                     report.failed[name] = _one_line(exc)
@@ -186,15 +316,19 @@ class ModelRegistry:
                         new[name] = current
                     continue
                 self._failed.pop(name, None)
+                new[name] = entry
                 (report.updated if current is not None else report.added).append(name)
             report.removed = sorted(set(old) - set(new))
             for name in list(self._failed):
                 if name not in seen:
                     del self._failed[name]
-            self._bundles = new  # the atomic swap: one reference assignment
+            self._entries = new  # the atomic swap: one reference assignment
+            with self._lock:
+                for name in report.removed:
+                    self._loaded.pop(name, None)
             if report.changed:
                 log.info(
-                    "models: %d loaded (added %s, updated %s, removed %s)",
+                    "models: %d available (added %s, updated %s, removed %s)",
                     len(new),
                     report.added,
                     report.updated,
@@ -202,40 +336,51 @@ class ModelRegistry:
                 )
             return report
 
+    def _is_loaded(self, patient: str) -> bool:
+        with self._lock:
+            return patient in self._loaded
+
+    def _replace_loaded(self, entry: BundleEntry) -> None:
+        transcriber = self._factory(entry.path, self.device_config)
+        warn_on_precision(entry.patient, entry.manifest, self.device_config)
+        log.info("loaded bundle '%s' again (it changed on disk)", entry.patient)
+        bundle = LoadedBundle(entry.patient, entry.path, transcriber, entry.fingerprint, entry.model_bytes)
+        with self._lock:
+            self._loaded[entry.patient] = bundle
+
     def _bundle_folders(self) -> List[Path]:
         folders = []
+        ignored = set()
         for path in sorted(self.models_dir.iterdir()):
             # '.name.tmp-…' folders are exports in progress (fsutil.atomic_directory); skip them silently.
             if not path.is_dir() or path.name.startswith("."):
                 continue
             if not PATIENT_ID.fullmatch(path.name):
-                log.warning("ignoring folder '%s' in %s: not a valid patient id", path.name, self.models_dir)
+                ignored.add(path.name)
+                if path.name not in self._ignored:  # once, not at every reload poll
+                    log.warning(
+                        "ignoring folder '%s' in %s: not a valid patient id", path.name, self.models_dir
+                    )
                 continue
             folders.append(path)
+        self._ignored = ignored
         return folders
 
-    def _load(self, folder: Path, stamp: Fingerprint) -> LoadedBundle:
+    def _check(self, folder: Path, stamp: Fingerprint) -> BundleEntry:
+        """The folder as a BundleEntry: a valid manifest of this patient, every file present and hashed."""
         if not (folder / MANIFEST).is_file():
             raise BundleError(
                 f"no {MANIFEST} in '{folder}'", "copy the whole bundle folder made by `resonance export`"
             )
-        # A cheap check first (no hashing); the Transcriber verifies the files' sha256.
-        manifest = load_manifest(folder, verify=False)
+        manifest = load_manifest(folder, verify=False)  # the cheap checks first: no hashing a wrong folder
         if manifest.patient != folder.name:
             raise BundleError(
                 f"bundle folder '{folder.name}' holds the model of patient '{manifest.patient}'",
                 f"rename the folder to '{manifest.patient}' (the folder name is the patient id clients send)",
             )
-        transcriber = self._factory(folder, self.device_config)
-        warn_on_precision(folder.name, manifest, self.device_config)
-        log.info(
-            "loaded bundle '%s' (%s, %s) on %s",
-            folder.name,
-            manifest.base_model,
-            manifest.precision,
-            ", ".join(getattr(transcriber, "providers", ()) or ()),
-        )
-        return LoadedBundle(folder.name, folder, transcriber, stamp)
+        load_manifest(folder, verify=True)
+        size = sum(int(entry.get("bytes", 0)) for entry in manifest.files.values())
+        return BundleEntry(folder.name, folder, manifest, stamp, size)
 
     # -- background polling -----------------------------------------------------------------------------------
 

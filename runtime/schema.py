@@ -36,10 +36,27 @@ def type_problem(hint: Any, value: Any) -> Optional[str]:
             kind = _SIMPLE[item][0] if item in _SIMPLE else item.__name__
             return f"must be a list of {kind.split(' ', 1)[-1]}s, got {value!r}"
         return None
+    if get_origin(hint) is list:  # List[X]: a JSON/YAML list
+        item = get_args(hint)[0]
+        if not isinstance(value, list) or any(type_problem(item, v) for v in value):
+            kind = _SIMPLE[item][0] if item in _SIMPLE else getattr(item, "__name__", str(item))
+            return f"must be a list of {kind.split(' ', 1)[-1]}s, got {_short(value)}"
+        return None
+    if get_origin(hint) is dict:  # Dict[str, X]: a JSON/YAML mapping
+        key, item = get_args(hint)
+        if not isinstance(value, dict) or any(type_problem(key, k) for k in value):
+            return f"must be a mapping, got {_short(value)}"
+        problems = [type_problem(item, v) for v in value.values()] if item is not Any else []
+        return next((f"has an entry that {p}" for p in problems if p), None)
     if hint in _SIMPLE:
         kind, ok = _SIMPLE[hint]
         return None if ok(value) else f"must be {kind}, got {type(value).__name__} {value!r}"
     return None  # nested dataclasses and the like check themselves
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 60 else text[:57] + '...'}"
 
 
 def field_types(cls: type) -> Dict[str, Any]:

@@ -6,6 +6,7 @@ The bundle is conftest's session-wide `tiny_bundle`; `Server` and the other help
 from __future__ import annotations
 
 import io
+import json
 import re
 import shutil
 import stat
@@ -35,6 +36,10 @@ def server(tmp_path_factory, tiny_bundle):
     incomplete = copy_bundle(tiny_bundle, models, "incomplete")
     (incomplete / "decoder.onnx").unlink()
     shutil.copytree(tiny_bundle, models / ".p2.tmp-123")  # fsutil.atomic_directory's temp folder
+    evil = copy_bundle(tiny_bundle, models, "evil")  # finding 7: a manifest value out of range
+    manifest = json.loads((evil / "manifest.json").read_text(encoding="utf-8"))
+    manifest["audio"]["window_seconds"] = 0
+    (evil / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
     config = write_config(root / "test.yaml", max_audio_seconds=5, max_upload_mb=3, max_concurrent_requests=2)
     srv = Server(models, config)
     yield srv
@@ -59,12 +64,17 @@ def test_corrupt_and_incomplete_bundles_are_skipped_and_reported(server):
     assert [p["id"] for p in patients] == ["p1"]
     assert re.search(r"SKIPPED broken: .*sha256", server.output)
     assert re.search(r"SKIPPED incomplete: .*decoder", server.output)
+    assert re.search(r"SKIPPED evil: .*'audio.window_seconds' must be > 0", server.output)
     assert "p2" not in server.output  # the in-progress export folder is not even looked at
 
 
-def test_patients_describe_the_bundles(server):
-    (p1,) = server.get("/patients").json()
+def test_patients_describe_the_bundles(server, tmp_path_factory):
+    response = server.get("/patients")
+    (p1,) = response.json()
     assert p1["base_model"] and p1["language"] and p1["created"]
+    # Finding 9: the tiny bundle's base model is a local folder; its absolute path is nobody's business.
+    assert not p1["base_model"].startswith("/") and str(tmp_path_factory.getbasetemp()) not in response.text
+    assert p1["loaded"] is True
     assert p1["precision"] == "fp32"
     assert isinstance(p1["metrics"], dict)
     assert isinstance(p1["n_phrases"], int)
@@ -156,6 +166,12 @@ def _truncated_data() -> bytes:
     return data[: len(data) // 2]  # header promises 1 s, half of it arrived
 
 
+def _absurd_rate_wav() -> bytes:
+    data = bytearray(wav(_samples(1.0)))
+    data[24:28] = (2**31 - 1).to_bytes(4, "little")  # the fmt chunk's sample rate
+    return bytes(data)
+
+
 def _encoded(samples: np.ndarray, fmt: str) -> bytes:
     buf = io.BytesIO()
     sf.write(buf, samples, 16000, format=fmt)
@@ -170,8 +186,9 @@ UPLOADS = {
     "44.1 kHz stereo": (lambda: wav(_samples(1.0, 44100, 2), 44100), 200, None),
     "48 kHz stereo": (lambda: wav(_samples(1.0, 48000, 2), 48000), 200, None),
     "0.05 s audio": (lambda: wav(_samples(0.05)), 200, None),
-    "0 s audio": (lambda: wav(np.zeros(0, np.float32)), 200, None),
-    "WAV cut in the data": (_truncated_data, 200, None),  # libsndfile reads the part that arrived
+    "0 s audio (a 44-byte header-only WAV)": (lambda: wav(np.zeros(0, np.float32)), 400, "empty_audio"),
+    "WAV cut in the data": (_truncated_data, 400, "bad_audio"),  # not a partial transcript of what arrived
+    "WAV claiming 2**31-1 Hz": (_absurd_rate_wav, 400, "bad_audio"),
     "WAV cut in the header": (lambda: wav(_samples(1.0))[:30], 400, "bad_audio"),
     "empty file": (lambda: b"", 400, "bad_audio"),
     "random bytes": (lambda: np.random.default_rng(0).bytes(30000), 400, "bad_audio"),
@@ -210,11 +227,30 @@ def test_a_body_far_over_the_cap_is_refused_before_it_is_read(server):
     assert server.get("/health").status_code == 200
 
 
-def test_zero_seconds_of_audio_is_an_empty_transcript(server):
-    response = server.post(files={"file": ("clip.wav", wav(np.zeros(0, np.float32)), "audio/wav")})
-    assert response.status_code == 200
-    assert response.json()["text"] == ""
-    assert response.json()["duration_s"] == 0
+def test_a_decompression_bomb_is_refused_without_decoding_it(server):
+    """Finding 1: a ~570 KB M4A that decodes to 20 min of 48 kHz stereo (460 MB of samples) was decoded in
+    full before the length check; three at once took the server from 1.7 to 3.9 GB."""
+    pytest.importorskip("av", reason="PyAV ([formats]) decodes M4A")
+    from resonance.runtime.probe import decompression_bomb
+    from resonance.system import peak_rss_mb
+
+    bomb = decompression_bomb(1200.0)
+    peak_before = peak_rss_mb(server.proc.pid)
+    replies: List[requests.Response] = []
+    threads = [
+        threading.Thread(
+            target=lambda: replies.append(server.post(files={"file": ("bomb.m4a", bomb, "audio/mp4")}))
+        )
+        for _ in range(3)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for reply in replies:
+        error = assert_error(reply, 413, "audio_too_long")
+        assert "1200" in error["message"] or "1199" in error["message"]
+    assert peak_rss_mb(server.proc.pid) - peak_before < 60  # the server's high-water mark barely moved
 
 
 def test_bad_requests_matrix(server):
@@ -299,7 +335,8 @@ def test_auth_token_made_once_stored_0600_and_required(tmp_path, tiny_bundle):
         token = token_file.read_text(encoding="utf-8").strip()
         assert len(token) >= 32
         assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
-        assert token in srv.output  # printed at the first start
+        assert token not in srv.output  # not into a log (under systemd: the journal) ...
+        assert f"cat {token_file}" in srv.output  # ... but where to read it
         clip = {"file": ("clip.wav", wav(tone(1.0)), "audio/wav")}
         health = srv.get("/health").json()
         assert health["patients"] == 1 and "patient_ids" not in health  # open to probe: a count, no ids

@@ -234,3 +234,109 @@ def test_auto_threads_share_the_cpus_between_concurrent_requests(tmp_path):
     assert session_threads(auto) * auto.max_concurrent_requests <= max(cpus, 2)
     fixed = load_device_config(write_config(tmp_path / "f.yaml", intra_op_threads=3))
     assert session_threads(fixed) == 3
+
+
+# -- issue #12: validated manifests, bundles loaded on first use within a memory budget -----------------------
+
+
+def _edit_manifest(bundle: Path, **sections) -> None:
+    path = bundle / "manifest.json"
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    for key, value in sections.items():
+        if isinstance(value, dict):
+            manifest[key] = {**manifest[key], **value}
+        else:
+            manifest[key] = value
+    path.write_text(json.dumps(manifest), encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    "change, says",
+    [
+        ({"audio": {"window_seconds": 0}}, "'audio.window_seconds' must be > 0 and <= 30, got 0"),
+        ({"audio": {"n_mels": "eighty"}}, "'audio.n_mels' must be an integer, got str 'eighty'"),
+        ({"tokens": {"eot": 10**9}}, "'tokens.eot' must be token ids below vocab_size"),
+        ({"task": "summarize"}, "'task' must be one of"),
+    ],
+)
+def test_a_bad_manifest_value_skips_the_bundle_with_one_line_and_changes_no_default(
+    models, config, tiny_bundle, caplog, change, says
+):
+    """Finding 7: `window_seconds: 0` or `n_mels: "eighty"` loaded, then every request was a 500, and the
+    extra patient made requests without a patient id fail."""
+    evil = copy_bundle(tiny_bundle, models, "evil")
+    _edit_manifest(evil, **change)
+    with caplog.at_level(logging.ERROR):
+        registry = ModelRegistry(models, config)
+    assert registry.patients == ["p1"]
+    assert says in registry.failed["evil"]
+    assert registry.get().patient == "p1"  # a request without a patient id still goes to p1
+    lines = [r for r in caplog.records if "evil" in r.getMessage()]
+    assert len(lines) == 1 and "\n" not in lines[0].getMessage()
+    registry.reload()
+    assert [r for r in caplog.records if "evil" in r.getMessage()] == lines  # not again at every poll
+
+
+def test_a_manifest_cannot_point_outside_its_bundle(models, config, tiny_bundle):
+    evil = copy_bundle(tiny_bundle, models, "evil")
+    manifest = json.loads((evil / "manifest.json").read_text(encoding="utf-8"))
+    manifest["files"]["tokenizer"]["path"] = "../p1/tokenizer.json"
+    (evil / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    registry = ModelRegistry(models, config)
+    assert "file name inside the bundle folder" in registry.failed["evil"]
+
+
+def test_bundles_load_on_first_use_and_the_least_recently_used_is_unloaded(models, config, tiny_bundle):
+    for patient in ("p2", "p3"):
+        copy_bundle(tiny_bundle, models, patient)
+    size_mb = sum(p.stat().st_size for p in (models / "p1").iterdir()) / 2**20
+    registry = ModelRegistry(models, config, memory_budget_mb=2.5 * size_mb)  # room for two
+    assert registry.patients == ["p1", "p2", "p3"]
+    assert [b.patient for b in registry.bundles()] == ["p1", "p2"]  # loaded at start while they fit
+    held = registry.get("p2")
+    registry.get("p1")  # p2 is now the least recently used
+    p3 = registry.get("p3")  # loads on first use, unloads p2
+    assert [b.patient for b in registry.bundles()] == ["p1", "p3"]
+    assert registry.loaded_bytes <= registry.memory_budget_bytes
+    assert isinstance(held.transcriber.transcribe(tone(0.5)).text, str)  # a request holding it finishes
+    assert registry.get("p3") is p3
+    again = registry.get("p2")  # back, in place of p1
+    assert again is not held and [b.patient for b in registry.bundles()] == ["p2", "p3"]
+
+
+def test_a_bundle_over_the_whole_budget_still_loads_alone(models, config):
+    registry = ModelRegistry(models, config, memory_budget_mb=1)
+    assert [b.patient for b in registry.bundles()] == ["p1"]
+    assert registry.get("p1").patient == "p1"
+
+
+def test_reloading_an_unloaded_bundle_keeps_it_unloaded(models, config, tiny_bundle):
+    copy_bundle(tiny_bundle, models, "p2")
+    size_mb = sum(p.stat().st_size for p in (models / "p1").iterdir()) / 2**20
+    registry = ModelRegistry(models, config, memory_budget_mb=1.5 * size_mb)
+    assert [b.patient for b in registry.bundles()] == ["p1"]
+    _edit_manifest(models / "p2", metrics={"cer_after": 0.2})
+    assert registry.reload().updated == ["p2"]
+    assert [b.patient for b in registry.bundles()] == ["p1"]  # checked again, not loaded
+    assert registry.get("p2").manifest.metrics == {"cer_after": 0.2}
+
+
+def test_the_ignored_folder_warning_is_not_repeated_at_every_poll(models, config, caplog):
+    """Finding 9: "ignoring folder" was logged again at every reload poll."""
+    (models / "not a patient!").mkdir()
+    with caplog.at_level(logging.WARNING):
+        registry = ModelRegistry(models, config)
+        for _ in range(3):
+            registry.reload()
+    assert caplog.text.count("ignoring folder 'not a patient!'") == 1
+
+
+def test_the_token_is_printed_only_to_a_person_at_a_terminal(tmp_path):
+    """Finding 9: the token was printed on first start, into the journal under systemd."""
+    from resonance.runtime.server.auth import token_note
+
+    path = tmp_path / "token"
+    logged = token_note(path, "s3cret-token-value", created=True, interactive=False)
+    assert "s3cret" not in logged and f"cat {path}" in logged
+    assert "s3cret-token-value" in token_note(path, "s3cret-token-value", created=True, interactive=True)
+    assert "s3cret" not in token_note(path, "s3cret-token-value", created=False, interactive=True)

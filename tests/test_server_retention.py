@@ -77,10 +77,12 @@ def test_retain_keeps_each_recording_and_result_private_and_whole(sandbox):
     root, models, config, env, work = sandbox
     keep = root / "kept" / "recordings"  # created by the server, parents too
     clip = wav(tone(1.5, rate=44100, freq=330.0), rate=44100)  # kept as what the model heard: 16 kHz
-    srv = Server(models, config, "--retain", str(keep), env=env, cwd=work)
+    srv = Server(models, config, "--retain", str(keep), "--retain-max-mb", "5", env=env, cwd=work)
     try:
         assert srv.get("/health").json()["retaining"] is True
         replies = send_some(srv, clip)
+        silent = srv.post(files={"file": ("s.wav", wav(np.zeros(16000, np.float32)), "audio/wav")})
+        assert silent.status_code == 200  # transcribed, but not kept (finding 5)
         assert f"under {keep}" in srv.output
     finally:
         srv.stop()
@@ -129,6 +131,24 @@ def test_a_failed_save_is_counted_and_logged_not_raised(tmp_path, caplog):
     retention.save_or_log("p2", tone(0.5), {"text": "y"})
     assert (retention.saved, retention.failed) == (1, 1)
     assert "could not keep the recording" in caplog.text
+
+
+def test_retention_keeps_no_silent_clip_and_stops_at_its_quota(tmp_path, caplog):
+    """Finding 5: `--retain` had no disk quota and kept silent clips."""
+    root = tmp_path / "keep"
+    root.mkdir()
+    (root / "earlier.wav").write_bytes(bytes(300_000))  # kept by an earlier run: counts against the quota
+    retention = Retention(root, max_mb=0.5)
+    assert retention.used_bytes == 300_000
+    retention.save_or_log("p1", np.zeros(16000, np.float32), {"text": ""})
+    retention.save_or_log("p1", 1e-4 * tone(1.0), {"text": ""})  # -80 dBFS: a muted microphone
+    assert (retention.saved, retention.skipped_silent) == (0, 2)
+    with caplog.at_level("WARNING"):
+        for _ in range(8):  # 1 s of 16 kHz 16-bit is 32 KB: six fit in the 200 KB left
+            retention.save_or_log("p1", tone(1.0), {"text": "x"})
+    assert retention.saved == 6 and retention.skipped_full == 2
+    assert sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) <= 0.5 * 2**20
+    assert caplog.text.count("holds its quota") == 1  # said once, not per request
 
 
 # -- QR code of the URL at start ----------------------------------------------------------------------------------

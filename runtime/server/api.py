@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
+from pathlib import PurePosixPath
 from typing import Any, Dict, List
 
 from flask import Blueprint, Response, g, jsonify, request
 
 from resonance import __version__
-from resonance.runtime.models import LoadedBundle
+from resonance.runtime.bundle import Manifest
 from resonance.runtime.phrases import MODES, NO_PHRASES
 from resonance.runtime.server.auth import authorized
 from resonance.runtime.server.context import server_context
@@ -16,6 +17,7 @@ from resonance.runtime.server.errors import ApiError
 from resonance.runtime.server.uploads import read_upload, transcribe_upload
 from resonance.system import rss_mb
 
+MB = 1024 * 1024
 DEFAULT_MODE = "both"  # /transcribe: the free text and the best known phrase (one encoder pass)
 
 api = Blueprint("api", __name__)
@@ -24,29 +26,40 @@ api = Blueprint("api", __name__)
 @api.get("/health")
 def health() -> Response:
     context = server_context()
+    registry = context.registry
+    loaded = registry.bundles()
     providers: List[str] = []
-    for bundle in context.registry.bundles():
+    for bundle in loaded:
         for name in getattr(bundle.transcriber, "providers", ()):
             if name not in providers:
                 providers.append(name)
+    models: Dict[str, Any] = {
+        "budget_mb": round(registry.memory_budget_bytes / MB),  # 0: no limit (model_memory_mb)
+        "loaded_mb": round(sum(b.model_bytes for b in loaded) / MB, 1),
+        "loaded": len(loaded),
+    }
     body = dict(
         status="ok",
         version=__version__,
         device=context.device_config.name,
         providers=providers,
-        patients=len(context.registry.patients),
+        patients=len(registry.patients),
+        models=models,
         rss_mb=rss_mb(),
         retaining=context.retention is not None,  # whether recordings are kept on disk (serve --retain)
     )
     # /health is open with --auth too (liveness): the ids only for those who may see them.
     if authorized(request.headers.get("Authorization", ""), context.settings.auth_token):
-        body["patient_ids"] = sorted(context.registry.patients)
+        body["patient_ids"] = sorted(registry.patients)
+        models["loaded_ids"] = [b.patient for b in loaded]
     return jsonify(**body)
 
 
 @api.get("/patients")
 def patients() -> Response:
-    return jsonify([describe(bundle) for bundle in server_context().registry.bundles()])
+    registry = server_context().registry
+    loaded = {b.patient for b in registry.bundles()}
+    return jsonify([describe(entry.manifest, entry.patient in loaded) for entry in registry.entries()])
 
 
 @api.post("/transcribe")
@@ -72,16 +85,30 @@ def transcribe() -> Response:
     return jsonify(reply)
 
 
-def describe(bundle: LoadedBundle) -> Dict[str, Any]:
-    """A patient as GET /patients lists it."""
-    manifest = bundle.manifest
-    metrics = {k: v for k, v in (manifest.metrics or {}).items() if isinstance(v, (int, float, str, bool))}
+def describe(manifest: Manifest, loaded: bool) -> Dict[str, Any]:
+    """A patient as GET /patients lists it: what the model is, never where this device keeps things."""
+    metrics = {
+        k: v
+        for k, v in (manifest.metrics or {}).items()
+        if isinstance(v, (int, float, bool)) or (isinstance(v, str) and not looks_like_path(v))
+    }
     return {
-        "id": bundle.patient,
-        "base_model": manifest.base_model,
+        "id": manifest.patient,
+        "base_model": public_model_name(manifest.base_model),
         "precision": manifest.precision,
         "language": manifest.language,
         "created": manifest.created,
         "metrics": metrics,  # scalar metrics only (CER before/after ...), not per-phrase details
         "n_phrases": len(manifest.phrases or []),
+        "loaded": loaded,  # in memory now; else it loads on its first request (model_memory_mb)
     }
+
+
+def looks_like_path(text: str) -> bool:
+    """An absolute or home-relative path of this (or the export) machine, e.g. /home/care/models/x."""
+    return text.startswith(("/", "~", "./", "../")) or "\\" in text or (len(text) > 2 and text[1:3] == ":\\")
+
+
+def public_model_name(name: str) -> str:
+    """A base model as clients may see it: a hub id or ``pypi:`` name as is, a local folder by its name."""
+    return PurePosixPath(name.replace("\\", "/")).name if looks_like_path(name) else name

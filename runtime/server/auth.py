@@ -62,3 +62,13 @@ def load_or_create_token(path: Path) -> Tuple[str, bool]:
         tmp.unlink(missing_ok=True)  # Python >= 3.8
         raise
     return token, True
+
+
+def token_note(path: Path, token: str, created: bool, interactive: bool) -> str:
+    """What `resonance serve --auth` prints about its token. The token itself only on a terminal a person
+    watches, once: under systemd the output goes to the journal, which other admins and log shippers read."""
+    if not created:
+        return f"Token in {path} (read it with: cat {path})."
+    if interactive:
+        return f"New token (shown once; kept in {path}):\n  {token}"
+    return f"A new token was made and kept in {path}; it is not printed into logs. Read it with: cat {path}"

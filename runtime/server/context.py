@@ -11,7 +11,7 @@ from flask import current_app
 from resonance.constants import SAMPLE_RATE
 from resonance.runtime.device_config import DeviceConfig
 from resonance.runtime.models import ModelRegistry
-from resonance.runtime.retention import Retention
+from resonance.runtime.retention import DEFAULT_MAX_MB, Retention
 from resonance.runtime.server.slots import TranscriptionSlots
 
 EXTENSION = "resonance"  # the key of the ServerContext in Flask's app.extensions
@@ -28,6 +28,8 @@ class ServerSettings:
     retain_dir: Optional[Path] = (
         None  # keep each request's audio + result under DIR/<patient>/; None: nothing
     )
+    # The most the retain folder may hold, in MB; past it new recordings are not kept (logged once).
+    retain_max_mb: float = DEFAULT_MAX_MB
     # Host names (or addresses) the server answers to besides its own (hosts.HostPolicy): e.g. a name the
     # home router's DNS gives it. Requests naming any other host are refused (DNS rebinding).
     allowed_hosts: Tuple[str, ...] = ()
@@ -48,7 +50,11 @@ class ServerContext:
         cls, registry: ModelRegistry, device_config: DeviceConfig, settings: ServerSettings
     ) -> ServerContext:
         slots = TranscriptionSlots(device_config.max_concurrent_requests, device_config.queue_timeout_s)
-        retention = Retention(settings.retain_dir, SAMPLE_RATE) if settings.retain_dir else None
+        retention = (
+            Retention(settings.retain_dir, SAMPLE_RATE, settings.retain_max_mb)
+            if settings.retain_dir
+            else None
+        )
         return cls(registry, device_config, settings, slots, retention)
 
 

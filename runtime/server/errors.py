@@ -9,6 +9,7 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from resonance.errors import AudioError, ResonanceError
+from resonance.runtime.bundle import BundleError
 from resonance.runtime.models import InvalidPatientId, UnknownPatient
 from resonance.runtime.server.slots import Busy
 
@@ -35,6 +36,7 @@ STATUS_OF: Tuple[Tuple[Type[ResonanceError], int, str], ...] = (
     (InvalidPatientId, 400, "invalid_patient"),
     (AudioError, 400, "bad_audio"),
     (Busy, 503, "busy"),
+    (BundleError, 503, "model_unavailable"),  # a patient's bundle that failed to load on first use
     (ResonanceError, 400, "bad_request"),
 )
 

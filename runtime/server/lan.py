@@ -74,11 +74,23 @@ def banner(
 ) -> str:
     """What `resonance serve` prints once it listens: the patients, the URL (and its QR code), the privacy."""
     lines = [f"Resonance {__version__} on '{device_config.name}' ({device_config.description})"]
-    for bundle in registry.bundles():
-        manifest = bundle.manifest
-        used = ", ".join(getattr(bundle.transcriber, "providers", ()))
+    loaded = {bundle.patient: bundle for bundle in registry.bundles()}
+    for entry in registry.entries():
+        manifest = entry.manifest
+        bundle = loaded.get(entry.patient)
+        where = (
+            "on " + ", ".join(getattr(bundle.transcriber, "providers", ()))
+            if bundle is not None
+            else "loads on first use"
+        )
         lines.append(
-            f"  patient {bundle.patient}: {manifest.base_model}, {manifest.precision}, {manifest.language} on {used}"
+            f"  patient {entry.patient}: {manifest.base_model}, {manifest.precision}, {manifest.language} {where}"
+        )
+    if len(loaded) < len(registry.patients):
+        lines.append(
+            f"  {len(loaded)} of {len(registry.patients)} models loaded: model_memory_mb "
+            f"{registry.memory_budget_bytes // (1024 * 1024)} of the device config; the least recently used "
+            "are unloaded to make room"
         )
     for name, why in registry.failed.items():
         lines.append(f"  SKIPPED {name}: {why}")

@@ -5,11 +5,11 @@ from __future__ import annotations
 import io
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Tuple
 
 from flask import Request, g, request
 
-from resonance.audio import load_audio
+from resonance.audio import AudioTooLong, load_audio
 from resonance.constants import SAMPLE_RATE
 from resonance.runtime.models import LoadedBundle
 from resonance.runtime.server.context import server_context
@@ -65,18 +65,15 @@ def transcribe_upload(
     """Decode ``data``, check its length, transcribe it on a slot (Busy when none frees up), keep it if the
     caregiver asked (retention), and note what the request log shows.
 
-    Decoding runs on the slot too: a small compressed file can decode to a lot of audio.
+    Decoding runs on the slot too, within the length limit: a small compressed file can decode to a lot of
+    audio.
     """
     context = server_context()
     g.log_fields.update(patient=bundle.patient, bytes=len(data))
     limit_s = context.device_config.max_audio_seconds
 
     def decode_and_transcribe() -> Tuple[np.ndarray, TranscriptionResult]:
-        header_s = _header_duration(data)
-        if header_s is not None:
-            _check_length(header_s, limit_s)  # before decoding: an hour of 8-bit 8 kHz audio fits in 25 MB
-        audio = load_audio(data, SAMPLE_RATE)  # AudioError -> 400
-        _check_length(audio.size / SAMPLE_RATE, limit_s)
+        audio = decode_upload(data, limit_s)
         return audio, bundle.transcriber.transcribe(audio, mode=mode)
 
     audio, result = context.slots.run(decode_and_transcribe, held=request.environ.get(SLOT_HELD, False))
@@ -96,22 +93,22 @@ def transcribe_upload(
     return result
 
 
-def _check_length(duration_s: float, limit: float) -> None:
-    if duration_s > limit:
+def decode_upload(data: bytes, limit_s: float) -> np.ndarray:
+    """The upload as 16 kHz mono, never decoding more than ``limit_s`` (+1 s) of it; 400/413 otherwise."""
+    try:
+        audio = load_audio(data, SAMPLE_RATE, max_seconds=limit_s)  # AudioError -> 400
+    except AudioTooLong as exc:
         raise ApiError(
             413,
             "audio_too_long",
-            f"the recording is {duration_s:.1f} s long; this server accepts up to {limit:g} s",
+            f"{exc.message} (this server accepts up to {limit_s:g} s)",
             "send one short phrase per request (max_audio_seconds in the device config)",
+        ) from exc
+    if audio.size == 0:
+        raise ApiError(
+            400,
+            "empty_audio",
+            "the recording holds no audio (a file header without samples)",
+            "record again and send the file once the recording has stopped",
         )
-
-
-def _header_duration(data: bytes) -> Optional[float]:
-    """Duration from the file header (no decoding), or None when libsndfile cannot read the header."""
-    import soundfile as sf
-
-    try:
-        info = sf.info(io.BytesIO(data))
-    except Exception:  # any unreadable header: load_audio decides, and explains, what is wrong with it
-        return None
-    return info.frames / info.samplerate if info.samplerate > 0 and info.frames >= 0 else None
+    return audio
