@@ -1,5 +1,5 @@
-"""`resonance serve`, `install-service`, `transcribe`, `listen`, `loadtest`; the `phrases` group's actions and
-`eval phrases`, `eval vad` (the groups belong to resonance/cli.py). Registration only: heavy imports happen in
+"""`resonance serve`, `install-service`, `transcribe`, `listen`, `loadtest`, `probe`; the `phrases` group's actions
+and `eval phrases`, `eval vad` (the groups belong to resonance/cli.py). Registration only: heavy imports happen in
 `run`."""
 
 from __future__ import annotations
@@ -193,6 +193,32 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=0.10,
         help="fail when the server's memory grows more than this after the warm-up (default 0.10 = 10 %%)",
     )
+
+    p = add_command(
+        sub,
+        "probe",
+        "attack a running server as a hostile home network would (issue #12) and print a table of what held",
+        "  resonance serve --models bundles/ --host 127.0.0.1 --port 8000 & \n"
+        "  resonance probe http://127.0.0.1:8000 --server-pid $!              # the issue's cases, ~1 min\n"
+        "  resonance probe http://127.0.0.1:8000 --token $(cat ~/.config/resonance/token) --audio take2/audio\n"
+        "  resonance probe http://127.0.0.1:8000 --seconds 10 --bombs 1      # a quick check\n"
+        "cases: decompression bombs (an M4A of 20 min of 48 kHz stereo; needs PyAV), idle and slow-header\n"
+        "connections, unfinished 50 MB uploads without a token, transcribing clients, /health timed throughout.\n"
+        "Exit 0 when the targets are met (bomb: +100 MB RSS at most; /health p99 <= 200 ms; no unexpected 5xx).\n",
+        _run_probe,
+    )
+    p.add_argument("url", help="the server's base URL, e.g. http://127.0.0.1:8000 (loopback only by default)")
+    p.add_argument("--server-pid", type=int, help="read the server's memory from /proc/PID (same machine)")
+    p.add_argument("--token", help="bearer token, for a server started with --auth")
+    p.add_argument("--patient", help="patient id for the transcribing clients (default: the only one)")
+    p.add_argument("--audio", help="folder of real clips for the transcribing clients (default: generated)")
+    p.add_argument("--seconds", type=float, default=30.0, help="length of the everything-at-once phase (30)")
+    p.add_argument("--clients", type=int, default=8, help="transcribing clients (8)")
+    p.add_argument("--bombs", type=int, default=3, help="decompression bombs sent at once (3)")
+    p.add_argument("--idle", type=int, default=30, help="idle TCP connections (30)")
+    p.add_argument("--slow", type=int, default=10, help="connections that never finish their headers (10)")
+    p.add_argument("--uploads", type=int, default=10, help="unfinished 50 MB uploads without a token (10)")
+    p.add_argument("--allow-remote", action="store_true", help="allow a non-loopback server address")
 
 
 def register_phrases(phrases_sub: argparse._SubParsersAction) -> None:
@@ -537,4 +563,26 @@ def _run_loadtest(args: argparse.Namespace) -> int:
     )
     report = run_loadtest(settings)
     print(report.summary(), flush=True)
+    return 0 if report.ok else 1
+
+
+def _run_probe(args: argparse.Namespace) -> int:
+    from resonance.runtime.probe import ProbeSettings, run_probe
+
+    settings = ProbeSettings(
+        url=args.url,
+        token=args.token,
+        server_pid=args.server_pid,
+        patient=args.patient,
+        audio_dir=Path(args.audio) if args.audio else None,
+        bombs=args.bombs,
+        idle_connections=args.idle,
+        slow_connections=args.slow,
+        unfinished_uploads=args.uploads,
+        clients=args.clients,
+        seconds=args.seconds,
+        allow_remote=args.allow_remote,
+    )
+    report = run_probe(settings, log=lambda line: print(line, file=sys.stderr, flush=True))
+    print(report.table(), flush=True)
     return 0 if report.ok else 1

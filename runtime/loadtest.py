@@ -248,17 +248,17 @@ def build_cases(settings: LoadtestSettings, rng: np.random.Generator) -> Tuple[L
 # -- running ------------------------------------------------------------------------------------------------------
 
 
-def check_target(settings: LoadtestSettings) -> Tuple[str, int, str]:
+def check_target(url: str, allow_remote: bool = False) -> Tuple[str, int, str]:
     """(host, port, path prefix) of the server; refuses non-loopback hosts unless allowed."""
-    parts = urlsplit(settings.url)
+    parts = urlsplit(url)
     if parts.scheme != "http" or not parts.hostname:
-        raise ResonanceError(f"not an http:// URL: {settings.url}", "e.g. http://127.0.0.1:8000")
+        raise ResonanceError(f"not an http:// URL: {url}", "e.g. http://127.0.0.1:8000")
     host = parts.hostname
     try:
         loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
     except ValueError:
         loopback = False
-    if not loopback and not settings.allow_remote:
+    if not loopback and not allow_remote:
         raise ResonanceError(
             f"refusing to load-test {host}: not this machine",
             "run it against 127.0.0.1, or pass --allow-remote if that server is yours",
@@ -334,7 +334,7 @@ def _client(
 
 
 def run_loadtest(settings: LoadtestSettings) -> LoadtestReport:
-    target = check_target(settings)
+    target = check_target(settings.url, settings.allow_remote)
     rng = np.random.default_rng(settings.seed)
     good, bad = build_cases(settings, rng)
     order = random.Random(settings.seed)

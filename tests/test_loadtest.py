@@ -126,3 +126,43 @@ def test_bounded_in_time(server):
     assert 0 < len(report.outcomes) < 10_000
     assert report.elapsed_s < 30
     json.dumps(report.status_counts)  # plain data, printable
+
+
+def test_the_probe_attacks_and_reports_every_case(server):
+    """`resonance probe` (issue #12's hostile cases), small and short: every case answered as it should be."""
+    pytest.importorskip("av", reason="the decompression bomb is an M4A made with PyAV")
+    from resonance.runtime.probe import ProbeSettings, run_probe
+
+    settings = ProbeSettings(
+        url=server.base,
+        server_pid=server.proc.pid,
+        bombs=2,
+        bomb_seconds=300,
+        idle_connections=5,
+        slow_connections=3,
+        unfinished_uploads=3,
+        clients=2,
+        seconds=4,
+    )
+    report = run_probe(settings)
+    table = report.table()
+    print(table)
+    rows = {row.case.split(" x")[0]: row for row in report.rows}
+    assert rows["decompression bomb"].statuses == [413, 413]
+    assert set(rows["unfinished 50 MB uploads without a token"].statuses) == {413}  # an open server: the cap
+    assert rows["transcribing clients"].count(200, 300) > 0
+    assert set(rows["transcribing clients"].statuses) <= {200, 503}
+    assert rows["/health under all of it"].sent > 0 and rows["/health under all of it"].dropped == 0
+    assert report.unexpected_5xx == 0
+    assert report.bomb_growth_mb is not None and report.bomb_growth_mb <= 100
+    assert report.rss_idle_mb and report.rss_after_mb
+    for name in ("peak RSS under the bombs, over idle", "/health p99 under load", "unexpected 5xx"):
+        assert name in table
+    assert re.search(r"^result: (OK|FAILED)$", table, re.M)
+
+
+def test_the_probe_refuses_another_machine():
+    from resonance.runtime.probe import ProbeSettings, run_probe
+
+    with pytest.raises(ResonanceError, match=r"refusing to load-test 192\.0\.2\.1"):
+        run_probe(ProbeSettings(url="http://192.0.2.1:8000"))

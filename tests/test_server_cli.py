@@ -66,7 +66,7 @@ def test_beam_size_from_the_command_line_is_checked_like_the_config(run_cli, tin
     assert proc.returncode == 2 and "'beam_size' must be between 1 (greedy) and 16" in proc.stderr
 
 
-@pytest.mark.parametrize("command", ["serve", "transcribe", "loadtest"])
+@pytest.mark.parametrize("command", ["serve", "transcribe", "loadtest", "probe"])
 def test_help_ends_with_worked_examples(run_cli, command):
     proc = run_cli(command, "--help")
     assert proc.returncode == 0
