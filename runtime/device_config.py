@@ -120,9 +120,9 @@ class DeviceConfig:
     max_concurrent_requests: int = _setting(2, _between(1, 64))
     # Seconds a request waits for a free slot before it gets 503 "busy" with Retry-After.
     queue_timeout_s: float = _setting(10.0, _between(0, 600))
-    # Memory for loaded bundles, in MB of their model files (a whisper-base int8 bundle is ~80 MB of files
-    # and takes ~2x that in RAM once loaded): beyond it the least recently used patient's bundle is unloaded,
-    # to load again on its next request. 0 = no limit (every bundle stays loaded).
+    # Memory for loaded bundles, in MB of their model files (a whisper-base int8 bundle: 180 MB of files,
+    # ~230 MB of RAM once loaded, more while it transcribes): beyond it the least recently used patient's
+    # bundle is unloaded, to load again on its next request. 0 = no limit (every bundle stays loaded).
     model_memory_mb: float = _setting(2048.0, _between(0, 1_000_000, " (0 = no limit)"))
     # Interface the server binds: 0.0.0.0 = every interface, so the caregiver's phone on the LAN reaches it.
     host: str = _setting("0.0.0.0", _check_host)
