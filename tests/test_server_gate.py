@@ -513,3 +513,40 @@ def test_queue_timeout_counts_from_arrival_and_health_stays_quick(tmp_path, tiny
     busy_waits = [seconds for status, seconds in results if status == 503]
     assert max(busy_waits) < 0.2 + 2.5, busy_waits  # the queue timeout, with room for a loaded machine
     assert max(health) < 1.0, health
+
+
+# -- the listener in-process ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_front(monkeypatch):
+    """A Front on a free loopback port, serving a tiny ASGI app, with a cap of 5 connections."""
+    from resonance.runtime.server import listener
+
+    monkeypatch.setattr(listener, "MAX_CONNECTIONS", 5)
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    front = listener.Front([listener.Endpoint("127.0.0.1", 0)])
+    thread = threading.Thread(target=front.run, args=(app,), daemon=True)
+    thread.start()
+    time.sleep(0.5)
+    yield front.ports[0]
+    front.stop()
+    thread.join(10)
+
+
+def test_past_the_connection_cap_the_oldest_idle_connection_makes_room(small_front):
+    """Idle sockets must not lock out /health: uvicorn's own limit would answer 503 to everyone."""
+    idle = [socket.create_connection(("127.0.0.1", small_front)) for _ in range(5)]
+    time.sleep(0.2)
+    reply = requests.get(f"http://127.0.0.1:{small_front}/health", timeout=5)
+    assert reply.status_code == 200 and reply.text == "ok"
+    idle[0].settimeout(5)
+    assert idle[0].recv(10) == b""  # the oldest idle connection was closed for the newcomer
+    for sock in idle:
+        sock.close()
