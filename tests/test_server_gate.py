@@ -512,7 +512,7 @@ def test_queue_timeout_counts_from_arrival_and_health_stays_quick(tmp_path, tiny
     assert set(statuses) <= {200, 503} and 200 in statuses and 503 in statuses, statuses
     busy_waits = [seconds for status, seconds in results if status == 503]
     assert max(busy_waits) < 0.2 + 2.5, busy_waits  # the queue timeout, with room for a loaded machine
-    assert max(health) < 1.0, health
+    assert sorted(health)[len(health) // 2] < 0.5 and max(health) < 2.5, health  # never behind a slot
 
 
 # -- the listener in-process ---------------------------------------------------------------------------------------
