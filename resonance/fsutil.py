@@ -14,6 +14,7 @@ The rules every command that writes follows (issue #12):
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -79,6 +80,36 @@ def write_bytes_atomic(path: PathLike, data: bytes, mode: Optional[int] = None) 
     private data, which then is never readable by others, not even while being written (mkstemp is 0600)."""
     with atomic_file(path, mode) as tmp, open(tmp, "wb") as fh:
         fh.write(data)
+
+
+def write_bytes_new(path: PathLike, data: bytes, mode: Optional[int] = None) -> None:
+    """Like :func:`write_bytes_atomic`, but never replaces an existing file: FileExistsError instead.
+
+    The complete temp file is hard-linked to its final name (link() fails when the name exists, atomically, so
+    two writers racing for one name cannot clobber each other), then the temp name is removed.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(prefix=_own_prefix(path.name), dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask() if mode is None else mode)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            raise
+        except OSError:  # no hard links (a FAT/exFAT USB drive): check, then rename (callers hold a lock)
+            if path.exists():
+                raise FileExistsError(errno.EEXIST, "file exists", str(path)) from None
+            os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    _sync_folder(path.parent)
 
 
 def write_text_atomic(path: PathLike, text: str) -> None:
