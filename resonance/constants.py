@@ -34,3 +34,8 @@ PRECISIONS = tuple(PRECISION_OF.values())  # a bundle's manifest "precision" ("f
 # export/quantize.py INT8_SETTINGS holds each one's settings, resonance/cpu.py picks the one for a CPU.
 INT8_PRESETS = ("avx2", "avx512", "avx512-vnni", "arm64", "per-tensor")
 HOST_PRESET = "auto"  # in a device config / --int8-preset: the preset of the CPU it runs on
+
+# ---- serving ----
+# The most `resonance serve --collect DIR` keeps by default: ~8 hours of 16 kHz 16-bit audio, years of a
+# caregiver's corrections, and never a full disk (`--collect-quota-mb` changes it).
+COLLECT_QUOTA_MB = 1000.0

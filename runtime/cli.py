@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from resonance.cli_common import add_command
+from resonance.constants import COLLECT_QUOTA_MB
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,6 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "  resonance serve --config jetson-orin-nano --models /data/bundles --auth   # token printed once\n"
         "  resonance serve --config my-box.yaml --models bundles/ --host 127.0.0.1 --port 9000\n"
         "  resonance serve --models bundles/ --retain ~/resonance-recordings   # keep audio + text (opt-in)\n"
+        "  resonance serve --models bundles/ --collect ~/resonance-corrections  # keep what the page confirms\n"
         "  curl -F file=@clip.wav http://127.0.0.1:8000/transcribe\n"
         "  open http://127.0.0.1:8000/ in a browser: the caregiver's record-and-read page\n",
         _run_serve,
@@ -75,6 +77,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="stop keeping recordings once the --retain folder holds this much (default 1024 MB, about 30 "
         "hours of audio); transcription goes on",
     )
+    p.add_argument(
+        "--collect",
+        metavar="DIR",
+        help="keep each result the caregiver confirms or corrects on the page as training data: "
+        "DIR/<patient>/audio/*.wav + labels.json (default: off, POST /feedback is refused)",
+    )
+    p.add_argument(
+        "--collect-quota-mb",
+        type=float,
+        default=COLLECT_QUOTA_MB,
+        metavar="MB",
+        help="the most the --collect folder may hold (default %(default)g MB)",
+    )
 
     p = add_command(
         sub,
@@ -93,6 +108,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--auth", action="store_true", help="serve with --auth (token in the user's ~/.config)")
     p.add_argument("--retain", metavar="DIR", help="serve with --retain DIR (keep recordings + transcripts)")
+    p.add_argument("--collect", metavar="DIR", help="serve with --collect DIR (keep the page's corrections)")
     p.add_argument("--dry-run", action="store_true", help="print the unit instead of writing it")
     p.add_argument("--force", action="store_true", help="replace an existing resonance.service")
 
@@ -358,6 +374,26 @@ def _device_config(args: argparse.Namespace, **changes: Any):
     return config.replace(**changes) if changes else config
 
 
+def _collect_dir(args: argparse.Namespace) -> Any:
+    """--collect's folder, refused when it overlaps the models or the --retain folder: each of them is read
+    by something that expects only its own files there (the registry, `data check`, training)."""
+    from resonance.errors import ResonanceError
+
+    if not args.collect:
+        return None
+    collect = Path(args.collect).expanduser().absolute()
+    others = [("--models", args.models), ("--retain", args.retain)]
+    for flag, value in others:
+        if value is None:
+            continue
+        other = Path(value).expanduser().absolute()
+        if collect == other or other in collect.parents or collect in other.parents:
+            raise ResonanceError(
+                f"--collect {collect} overlaps {flag} {other}", "give --collect a folder of its own"
+            )
+    return collect
+
+
 def _run_serve(args: argparse.Namespace) -> int:
     from resonance.errors import ResonanceError
     from resonance.runtime.server import ServerSettings, default_token_path, load_or_create_token, serve
@@ -383,6 +419,8 @@ def _run_serve(args: argparse.Namespace) -> int:
         retain_dir=Path(args.retain).expanduser() if args.retain else None,
         allowed_hosts=tuple(args.allow_host),
         **({"retain_max_mb": args.retain_max_mb} if args.retain_max_mb is not None else {}),
+        collect_dir=_collect_dir(args),
+        collect_quota_mb=args.collect_quota_mb,
     )
     serve(Path(args.models), config, settings, port=args.port, token_note=note)
     return 0
@@ -408,6 +446,7 @@ def _run_install_service(args: argparse.Namespace) -> int:
         home=home_of(user),
         auth=args.auth,
         retain=Path(args.retain).expanduser().absolute() if args.retain else None,
+        collect=Path(args.collect).expanduser().absolute() if args.collect else None,
     )
     text = install_service(options, Path(args.unit_dir), force=args.force, dry_run=args.dry_run)
     if args.dry_run:

@@ -34,6 +34,7 @@ class ServiceOptions:
     home: Path  # that user's home: working directory, ~/.config/resonance/token, TensorRT cache
     auth: bool = False  # pass --auth: clients need the bearer token
     retain: Optional[Path] = None  # pass --retain DIR (absolute)
+    collect: Optional[Path] = None  # pass --collect DIR (absolute): keep the page's corrections
     command: Sequence[str] = ()  # argv that runs `resonance` (default: this installation's, by absolute path)
 
 
@@ -68,6 +69,8 @@ def serve_argv(options: ServiceOptions) -> List[str]:
         argv.append("--auth")
     if options.retain is not None:
         argv += ["--retain", str(options.retain)]
+    if options.collect is not None:
+        argv += ["--collect", str(options.collect)]
     return argv
 
 

@@ -82,7 +82,16 @@ def test_existing_unit_is_kept_without_force(run_cli, unit_dir, tmp_path):
 
 def test_dry_run_prints_the_unit_and_writes_nothing(run_cli, unit_dir, tmp_path):
     proc = install(
-        run_cli, unit_dir, "--models", tmp_path, "--auth", "--retain", tmp_path / "kept", "--dry-run"
+        run_cli,
+        unit_dir,
+        "--models",
+        tmp_path,
+        "--auth",
+        "--retain",
+        tmp_path / "kept",
+        "--collect",
+        tmp_path / "corrections",
+        "--dry-run",
     )
     assert proc.returncode == 0, proc.stderr
     assert list(unit_dir.iterdir()) == []
@@ -90,6 +99,7 @@ def test_dry_run_prints_the_unit_and_writes_nothing(run_cli, unit_dir, tmp_path)
     assert argv[argv.index("--models") + 1] == str(tmp_path)
     assert "--auth" in argv
     assert argv[argv.index("--retain") + 1] == str(tmp_path / "kept")
+    assert argv[argv.index("--collect") + 1] == str(tmp_path / "corrections")
 
 
 def test_relative_paths_and_a_config_file_become_absolute(run_cli, unit_dir, tmp_path):

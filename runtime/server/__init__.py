@@ -11,6 +11,8 @@ Endpoints:
                                   "phrase_rejected": "none of these"); mode=free: text only; mode=phrases:
                                   text = the accepted phrase or "" (runtime/phrases.py)
   POST /v1/audio/transcriptions   OpenAI-compatible: ``file``, ``model`` = patient id, ``response_format``
+  POST /feedback                  ``file`` + ``text`` + ``patient``: the right text of a recording, kept as
+                                  training data with ``serve --collect DIR`` (403 without it)
 
 Every error is a real HTTP status with ``{"error": {"message", "hint", "code", "type"}}``. What a hostile
 LAN may send is refused from the headers alone, before a body byte is read (gate.py): a Host that is not this
@@ -25,6 +27,7 @@ One job per module:
   app.py               the app factory: request hooks (auth, request log), error handlers, the blueprints
   api.py               /health, /patients, /transcribe (the guide's endpoint)
   openai.py            /v1/audio/transcriptions and its response formats
+  feedback.py          /feedback: a result the caregiver confirmed or corrected, kept with --collect
   page.py              the caregiver's web page and its security headers
   uploads.py           an HTTP upload -> checked audio -> a transcription on a slot (+ retention)
   errors.py            ApiError, the JSON error body and the error -> HTTP status table
@@ -35,6 +38,7 @@ One job per module:
   gate.py              the ASGI gate: header checks, slots, body caps and timeouts, then the app via a2wsgi
   listener.py          sockets bound first, uvicorn with a request-head deadline and a connection cap
   lan.py               LAN addresses, the QR code, the start banner
+  tls.py               the local CA and the server certificate of HTTPS on the LAN (cryptography)
   run.py               serve(): bind, load the bundles, build app + gate, print the banner, run the listener
 """
 

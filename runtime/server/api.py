@@ -47,6 +47,8 @@ def health() -> Response:
         models=models,
         rss_mb=rss_mb(),
         retaining=context.retention is not None,  # whether recordings are kept on disk (serve --retain)
+        collecting=context.collector
+        is not None,  # whether POST /feedback keeps corrections (serve --collect)
     )
     # /health is open with --auth too (liveness): the ids only for those who may see them.
     if authorized(request.headers.get("Authorization", ""), context.settings.auth_token):
@@ -101,6 +103,7 @@ def describe(manifest: Manifest, loaded: bool) -> Dict[str, Any]:
         "metrics": metrics,  # scalar metrics only (CER before/after ...), not per-phrase details
         "n_phrases": len(manifest.phrases or []),
         "loaded": loaded,  # in memory now; else it loads on its first request (model_memory_mb)
+        "phrases": list(manifest.phrases or []),  # the phrase board: the page's grid of phrases to tap
     }
 
 

@@ -18,6 +18,7 @@ from resonance.runtime.server.api import api
 from resonance.runtime.server.auth import authorized, is_open_path
 from resonance.runtime.server.context import EXTENSION, ServerContext, ServerSettings
 from resonance.runtime.server.errors import register_error_handlers, unauthorized_error
+from resonance.runtime.server.feedback import feedback
 from resonance.runtime.server.openai import openai
 from resonance.runtime.server.page import page
 from resonance.runtime.server.uploads import InMemoryRequest
@@ -53,6 +54,6 @@ def create_app(
         return response
 
     register_error_handlers(app, device_config.max_upload_mb)
-    for blueprint in (api, openai, page):
+    for blueprint in (api, openai, feedback, page):
         app.register_blueprint(blueprint)
     return app

@@ -8,7 +8,8 @@ from typing import Optional, Tuple
 
 from flask import current_app
 
-from resonance.constants import SAMPLE_RATE
+from resonance.constants import COLLECT_QUOTA_MB, SAMPLE_RATE
+from resonance.runtime.collect import Collector
 from resonance.runtime.device_config import DeviceConfig
 from resonance.runtime.models import ModelRegistry
 from resonance.runtime.retention import DEFAULT_MAX_MB, Retention
@@ -33,6 +34,10 @@ class ServerSettings:
     # Host names (or addresses) the server answers to besides its own (hosts.HostPolicy): e.g. a name the
     # home router's DNS gives it. Requests naming any other host are refused (DNS rebinding).
     allowed_hosts: Tuple[str, ...] = ()
+    # Keep what the caregiver confirms or corrects on the page as training data under DIR/<patient>/
+    # (audio/ + labels.json, runtime/collect.py); None: POST /feedback is refused (403).
+    collect_dir: Optional[Path] = None
+    collect_quota_mb: float = COLLECT_QUOTA_MB  # the most the collect folder may hold
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,7 @@ class ServerContext:
     settings: ServerSettings
     slots: TranscriptionSlots
     retention: Optional[Retention]
+    collector: Optional[Collector]
 
     @classmethod
     def create(
@@ -55,7 +61,10 @@ class ServerContext:
             if settings.retain_dir
             else None
         )
-        return cls(registry, device_config, settings, slots, retention)
+        collector = (
+            Collector(settings.collect_dir, settings.collect_quota_mb) if settings.collect_dir else None
+        )
+        return cls(registry, device_config, settings, slots, retention, collector)
 
 
 def server_context() -> ServerContext:

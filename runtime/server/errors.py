@@ -10,6 +10,7 @@ from werkzeug.exceptions import HTTPException
 
 from resonance.errors import AudioError, ResonanceError
 from resonance.runtime.bundle import BundleError
+from resonance.runtime.collect import ClipNotKept, CollectionDamaged, CollectionFull, InvalidCorrection
 from resonance.runtime.models import InvalidPatientId, UnknownPatient
 from resonance.runtime.server.slots import Busy
 
@@ -37,6 +38,10 @@ STATUS_OF: Tuple[Tuple[Type[ResonanceError], int, str], ...] = (
     (AudioError, 400, "bad_audio"),
     (Busy, 503, "busy"),
     (BundleError, 503, "model_unavailable"),  # a patient's bundle that failed to load on first use
+    (InvalidCorrection, 400, "bad_text"),
+    (ClipNotKept, 422, "not_kept"),
+    (CollectionFull, 507, "collection_full"),
+    (CollectionDamaged, 409, "collection_damaged"),
     (ResonanceError, 400, "bad_request"),
 )
 

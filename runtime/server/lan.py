@@ -110,6 +110,12 @@ def banner(
         lines.append(f"Keeping every recording and its transcript under {where} (--retain).")
     else:
         lines.append("Recordings and transcripts are not saved to disk (turn on with --retain DIR).")
+    if settings.collect_dir:
+        where = Path(settings.collect_dir).absolute()
+        lines.append(
+            f"Keeping what the caregiver confirms or corrects on the page as training data under {where}"
+            f"/<patient>/ (--collect, at most {settings.collect_quota_mb:g} MB)."
+        )
     if settings.reload_interval_s > 0:
         lines.append(
             f"New or re-exported bundles in {models_dir} are picked up within {settings.reload_interval_s:g} s."

@@ -25,7 +25,9 @@ T = TypeVar("T")
 THREAD_PREFIX = "transcribe"  # the slot threads' names (tests and logs recognise them)
 # The requests that run on a slot: every one that decodes audio. The gate takes the slot before reading
 # their bodies; a new endpoint that decodes uploads belongs here.
-SLOT_ROUTES = frozenset({("POST", "/transcribe"), ("POST", "/v1/audio/transcriptions")})
+SLOT_ROUTES = frozenset(
+    {("POST", "/transcribe"), ("POST", "/v1/audio/transcriptions"), ("POST", "/feedback")}
+)
 SLOT_HELD = "resonance.slot_held"  # WSGI environ key: the request holds a slot and runs on a slot thread
 
 

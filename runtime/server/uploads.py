@@ -93,6 +93,19 @@ def transcribe_upload(
     return result
 
 
+def decode_on_slot(data: bytes) -> np.ndarray:
+    """The uploaded recording as 16 kHz mono float32, decoded on a transcription slot (the request's own when
+    the gate gave it one), within the device's length limit: what /feedback keeps."""
+    context = server_context()
+    g.log_fields["bytes"] = len(data)
+    limit_s = context.device_config.max_audio_seconds
+    audio = context.slots.run(
+        lambda: decode_upload(data, limit_s), held=request.environ.get(SLOT_HELD, False)
+    )
+    g.log_fields["audio_s"] = f"{audio.size / SAMPLE_RATE:.2f}"
+    return audio
+
+
 def decode_upload(data: bytes, limit_s: float) -> np.ndarray:
     """The upload as 16 kHz mono, never decoding more than ``limit_s`` (+1 s) of it; 400/413 otherwise."""
     try:
