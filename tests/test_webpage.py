@@ -1,8 +1,9 @@
-"""The caregiver's web page, in a real headless Chromium against a real `resonance serve`.
+"""The caregiver's web page, in a real headless Chromium (phone-sized: 412x915) against a real `resonance serve`.
 
 Chromium is driven over the DevTools protocol on a pipe (--remote-debugging-pipe: fd 3 in, fd 4 out), so no
 webdriver or websocket package is needed. Its fake microphone plays a demo clip: the page records it, encodes
-16 kHz WAV in JS and shows the server's text, which must equal what `Transcriber` returns for that WAV.
+16 kHz WAV in JS and shows the phrase the server matched first and its free text under it, which must equal
+what `Transcriber` returns for that WAV; ✓ / ✗ keep the recording under `serve --collect`.
 Needs Debian's chromium (`apt-get install -y chromium chromium-driver`); skipped without it.
 """
 
@@ -33,6 +34,8 @@ STATIC = Path(__file__).resolve().parents[1] / "runtime" / "static"
 SCREENSHOT = Path(tempfile.gettempdir()) / "webpage.png"
 SPEECH_CLIP = DEMO_DATA / "take1" / "audio" / "0000_我想喝水.wav"
 INSECURE_HOST = "resonance.test"  # mapped to 127.0.0.1 in Chromium: a plain-http LAN-like origin
+PHONE = (412, 915)  # CSS pixels of a common Android phone (Pixel 7 class)
+PHRASES = ["我想喝水", "我要上厕所", "开灯", "关灯", "我饿了", "谢谢"]  # p1's phrase board
 
 
 def chromium_path() -> Optional[str]:
@@ -199,8 +202,23 @@ class Browser:
         node = self.call("DOM.querySelector", {"nodeId": root, "selector": selector})["nodeId"]
         self.call("DOM.setFileInputFiles", {"nodeId": node, "files": [str(p) for p in paths]})
 
-    def screenshot(self, path: Path) -> None:
-        data = self.call("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True})["data"]
+    def phone(self, width: int = PHONE[0], height: int = PHONE[1]) -> None:
+        """Lay the page out as a phone of this size (CSS pixels) would, touch and all."""
+        metrics = {"width": width, "height": height, "deviceScaleFactor": 2, "mobile": True}
+        self.call("Emulation.setDeviceMetricsOverride", metrics)
+        self.call("Emulation.setTouchEmulationEnabled", {"enabled": True, "maxTouchPoints": 1})
+
+    def on_first_screen(self, selector: str) -> bool:
+        """Whether ``selector`` is shown whole inside the viewport without scrolling."""
+        return self.eval(
+            f"(() => {{ const r = document.querySelector({json.dumps(selector)}).getBoundingClientRect();"
+            " return r.width > 0 && r.height > 0 && r.top >= 0 && r.bottom <= window.innerHeight; })()"
+        )
+
+    def screenshot(self, path: Path, full_page: bool = False) -> None:
+        """What the screen shows (a phone's 412x915 by default), or with ``full_page`` the whole page."""
+        params = {"format": "png", "captureBeyondViewport": full_page}
+        data = self.call("Page.captureScreenshot", params)["data"]
         Path(path).write_bytes(base64.b64decode(data))
 
     def js_errors(self) -> List[str]:
@@ -226,18 +244,22 @@ class Browser:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tiny_bundle):
+    from resonance.runtime.bundle import write_phrases
+
     root = tmp_path_factory.mktemp("webpage")
     models = root / "bundles"
     models.mkdir()
     shutil.copytree(tiny_bundle, models / "p1")
+    write_phrases(models / "p1", PHRASES)
     config = write_config(root / "test.yaml")
     return root, models, config
 
 
 @pytest.fixture(scope="module")
 def server(setup):
-    _, models, config = setup
-    srv = Server(models, config, "--allow-host", INSECURE_HOST)  # the LAN-like name the browser maps
+    root, models, config = setup
+    # resonance.test: the LAN-like name the browser maps to 127.0.0.1
+    srv = Server(models, config, "--allow-host", INSECURE_HOST, "--collect", str(root / "kept"))
     yield srv
     srv.stop()
 
@@ -275,12 +297,40 @@ def browser(fake_mic):
         "--autoplay-policy=no-user-gesture-required",
         f"--host-resolver-rules=MAP {INSECURE_HOST} 127.0.0.1",
     )
+    b.phone()
     yield b
     b.close()
 
 
 def shown_text(browser: Browser) -> str:
     return browser.eval("document.getElementById('text').dataset.text")
+
+
+def shown_phrase(browser: Browser) -> str:
+    return browser.eval("document.getElementById('phrase').textContent")
+
+
+def expected_answer(result) -> str:
+    """What the page must show first for a TranscriptionResult (app.js answerOf): the matched phrase, the free
+    text for a patient without phrases, or 没听清 when the board rejected every phrase."""
+    match = result.phrases
+    if match is not None and match.best:
+        return match.best
+    if match is None or match.reason == "no_phrases":
+        return result.text or "没听清"
+    return "没听清"
+
+
+def capture_speech(browser: Browser) -> None:
+    """Record what the page asks the browser to say (headless Chromium has no voices to really speak)."""
+    browser.eval(
+        "window.__said = []; window.speechSynthesis.speak = (u) => window.__said.push({text: u.text, lang: u.lang});"
+    )
+
+
+def labels_of(folder: Path) -> List[dict]:
+    path = folder / "labels.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else []
 
 
 def best_lag_correlation(recorded: np.ndarray, source: np.ndarray) -> float:
@@ -298,32 +348,63 @@ def best_lag_correlation(recorded: np.ndarray, source: np.ndarray) -> float:
 
 # -- without a browser: what the server sends ----------------------------------------------------------------------
 
+TEXT_FILES = ("app.js", "index.html", "manifest.webmanifest", "style.css", "sw.js")
+ICONS = ("apple-touch-icon.png", "icon-192.png", "icon-512.png", "icon-maskable-512.png")
 
-def test_page_and_its_three_files_are_served_with_nothing_from_elsewhere(server):
+
+def test_page_its_files_manifest_and_icons_are_served_with_nothing_from_elsewhere(server):
+    from PIL import Image
+
     page = server.get("/")
     assert page.status_code == 200
     assert page.headers["Content-Type"].startswith("text/html")
-    assert "default-src 'self'" in page.headers["Content-Security-Policy"]
-    assert sorted(p.name for p in STATIC.iterdir()) == ["app.js", "index.html", "style.css"]
-    referenced = re.findall(r'(?:src|href)="([^"]+)"', page.text)
-    assert sorted(referenced) == ["/static/app.js", "/static/style.css", "data:,"]
-    for name in ("app.js", "style.css"):
+    csp = page.headers["Content-Security-Policy"]
+    assert "default-src 'self'" in csp and "unsafe-inline" not in csp and "unsafe-eval" not in csp
+    assert sorted(p.name for p in STATIC.iterdir()) == sorted(TEXT_FILES + ICONS)
+    referenced = re.findall(r'(?:src|href)="(/[^"]*)"', page.text)
+    assert sorted(set(referenced)) == [
+        "/",
+        "/ca.crt",
+        "/static/app.js",
+        "/static/apple-touch-icon.png",
+        "/static/icon-192.png",
+        "/static/manifest.webmanifest",
+        "/static/style.css",
+    ]
+    assert "<script>" not in page.text and " style=" not in page.text  # no inline script or style
+    for name in TEXT_FILES[:1] + TEXT_FILES[2:] + ICONS:
         response = server.get(f"/static/{name}")
-        assert response.status_code == 200
+        assert response.status_code == 200, name
         assert response.content == (STATIC / name).read_bytes()
-    for path in STATIC.iterdir():  # offline: no CDN, no web font, no remote anything
-        assert not re.search(r"(?:https?:)?//[a-z0-9.-]+\.[a-z]{2,}/", path.read_text(encoding="utf-8")), path
-    assert server.get("/static/../server.py").status_code == 404
-    assert server.get("/static/%2e%2e/server.py").status_code == 404
+    for name in TEXT_FILES:  # offline: no CDN, no web font, no remote anything
+        text = (STATIC / name).read_text(encoding="utf-8")
+        assert not re.search(r"(?:https?:)?//[a-z0-9.-]+\.[a-z]{2,}/", text), name
+    worker = server.get("/sw.js")
+    assert worker.status_code == 200 and worker.headers["Content-Type"].startswith("text/javascript")
+    assert worker.content == (STATIC / "sw.js").read_bytes()
+    manifest_response = server.get("/static/manifest.webmanifest")
+    assert manifest_response.headers["Content-Type"].startswith("application/manifest+json")
+    manifest = manifest_response.json()
+    assert (manifest["start_url"], manifest["scope"], manifest["display"]) == ("/", "/", "standalone")
+    assert manifest["lang"] == "zh-CN" and manifest["short_name"]
+    purposes = set()
+    for icon in manifest["icons"]:
+        image = Image.open(io.BytesIO(server.get(icon["src"]).content))
+        assert image.format == "PNG" and "x".join(map(str, image.size)) == icon["sizes"], icon
+        purposes.add(icon["purpose"])
+    assert purposes == {"any", "maskable"}
+    assert {"192x192", "512x512"} <= {icon["sizes"] for icon in manifest["icons"]}
+    assert server.get("/static/../server/app.py").status_code == 404
+    assert server.get("/static/%2e%2e/server/app.py").status_code == 404
     assert server.get("/static/nothing.js").status_code == 404
 
 
-def test_page_is_open_but_the_api_is_not_when_auth_is_on(setup, tmp_path):
+def test_page_and_worker_are_open_but_the_api_is_not_when_auth_is_on(setup, tmp_path):
     _, models, config = setup
     srv = Server(models, config, "--auth", "--token-file", str(tmp_path / "token"))
     try:
-        assert srv.get("/").status_code == 200
-        assert srv.get("/static/app.js").status_code == 200
+        for path in ("/", "/static/app.js", "/sw.js", "/static/manifest.webmanifest", "/static/icon-192.png"):
+            assert srv.get(path).status_code == 200, path
         assert srv.get("/patients").status_code == 401
     finally:
         srv.stop()
@@ -332,12 +413,21 @@ def test_page_is_open_but_the_api_is_not_when_auth_is_on(setup, tmp_path):
 # -- in Chromium -------------------------------------------------------------------------------------------------
 
 
-def test_hold_to_record_shows_what_the_transcriber_returns(browser, server, transcriber, fake_mic):
+def test_hold_to_record_shows_the_phrase_first_reads_it_aloud_and_keeps_a_confirmed_one(
+    browser, server, transcriber, fake_mic, setup
+):
+    kept = setup[0] / "kept" / "p1"
     browser.open(server.base + "/")
     assert browser.eval("window.isSecureContext") is True  # 127.0.0.1 counts as secure: the mic is allowed
     browser.wait_for("document.body.dataset.state === 'idle'")
     assert browser.eval("document.getElementById('patient').value") == "p1"
     assert browser.eval("document.getElementById('insecure').hidden") is True
+    assert browser.on_first_screen("#record")  # the big button: in thumb reach without scrolling
+    tiles = browser.eval("Array.from(document.querySelectorAll('#grid .tile')).map(t => t.textContent)")
+    assert tiles == PHRASES
+    assert (
+        browser.eval("document.getElementById('collecting').hidden") is False
+    )  # the page says it keeps them
     browser.hold("#record", 2.5)
     browser.wait_for("document.body.dataset.state === 'done'", timeout=120)
     sent = base64.b64decode(browser.eval("Resonance.lastWavBase64()"))
@@ -349,15 +439,61 @@ def test_hold_to_record_shows_what_the_transcriber_returns(browser, server, tran
     # The page heard the fake microphone's speech, resampled correctly (48 kHz capture -> 16 kHz WAV).
     similarity = best_lag_correlation(recorded, source)
     assert similarity > 0.9, similarity
-    expected = transcriber.transcribe(sent).text
-    assert shown_text(browser) == expected
+    expected = transcriber.transcribe(sent, mode="both")  # what /transcribe does
+    answer = expected_answer(expected)
+    assert shown_phrase(browser) == answer  # first and biggest
+    assert shown_text(browser) == expected.text  # the free text, under it
     reply = browser.eval("Resonance.state.lastReply")
-    assert reply["text"] == expected and reply["patient"] == "p1"
-    assert browser.eval("document.getElementById('phrase-box').hidden") is True  # no phrase fields yet
+    assert reply["text"] == expected.text and reply["patient"] == "p1"
+    assert browser.eval("document.querySelectorAll('#history li').length") == 1
+    # Read aloud, in Chinese.
+    capture_speech(browser)
+    if answer != "没听清":
+        browser.eval("document.getElementById('speak').click()")
+        assert browser.eval("window.__said") == [{"text": answer, "lang": "zh-CN"}]
+    # ✓ keeps the recording with the shown phrase; with nothing to confirm, ✗ and a tap on the right phrase.
+    assert labels_of(kept) == []
+    if answer != "没听清":
+        browser.eval("document.getElementById('right').click()")
+        confirmed = answer
+    else:
+        browser.eval("document.getElementById('wrong').click()")
+        browser.eval("document.querySelector('#grid .tile[data-phrase=\"我想喝水\"]').click()")
+        confirmed = "我想喝水"
+    browser.wait_for(
+        "/Saved for the next training/.test(document.getElementById('feedback-status').textContent)"
+    )
+    (entry,) = labels_of(kept)
+    assert entry["text"] == confirmed and (kept / entry["audio"]).is_file()
+    assert browser.eval("document.getElementById('right').disabled") is True  # once is enough
+    browser.eval("window.scrollTo(0, 0)")
     browser.screenshot(SCREENSHOT)
     assert SCREENSHOT.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert browser.js_errors() == []
-    print(f"recorded {info.duration:.2f} s (similarity {similarity:.3f}); shown {expected!r}; {SCREENSHOT}")
+    print(f"recorded {info.duration:.2f} s (similarity {similarity:.3f}); shown {answer!r}; {SCREENSHOT}")
+
+
+def test_a_wrong_result_is_corrected_by_typing_and_kept(browser, server, setup):
+    kept = setup[0] / "kept" / "p1"
+    before = labels_of(kept)
+    browser.open(server.base + "/")
+    browser.wait_for("document.body.dataset.state === 'idle'")
+    browser.hold("#record", 2.0)
+    browser.wait_for("document.body.dataset.state === 'done'", timeout=120)
+    browser.eval("document.getElementById('wrong').click()")
+    assert browser.eval("document.body.classList.contains('correcting')") is True
+    assert browser.eval("document.getElementById('correct-form').hidden") is False
+    browser.eval("document.getElementById('correct-text').value = '我想出去走走'")
+    browser.eval("document.getElementById('correct-save').click()")
+    browser.wait_for("/Saved/.test(document.getElementById('feedback-status').textContent)")
+    after = labels_of(kept)
+    assert after[: len(before)] == before and after[-1]["text"] == "我想出去走走"
+    assert shown_phrase(browser) == "我想出去走走"  # the result now says what was meant
+    assert browser.eval("document.body.classList.contains('correcting')") is False
+    assert "✗→✓" in browser.eval("document.getElementById('history').textContent")
+    from resonance.data.check import inspect_dataset
+
+    assert inspect_dataset(kept).errors == []
 
 
 def test_a_tap_is_too_short_and_sends_nothing(browser, server):
@@ -370,20 +506,28 @@ def test_a_tap_is_too_short_and_sends_nothing(browser, server):
     assert browser.eval("Resonance.state.lastWav") is None
 
 
-def test_upload_fallback_on_a_plain_http_lan_address(browser, server, transcriber, tmp_path):
+def test_without_a_microphone_the_big_button_opens_the_phones_recorder(
+    browser, server, transcriber, tmp_path
+):
     port = server.base.rsplit(":", 1)[1]
     browser.open(f"http://{INSECURE_HOST}:{port}/")
     assert browser.eval("window.isSecureContext") is False
     browser.wait_for("document.body.dataset.state === 'idle'")
     assert browser.eval("document.getElementById('insecure').hidden") is False  # says why there is no mic
     assert "https" in browser.eval("document.getElementById('insecure').textContent")
-    assert browser.eval("document.getElementById('record').disabled") is True
+    assert browser.eval("document.getElementById('record').hidden") is True
+    assert browser.on_first_screen("#recorder")  # the big button is now the phone's recorder, on screen
+    upload = "document.getElementById('upload')"
+    assert browser.eval(f"{upload}.hasAttribute('capture') && {upload}.accept") == "audio/*"
+    assert browser.eval("document.getElementById('recorder').htmlFor") == "upload"
     browser.screenshot(SCREENSHOT.with_name("webpage-insecure.png"))
     clip = tmp_path / "upload.wav"
     clip.write_bytes(SPEECH_CLIP.read_bytes())
     browser.set_files("#upload", clip)
     browser.wait_for("document.body.dataset.state === 'done'", timeout=120)
-    assert shown_text(browser) == transcriber.transcribe(clip).text
+    expected = transcriber.transcribe(clip, mode="both")
+    assert shown_text(browser) == expected.text
+    assert shown_phrase(browser) == expected_answer(expected)
     base64_sent = browser.eval("Resonance.lastWavBase64()")
     assert base64.b64decode(base64_sent) == clip.read_bytes()  # a WAV goes to the server as it is
 
@@ -427,8 +571,9 @@ def test_encoder_clips_and_silences_bad_samples(browser, server):
     assert values == [0, 32767, -32768, 32767, -32768, 0, 16384]
 
 
-def test_phrase_slot_shows_the_best_phrase_and_its_confidence(browser, server):
+def test_the_phrase_comes_first_and_a_rejection_says_not_understood(browser, server):
     browser.open(server.base + "/")
+    browser.wait_for("document.body.dataset.state === 'idle'")
     best = browser.eval(
         "Resonance.bestPhrase({text: 'x', phrases: [{text: '我想喝水', confidence: 0.42},"
         " {text: '我要上厕所', confidence: 0.87}, {text: '开灯', score: 0.5}]})"
@@ -439,22 +584,56 @@ def test_phrase_slot_shows_the_best_phrase_and_its_confidence(browser, server):
         "confidence": 0.9,
     }
     assert browser.eval("Resonance.bestPhrase({text: 'x'})") is None
-    # The server's own fields (mode=both): phrase + phrase_confidence, and "none of these" hides the slot.
-    reply = "{text: 'x', phrase: '开灯', phrase_confidence: 0.8, phrases: [{text: '开灯', confidence: 0.8}]}"
-    assert browser.eval(f"Resonance.bestPhrase({reply})") == {"text": "开灯", "confidence": 0.8}
-    rejected = "{text: 'x', phrase: null, phrase_rejected: true, phrases: [{text: '开灯', confidence: 0.3}]}"
+    # The server's own fields (mode=both): phrase + phrase_confidence; "none of these" is 没听清.
+    reply = "{text: '我相喝水', phrase: '我想喝水', phrase_confidence: 0.91, phrase_rejected: false, phrase_reason: 'matched', phrases: [{text: '我想喝水', confidence: 0.91}]}"
+    browser.eval(f"Resonance.showResult({reply})")
+    assert shown_phrase(browser) == "我想喝水"
+    assert browser.eval("document.getElementById('heard').hidden") is False
+    assert browser.eval("document.getElementById('heard').textContent").endswith("我相喝水")
+    assert "91%" in browser.eval("document.getElementById('meta').textContent")
+    font = "parseFloat(getComputedStyle(document.getElementById('{}')).fontSize)"
+    assert browser.eval(font.format("phrase")) > 1.5 * browser.eval(font.format("heard"))  # biggest
+    rejected = "{text: '我相', phrase: null, phrase_rejected: true, phrase_reason: 'none_of_these', phrases: [{text: '开灯', confidence: 0.3}]}"
     assert browser.eval(f"Resonance.bestPhrase({rejected})") is None
-    browser.eval("Resonance.showResult({text: '我相喝水', phrases: [{text: '我想喝水', confidence: 0.91}]})")
-    assert browser.eval("document.getElementById('phrase-box').hidden") is False
-    assert browser.eval("document.getElementById('phrase').textContent") == "我想喝水"
-    assert "91%" in browser.eval("document.getElementById('phrase-confidence').textContent")
-    browser.screenshot(SCREENSHOT.with_name("webpage-phrase.png"))
+    browser.eval(f"Resonance.showResult({rejected})")
+    assert shown_phrase(browser) == "没听清"
+    assert browser.eval("document.getElementById('speak').disabled") is True  # nothing to read aloud
+    assert browser.eval("document.getElementById('heard').textContent").endswith("我相")
+    # A patient without a phrase board: the free text is the answer, shown once.
+    free = "{text: '今天天气很好', phrase: null, phrase_rejected: true, phrase_reason: 'no_phrases', phrases: []}"
+    browser.eval(f"Resonance.showResult({free})")
+    assert shown_phrase(browser) == "今天天气很好"
+    assert browser.eval("document.getElementById('heard').hidden") is True
     browser.eval("Resonance.showResult({text: ''})")
-    assert browser.eval("document.getElementById('phrase-box').hidden") is True
+    assert shown_phrase(browser) == "没听清"
     assert "no words" in browser.eval("document.getElementById('text').textContent")
 
 
-def test_token_is_asked_once_kept_and_sent(browser, setup, tmp_path):
+def test_history_keeps_this_sessions_results_and_auto_speak_reads_them(browser, server):
+    browser.open(server.base + "/")
+    browser.wait_for("document.body.dataset.state === 'idle'")
+    capture_speech(browser)
+    browser.eval("document.getElementById('auto-speak').click()")
+    for text in ("开灯", "关灯"):
+        reply = f"{{text: '{text}', phrase: '{text}', phrase_confidence: 0.9, phrase_rejected: false, phrases: []}}"
+        browser.eval(f"Resonance.addResult({reply}, new Blob(['x']), 'p1')")
+    assert [s["text"] for s in browser.eval("window.__said")] == ["开灯", "关灯"]
+    items = browser.eval("Array.from(document.querySelectorAll('#history .said')).map(e => e.textContent)")
+    assert items == ["关灯", "开灯"]  # newest first
+    browser.eval("document.querySelectorAll('#history button')[1].click()")  # back to the first one
+    assert shown_phrase(browser) == "开灯"
+    # A tap on the phrase board says the phrase for the patient; it is no recording: nothing to confirm.
+    browser.eval("document.querySelector('#grid .tile[data-phrase=\"谢谢\"]').click()")
+    assert browser.eval("window.__said")[-1] == {"text": "谢谢", "lang": "zh-CN"}
+    assert shown_phrase(browser) == "谢谢"
+    assert browser.eval("document.getElementById('right').hidden") is True
+    browser.open(server.base + "/")  # the setting is remembered, the history is this session's only
+    assert browser.eval("document.getElementById('auto-speak').checked") is True
+    assert browser.eval("document.getElementById('history-card').hidden") is True
+    browser.eval("document.getElementById('auto-speak').click()")
+
+
+def test_token_from_the_qr_codes_address_or_typed_once_is_kept_and_sent(browser, setup, tmp_path):
     _, models, config = setup
     token_file = tmp_path / "token"
     srv = Server(models, config, "--auth", "--token-file", str(token_file))
@@ -478,10 +657,43 @@ def test_token_is_asked_once_kept_and_sent(browser, setup, tmp_path):
         browser.set_files("#upload", clip)
         browser.wait_for("document.body.dataset.state === 'done'", timeout=120)
         assert browser.eval("Resonance.state.lastReply.patient") == "p1"
+        # The QR code's address carries the token in the fragment: kept, then gone from the address bar.
+        browser.eval("localStorage.clear()")
+        browser.open(srv.base + "/#token=" + token)
+        browser.wait_for("document.body.dataset.state === 'idle'")
+        assert browser.eval("location.hash") == "" and browser.eval("location.href") == srv.base + "/"
+        assert browser.eval("localStorage.getItem('resonance.token')") == token
     finally:
         srv.stop()
     assert re.search(r"POST /transcribe 200", srv.output)
     assert re.search(r"GET /patients 401", srv.output)
+    requests_log = [line for line in srv.lines if re.search(r"(GET|POST) /", line)]
+    assert any("GET / 200" in line for line in requests_log)
+    assert not any(token in line for line in requests_log)  # the fragment never reaches the server
+
+
+def test_installed_page_opens_offline_and_says_the_server_cannot_be_reached(browser, setup):
+    _, models, config = setup
+    srv = Server(models, config)
+    try:
+        browser.open(srv.base + "/")
+        browser.wait_for("document.body.dataset.state === 'idle'")
+        scope = browser.eval("navigator.serviceWorker.ready.then(r => r.active && r.scope)", timeout=30)
+        assert scope == srv.base + "/"
+        browser.wait_for(
+            "navigator.serviceWorker.controller !== null || (location.reload(), false)", timeout=30
+        )
+        browser.wait_for("document.body.dataset.state === 'idle'")
+        cached = browser.eval(
+            "caches.open('resonance-shell-v1').then(c => c.keys()).then(k => k.map(r => new URL(r.url).pathname))"
+        )
+        assert {"/", "/static/app.js", "/static/style.css", "/static/manifest.webmanifest"} <= set(cached)
+    finally:
+        srv.stop()
+    browser.open(srv.base + "/")  # the server is gone: the shell comes from the worker's cache
+    browser.wait_for("!document.getElementById('offline').hidden", timeout=30)
+    assert "Cannot reach the server" in browser.eval("document.getElementById('offline').textContent")
+    assert browser.eval("document.body.dataset.state") == "offline"
 
 
 def test_no_request_failed_behind_the_pages_back(server, browser):

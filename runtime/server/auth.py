@@ -12,8 +12,9 @@ from typing import Optional, Tuple
 
 from resonance.errors import ResonanceError
 
-# Open without a token: liveness, and the page itself (it holds no patient data and must load to ask for it).
-OPEN_PATHS = ("/", "/health")
+# Open without a token: liveness, and the page itself (it holds no patient data and must load to ask for it),
+# its service worker included.
+OPEN_PATHS = ("/", "/health", "/sw.js")
 OPEN_PREFIXES = ("/static/",)
 
 
