@@ -47,8 +47,8 @@ def health() -> Response:
         models=models,
         rss_mb=rss_mb(),
         retaining=context.retention is not None,  # whether recordings are kept on disk (serve --retain)
-        collecting=context.collector
-        is not None,  # whether POST /feedback keeps corrections (serve --collect)
+        # whether POST /feedback keeps corrections (serve --collect)
+        collecting=context.collector is not None,
     )
     # /health is open with --auth too (liveness): the ids only for those who may see them.
     if authorized(request.headers.get("Authorization", ""), context.settings.auth_token):
