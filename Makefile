@@ -14,6 +14,7 @@ QUANTIZE   ?= none
 CONFIG     ?= pc-cpu
 MODELS     ?= bundles
 TRAIN_ARGS ?=
+SERVE_ARGS ?=
 
 .PHONY: install train export serve test demo lint clean
 
@@ -33,8 +34,8 @@ train: $(STAMP)     ## fine-tune a LoRA adapter for one patient
 export: $(STAMP)    ## merge + export the adapter to an ONNX bundle for the device
 	$(BIN)/resonance export $(if $(BASE_MODEL),--base-model $(BASE_MODEL)) --adapter $(ADAPTER) --out $(BUNDLE) --quantize $(QUANTIZE)
 
-serve: $(STAMP)     ## serve every bundle in $(MODELS) on the LAN
-	$(BIN)/resonance serve --config $(CONFIG) --models $(MODELS)
+serve: $(STAMP)     ## serve every bundle in $(MODELS) on the LAN (https), e.g. SERVE_ARGS="--auth --collect corrections"
+	$(BIN)/resonance serve --config $(CONFIG) --models $(MODELS) $(SERVE_ARGS)
 
 demo: $(STAMP)      ## the whole chain on the built-in clips, offline
 	$(BIN)/resonance demo

@@ -112,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
         f"(ONNX {args.quantize} bundle via /transcribe)"
     )
     print(f"adapter: {adapter}   bundle: {bundle}   report: {adapter / 'report.txt'} and .png")
+    print(f"to try it from a phone on this network: make serve MODELS={bundle.parent}")
     return 0
 
 

@@ -18,14 +18,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(
         sub,
         "serve",
-        "serve every patient's bundle to the caregiver app over the LAN (HTTP, offline)",
-        "  resonance serve --config pc-cpu --models bundles/            # prints the URL to type into the app\n"
+        "serve every patient's bundle to the caregiver's phone and apps over the LAN (HTTPS, offline)",
+        "  resonance serve --config pc-cpu --models bundles/     # https on the LAN + a QR code of the page\n"
         "  resonance serve --config jetson-orin-nano --models /data/bundles --auth   # token printed once\n"
-        "  resonance serve --config my-box.yaml --models bundles/ --host 127.0.0.1 --port 9000\n"
+        "  resonance serve --config my-box.yaml --models bundles/ --host 127.0.0.1 --port 9000   # plain http\n"
+        "  resonance serve --models bundles/ --https --host 127.0.0.1      # https on loopback too\n"
+        "  resonance serve --models bundles/ --cert my.crt --key my.key    # your own certificate\n"
         "  resonance serve --models bundles/ --retain ~/resonance-recordings   # keep audio + text (opt-in)\n"
         "  resonance serve --models bundles/ --collect ~/resonance-corrections  # keep what the page confirms\n"
-        "  curl -F file=@clip.wav http://127.0.0.1:8000/transcribe\n"
-        "  open http://127.0.0.1:8000/ in a browser: the caregiver's record-and-read page\n",
+        "  curl --cacert ~/.config/resonance/tls/ca.crt -F file=@clip.wav https://127.0.0.1:8000/transcribe\n"
+        "  curl -F file=@clip.wav http://127.0.0.1:8080/transcribe      # plain http beside https\n"
+        "  open https://<LAN-IP>:8000/ on the phone (trust http://<LAN-IP>:8080/ca.crt once first)\n",
         _run_serve,
     )
     _add_config_option(p)
@@ -33,7 +36,31 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--models", required=True, help="folder with one bundle folder per patient (folder = patient id)"
     )
     p.add_argument("--host", help="interface to listen on (default: the device config's, usually 0.0.0.0)")
-    p.add_argument("--port", type=int, help="TCP port (default: the device config's; 0 = any free port)")
+    p.add_argument(
+        "--port",
+        type=int,
+        help="TCP port of the page and the API (default: the device config's; 0 = any free)",
+    )
+    tls = p.add_mutually_exclusive_group()
+    tls.add_argument(
+        "--https",
+        action="store_true",
+        help="serve over HTTPS on any --host, loopback too (default: HTTPS on the LAN, plain http on loopback)",
+    )
+    tls.add_argument(
+        "--http", action="store_true", help="plain http only, on any --host (phones then get no microphone)"
+    )
+    p.add_argument(
+        "--http-port",
+        type=int,
+        metavar="PORT",
+        help="plain-http port beside HTTPS, for apps that cannot trust the certificate and for the "
+        "certificate's download (default: the device config's http_port, 8080, when serving the LAN; 0 = none)",
+    )
+    p.add_argument(
+        "--cert", metavar="PEM", help="your own server certificate (chain) instead of the local CA's"
+    )
+    p.add_argument("--key", metavar="PEM", help="the private key of --cert")
     p.add_argument(
         "--allow-host",
         action="append",
@@ -398,6 +425,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     from resonance.errors import ResonanceError
     from resonance.runtime.server import ServerSettings, default_token_path, load_or_create_token, serve
     from resonance.runtime.server.auth import token_note
+    from resonance.runtime.server.https import choose_certificate, plain_http_port
 
     config = _device_config(args, host=args.host)
     if args.port is not None and not 0 <= args.port <= 65535:
@@ -406,6 +434,13 @@ def _run_serve(args: argparse.Namespace) -> int:
         raise ResonanceError(
             f"--retain-max-mb {args.retain_max_mb:g} must be positive", "e.g. --retain-max-mb 1024"
         )
+    if args.http_port is not None and not 0 <= args.http_port <= 65535:
+        raise ResonanceError(f"--http-port {args.http_port} is out of range", "use 1-65535, or 0 for none")
+    if args.http and (args.cert or args.key):
+        raise ResonanceError(
+            "--http cannot go with --cert/--key", "leave out --http to serve your certificate"
+        )
+    tls = choose_certificate(config.host, args.https, args.http, args.cert, args.key, args.allow_host)
     token, note = None, ""
     if args.auth:
         path = Path(args.token_file).expanduser() if args.token_file else default_token_path()
@@ -421,8 +456,12 @@ def _run_serve(args: argparse.Namespace) -> int:
         **({"retain_max_mb": args.retain_max_mb} if args.retain_max_mb is not None else {}),
         collect_dir=_collect_dir(args),
         collect_quota_mb=args.collect_quota_mb,
+        tls=tls,
     )
-    serve(Path(args.models), config, settings, port=args.port, token_note=note)
+    http_port = plain_http_port(config, tls, args.http_port)
+    # The QR code carries the token only to a terminal: under systemd the banner goes to the journal.
+    qr_token = bool(token) and sys.stdout.isatty()
+    serve(Path(args.models), config, settings, args.port, note, http_port=http_port, qr_token=qr_token)
     return 0
 
 

@@ -126,8 +126,11 @@ class DeviceConfig:
     model_memory_mb: float = _setting(2048.0, _between(0, 1_000_000, " (0 = no limit)"))
     # Interface the server binds: 0.0.0.0 = every interface, so the caregiver's phone on the LAN reaches it.
     host: str = _setting("0.0.0.0", _check_host)
-    # TCP port (the guide's app setting uses 8000).
+    # TCP port of the page and the API (the guide's app setting uses 8000); HTTPS when serving the LAN.
     port: int = _setting(8000, _between(1, 65535))
+    # Plain-http port beside HTTPS when serving the LAN: apps that cannot trust the local CA, and the phone's
+    # first visit to download that CA (the page there has no microphone); 0 = none.
+    http_port: int = _setting(8080, _between(0, 65535, " (0 = none)"))
     # Decoding choices (the YAML's `decoding:` section): beam_size (1 = greedy) and the guards' thresholds.
     decoding: DecodingOptions = field(default_factory=DecodingOptions)
     source: str = field(default="", compare=False)  # the file it was read from (not a YAML key)

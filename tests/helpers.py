@@ -82,7 +82,10 @@ def write_config(path: Path, **changes) -> Path:
 
 
 class Server:
-    """`resonance serve` in a subprocess on 127.0.0.1 and a free port; output collected for assertions."""
+    """`resonance serve` in a subprocess on 127.0.0.1 and a free port; output collected for assertions.
+
+    With ``--https`` the base URL is https and requests trust the server's local CA (``verify``); a plain-http
+    listener beside it (``--http-port``) is ``plain_base``."""
 
     def __init__(
         self,
@@ -104,6 +107,8 @@ class Server:
             cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=cwd
         )
         self.lines: List[str] = []
+        self.verify: object = True  # requests' verify=: the local CA's certificate once the server says it
+        self.plain_base: Optional[str] = None
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         self.base = self._wait_for_url(timeout)
@@ -120,10 +125,15 @@ class Server:
     def _wait_for_url(self, timeout: float) -> str:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            match = re.search(r"http://127\.0\.0\.1:(\d+)/transcribe", self.output)
+            match = re.search(r"(https?)://127\.0\.0\.1:(\d+)/transcribe", self.output)
             if match and "Ctrl+C" in self.output:
-                base = f"http://127.0.0.1:{match.group(1)}"
-                requests.get(base + "/health", timeout=10).raise_for_status()
+                base = f"{match.group(1)}://127.0.0.1:{match.group(2)}"
+                ca = re.search(r"certificate authority of this server: (\S+)", self.output)
+                if ca:
+                    self.verify = ca.group(1)
+                plain = re.search(r"(http://127\.0\.0\.1:\d+)/transcribe +\(plain http", self.output)
+                self.plain_base = plain.group(1) if plain else None
+                requests.get(base + "/health", timeout=10, verify=self.verify).raise_for_status()
                 return base
             if self.proc.poll() is not None:
                 self._reader.join(timeout=5)
@@ -137,9 +147,11 @@ class Server:
         return self.proc.poll() is None
 
     def post(self, path: str = "/transcribe", **kwargs) -> requests.Response:
+        kwargs.setdefault("verify", self.verify)
         return requests.post(self.base + path, timeout=120, **kwargs)
 
     def get(self, path: str, **kwargs) -> requests.Response:
+        kwargs.setdefault("verify", self.verify)
         return requests.get(self.base + path, timeout=30, **kwargs)
 
     def stop(self) -> None:
@@ -157,3 +169,38 @@ def assert_error(response: requests.Response, status: int, code: Optional[str] =
     if code is not None:
         assert error["code"] == code, error
     return error
+
+
+# -- QR codes as `resonance serve` prints them ---------------------------------------------------------------------
+
+HALF_BLOCKS = {
+    " ": (0, 0),
+    "▀": (1, 0),
+    "▄": (0, 1),
+    "█": (1, 1),
+}  # a character = two modules, top and bottom
+
+
+def terminal_qr_block(lines: List[str]) -> List[str]:
+    """The lines of the first QR code drawn in half blocks in ``lines`` (what `resonance serve` prints)."""
+    drawing: List[str] = []
+    for line in lines:
+        if line and set(line) <= set(HALF_BLOCKS) and len(line) > 20:
+            drawing.append(line)
+        elif drawing:
+            break
+    return drawing
+
+
+def decode_terminal_qr(drawing: List[str]) -> List[str]:
+    """What a phone's camera reads in a QR code drawn in half blocks: the texts zxing-cpp decodes from it
+    drawn as an image (4 pixels a module), either polarity."""
+    zxingcpp = __import__("pytest").importorskip("zxingcpp", reason="zxing-cpp (in [dev]) decodes QR codes")
+    rows = []
+    for line in drawing:
+        rows.append([HALF_BLOCKS[ch][0] for ch in line])
+        rows.append([HALF_BLOCKS[ch][1] for ch in line])
+    modules = np.array(rows, dtype=np.uint8)
+    image = np.kron(255 * (1 - modules), np.ones((4, 4), dtype=np.uint8))  # ink = dark
+    image = np.pad(image, 16, constant_values=255)  # a quiet zone whichever colour is the ink
+    return [barcode.text for barcode in zxingcpp.read_barcodes(image)]

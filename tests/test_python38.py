@@ -240,13 +240,18 @@ def test_transcribe_on_python38(py38, tmp_path, tiny_bundle, clip):
 
 
 def test_serve_on_python38(py38, tmp_path, tiny_bundle, clip):
-    """Flask, werkzeug and waitress as pip resolves them for 3.8: health, the caregiver page, a transcription."""
+    """The server's stack as pip resolves it for 3.8, over HTTPS (cryptography makes the local CA): health, the
+    caregiver page, a transcription."""
     models = tmp_path / "bundles"
     shutil.copytree(tiny_bundle, models / "p1")
     config = write_config(tmp_path / "test.yaml")
     command = [str(py38 / "bin" / "resonance"), "serve", "--config", str(config), "--models", str(models)]
-    server = Server(None, None, command=command, env=_clean_env(py38), cwd=tmp_path)
+    env = {**_clean_env(py38), "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
+    server = Server(None, None, "--https", command=command, env=env, cwd=tmp_path)
     try:
+        assert server.base.startswith("https://") and server.verify == str(
+            tmp_path / "xdg/resonance/tls/ca.crt"
+        )
         health = server.get("/health").json()
         assert health["status"] == "ok" and health["patients"] == 1
         assert health["providers"] == ["CPUExecutionProvider"]

@@ -14,7 +14,7 @@ from typing import Set
 import numpy as np
 import pytest
 import soundfile as sf
-from helpers import Server, assert_error, tone, wav, write_config
+from helpers import Server, assert_error, decode_terminal_qr, terminal_qr_block, tone, wav, write_config
 
 from resonance.audio import load_audio
 from resonance.runtime.retention import Retention
@@ -175,22 +175,21 @@ def test_no_qr_code_without_segno_or_a_unicode_terminal(monkeypatch):
     assert qr_text("http://192.168.1.20:8000/transcribe") is None
 
 
-def test_start_prints_the_url_its_qr_code_and_the_page(sandbox):
+def test_start_prints_the_page_its_qr_code_and_the_api(sandbox):
     pytest.importorskip("segno", reason="segno (a base dependency) is not installed")
     _, models, config, env, work = sandbox
     srv = Server(models, config, env={**env, "PYTHONIOENCODING": "utf-8"}, cwd=work)
     try:
-        url = f"{srv.base}/transcribe"
         lines = srv.lines
-        start = lines.index(f"or scan this QR code of {url} in the app's settings page:")
-        drawing = []
-        for line in lines[start + 1 :]:
-            if not line or not set(line) <= BLOCKS:
-                break
-            drawing.append(line)
+        start = lines.index(
+            f"Caregiver's page (open it on the phone, or scan the QR code with its camera): {srv.base}/"
+        )
+        drawing = terminal_qr_block(lines[start + 1 :])
         assert len(drawing) >= 15
-        assert "\n".join(drawing) + "\n" == qr_text(url)
-        assert f"Caregiver web page (record or upload a clip): {srv.base}/" in srv.output
-        assert lines.index(f"  {url}") < start  # the URL itself comes first, for those who type it
+        assert "\n".join(drawing) + "\n" == qr_text(f"{srv.base}/")
+        # A phone's camera reads the page's address in it (not /transcribe, which a browser cannot open).
+        assert decode_terminal_qr(drawing) == [f"{srv.base}/"]
+        assert f"API base URL for apps: {srv.base}  (POST /transcribe" in srv.output
+        assert lines.index(f"  {srv.base}/transcribe") > start  # the app's address, to type in
     finally:
         srv.stop()

@@ -49,6 +49,10 @@ def health() -> Response:
         retaining=context.retention is not None,  # whether recordings are kept on disk (serve --retain)
         # whether POST /feedback keeps corrections (serve --collect)
         collecting=context.collector is not None,
+        # where the page is served over https (the page, opened over plain http, links there), and whether
+        # /ca.crt offers the local CA that a phone trusts once
+        https_port=context.settings.https_port,
+        ca_certificate=bool(context.settings.tls and context.settings.tls.ca_file),
     )
     # /health is open with --auth too (liveness): the ids only for those who may see them.
     if authorized(request.headers.get("Authorization", ""), context.settings.auth_token):

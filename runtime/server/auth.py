@@ -12,9 +12,9 @@ from typing import Optional, Tuple
 
 from resonance.errors import ResonanceError
 
-# Open without a token: liveness, and the page itself (it holds no patient data and must load to ask for it),
-# its service worker included.
-OPEN_PATHS = ("/", "/health", "/sw.js")
+# Open without a token: liveness, the page itself (it holds no patient data and must load to ask for it), its
+# service worker, and the local CA's certificate (public; a phone needs it before it can trust the server).
+OPEN_PATHS = ("/", "/health", "/sw.js", "/ca.crt")
 OPEN_PREFIXES = ("/static/",)
 
 

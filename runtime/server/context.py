@@ -14,6 +14,7 @@ from resonance.runtime.device_config import DeviceConfig
 from resonance.runtime.models import ModelRegistry
 from resonance.runtime.retention import DEFAULT_MAX_MB, Retention
 from resonance.runtime.server.slots import TranscriptionSlots
+from resonance.runtime.server.tls import ServerCertificate
 
 EXTENSION = "resonance"  # the key of the ServerContext in Flask's app.extensions
 
@@ -38,6 +39,9 @@ class ServerSettings:
     # (audio/ + labels.json, runtime/collect.py); None: POST /feedback is refused (403).
     collect_dir: Optional[Path] = None
     collect_quota_mb: float = COLLECT_QUOTA_MB  # the most the collect folder may hold
+    # HTTPS: the certificate the listener serves (and /ca.crt offers); None = plain http (runtime/server/tls.py)
+    tls: Optional[ServerCertificate] = None
+    https_port: Optional[int] = None  # the HTTPS listener's port (None: no HTTPS), for the page's links
 
 
 @dataclass(frozen=True)

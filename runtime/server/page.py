@@ -1,7 +1,9 @@
 """The caregiver's web page (runtime/static): record a phrase, see and hear what was meant, correct it.
 
 It is an installable web app: a manifest and icons under /static/, and a service worker at /sw.js (a
-worker controls only the paths under its own URL, so it is served from the root).
+worker controls only the paths under its own URL, so it is served from the root). /ca.crt is the local CA's
+certificate, which a phone installs once to trust the server's HTTPS (runtime/server/tls.py): the
+certificate only, never a key.
 """
 
 from __future__ import annotations
@@ -9,6 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from flask import Blueprint, Response, send_from_directory
+
+from resonance.runtime.server.context import server_context
+from resonance.runtime.server.errors import ApiError
+from resonance.runtime.server.tls import ca_certificate_pem
 
 STATIC_DIR = Path(__file__).resolve().parents[1] / "static"  # package data of resonance.runtime
 # Types Python's mimetypes may not know (or, for .js, may know wrongly on an old system): browsers refuse a
@@ -34,6 +40,28 @@ def index() -> Response:
 @page.get("/sw.js")
 def service_worker() -> Response:
     return static_file("sw.js")
+
+
+@page.get("/ca.crt")
+def ca_certificate() -> Response:
+    tls = server_context().settings.tls
+    pem = ca_certificate_pem(tls) if tls is not None else None
+    if pem is None:
+        raise ApiError(
+            404,
+            "no_local_ca",
+            "this server has no certificate authority of its own to offer"
+            + (
+                " (it uses the certificate given with --cert)"
+                if tls is not None
+                else " (it serves plain http)"
+            ),
+            "nothing to install on the phone for this server",
+        )
+    # The type iOS opens as a profile and Android's installer takes; .crt is the name Android expects.
+    response = Response(pem, mimetype="application/x-x509-ca-cert")
+    response.headers["Content-Disposition"] = 'attachment; filename="resonance-ca.crt"'
+    return response
 
 
 @page.get("/static/<path:name>")

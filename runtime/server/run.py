@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -16,11 +17,22 @@ from resonance.runtime.server.gate import Gate
 from resonance.runtime.server.hosts import HostPolicy
 from resonance.runtime.server.lan import banner
 from resonance.runtime.server.listener import Endpoint, Front
+from resonance.runtime.server.tls import ServerCertificate, ssl_context
 
 
-def endpoints_for(device_config: DeviceConfig, port: Optional[int] = None) -> List[Endpoint]:
-    """Where the server listens: the device config's host and port (``port`` overrides; 0 = any free)."""
-    return [Endpoint(device_config.host, device_config.port if port is None else port)]
+def endpoints_for(
+    device_config: DeviceConfig,
+    port: Optional[int] = None,
+    tls: Optional[ServerCertificate] = None,
+    http_port: Optional[int] = None,
+) -> List[Endpoint]:
+    """Where the server listens: the device config's host and port (``port`` overrides; 0 = any free), over
+    HTTPS with ``tls``, and then plain http on ``http_port`` beside it (runtime/server/https.py decides)."""
+    main = Endpoint(
+        device_config.host, device_config.port if port is None else port, ssl_context(tls) if tls else None
+    )
+    plain = [Endpoint(device_config.host, http_port)] if tls is not None and http_port is not None else []
+    return [main, *plain]
 
 
 def serve(
@@ -29,16 +41,23 @@ def serve(
     settings: Optional[ServerSettings] = None,
     port: Optional[int] = None,
     token_note: str = "",
+    http_port: Optional[int] = None,
+    qr_token: bool = False,
 ) -> None:
     """Load every bundle under ``models_dir`` and serve the API until interrupted.
 
-    The port is bound first: a port in use is one error line before any model is loaded.
-    ``port`` overrides the device config's (0 = any free port; the URL printed says which).
+    The ports are bound first: a port in use is one error line before any model is loaded.
+    ``port`` overrides the device config's (0 = any free port; the URL printed says which); with
+    ``settings.tls`` it serves HTTPS, and plain http on ``http_port`` beside it (0 = any free port).
+    ``qr_token``: the QR code printed signs the phone in (for a terminal, never for a log).
     """
     settings = settings or ServerSettings()
     logging.getLogger("resonance").setLevel(settings.log_level.upper())
     logging.getLogger("uvicorn").setLevel(logging.WARNING)  # its start/stop chatter; warnings still show
-    front = Front(endpoints_for(device_config, port))
+    front = Front(endpoints_for(device_config, port, settings.tls, http_port))
+    if settings.tls is not None:
+        settings = dataclasses.replace(settings, https_port=front.ports[0])  # the page links to it
+    plain_port = front.ports[1] if len(front.ports) > 1 else None
     registry: Optional[ModelRegistry] = None
     try:
         # onnxruntime >= 1.2x keeps usage telemetry (a device id, the OS, paths) in ~/.cache/Microsoft/...
@@ -57,7 +76,10 @@ def serve(
         app = create_app(registry, device_config, settings)
         context = app.extensions[EXTENSION]
         hosts = HostPolicy.for_server(settings.allowed_hosts, device_config.host)
-        print(banner(registry, device_config, settings, front.ports[0], models_dir, token_note), flush=True)
+        text = banner(
+            registry, device_config, settings, front.ports[0], models_dir, token_note, plain_port, qr_token
+        )
+        print(text, flush=True)
         try:
             front.run(Gate(app, context, hosts))
         finally:

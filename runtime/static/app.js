@@ -149,6 +149,7 @@
     try {
       const health = await api("/health");
       state.collecting = Boolean(health && health.collecting);
+      showSecureLinks(health);
       patients = await api("/patients");
     } catch (e) {
       if (!(e instanceof AuthNeeded) && !(e instanceof Unreachable))
@@ -178,6 +179,14 @@
     }
     setState("idle", readyMessage());
     return true;
+  }
+
+  // On plain http (no microphone): where the same page is served over https, and the certificate to trust.
+  function showSecureLinks(health) {
+    const https = health && health.https_port && !window.isSecureContext;
+    $("https-link").hidden = !https;
+    if (https) $("https-link").href = "https://" + window.location.hostname + ":" + health.https_port + "/";
+    $("ca-link").hidden = !(health && health.ca_certificate);
   }
 
   function currentPatient() {
