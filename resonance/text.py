@@ -6,14 +6,28 @@ import functools
 import re
 import unicodedata
 
+from resonance.errors import DependencyMissing
+
 # Punctuation and symbols of any script, plus whitespace: not part of what was said.
 _NOT_SPOKEN = re.compile(r"[\s\u3000]+")
 
 
 @functools.lru_cache(maxsize=1)
 def _t2s():
-    import opencc
-
+    """OpenCC's converter, or its pure-Python port where OpenCC has no wheel (JetPack 5's Python 3.8 on
+    aarch64; pyproject.toml installs one or the other). Both read OpenCC's dictionaries; they differ where OpenCC
+    keeps an ambiguous character (著) that the port simplifies (着)."""
+    try:
+        import opencc
+    except ImportError:
+        try:
+            import opencc_purepy as opencc
+        except ImportError as exc:
+            raise DependencyMissing(
+                "Traditional -> Simplified Chinese conversion needs 'opencc' (or 'opencc-purepy'), which is "
+                "not installed",
+                "pip install opencc (on a Jetson with Python 3.8: pip install opencc-purepy)",
+            ) from exc
     return opencc.OpenCC("t2s")
 
 
