@@ -25,6 +25,7 @@ the pipeline, in order (each step's --help has examples):
   resonance export --adapter adapters/grandpa --out bundles/grandpa  # ONNX bundle for the device
   resonance serve --config pc-cpu --models bundles/                  # LAN API for the caregiver app
   resonance demo                                                     # all of the above on built-in clips
+  resonance doctor --models bundles/                                 # is this device ready? what to fix
 """
 
 
@@ -73,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     from resonance.data import cli as data_cli
     from resonance.export import cli as export_cli
     from resonance.runtime import cli as runtime_cli
+    from resonance.runtime.doctor import cli as doctor_cli
     from resonance.train import cli as train_cli
 
     parser = argparse.ArgumentParser(
@@ -96,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_cli.register(sub)
     runtime_cli.register(sub)
     runtime_cli.register_phrases(add_group(sub, *PHRASES_GROUP))
+    doctor_cli.register(sub)
     demo.register(sub)
     return parser
 

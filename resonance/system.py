@@ -71,3 +71,18 @@ def cpu_flags() -> List[str]:
     """The x86 feature flags ("avx2", "avx512f", …); ARM's "Features" line; [] where unknown."""
     flags = _cpuinfo_field("flags") or _cpuinfo_field("Features") or ""
     return flags.split()
+
+
+def meminfo_bytes() -> Dict[str, int]:
+    """/proc/meminfo's sizes in bytes (MemTotal, MemAvailable, …); {} where there is no /proc."""
+    sizes: Dict[str, int] = {}
+    try:
+        with open("/proc/meminfo", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                key, sep, value = line.partition(":")
+                parts = value.split()
+                if sep and parts and parts[0].isdigit():
+                    sizes[key] = int(parts[0]) * (1024 if parts[1:] == ["kB"] else 1)
+    except OSError:
+        return {}
+    return sizes

@@ -46,26 +46,26 @@ def session_threads(config: DeviceConfig) -> int:
     return max(1, (os.cpu_count() or 1) // config.max_concurrent_requests)
 
 
-def warn_on_precision(bundle: str, manifest: Manifest, config: DeviceConfig) -> None:
-    """A bundle made for another precision or CPU than the device expects runs, but maybe slowly or less
-    accurately: say so once, at load."""
+def precision_advice(bundle: str, manifest: Manifest, config: DeviceConfig) -> List[str]:
+    """What to say when a bundle was made for another precision or CPU than the device expects: it runs, but
+    maybe slowly or less accurately (`resonance doctor` shows the same lines)."""
+    advice = []
     if manifest.precision != config.precision:
-        log.warning(
-            "bundle '%s' is %s but device config '%s' expects %s: it runs, maybe slower "
-            "(e.g. int8 on CUDA runs its quantised layers on the CPU); re-export with --quantize to match",
-            bundle,
-            manifest.precision,
-            config.name,
-            config.precision,
+        advice.append(
+            f"bundle '{bundle}' is {manifest.precision} but device config '{config.name}' expects "
+            f"{config.precision}: it runs, maybe slower (e.g. int8 on CUDA runs its quantised layers on the CPU); "
+            "re-export with --quantize to match"
         )
     preset = manifest.quantization.get("int8_preset")
     if manifest.precision == "int8" and preset and preset != config.int8_preset:
-        log.warning(
-            "bundle '%s' was quantised for %s CPUs, device config '%s' expects %s: it runs; for the best "
-            "speed re-export with --int8-preset %s",
-            bundle,
-            preset,
-            config.name,
-            config.int8_preset,
-            config.int8_preset,
+        advice.append(
+            f"bundle '{bundle}' was quantised for {preset} CPUs, device config '{config.name}' expects "
+            f"{config.int8_preset}: it runs; for the best speed re-export with --int8-preset {config.int8_preset}"
         )
+    return advice
+
+
+def warn_on_precision(bundle: str, manifest: Manifest, config: DeviceConfig) -> None:
+    """Say :func:`precision_advice` once, at load."""
+    for advice in precision_advice(bundle, manifest, config):
+        log.warning("%s", advice)

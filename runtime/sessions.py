@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from resonance.errors import DependencyMissing, ResonanceError
 
@@ -87,13 +87,20 @@ def resolve_providers(requested: Sequence[ProviderSpec]) -> List[ProviderSpec]:
     """Keep the requested providers this build has, in order; CPU is always the last resort."""
     ort = import_onnxruntime()
     available = set(ort.get_available_providers())
-    chosen = [spec for spec in requested if _name(spec) in available]
-    if CPU not in [_name(spec) for spec in chosen]:
-        chosen.append(CPU)
+    chosen = choose_providers(requested, available)
     missing = tuple(_name(spec) for spec in requested if _name(spec) not in available)
     if missing and (missing, _name(chosen[0])) not in _WARNED:
         _WARNED.add((missing, _name(chosen[0])))
         log.warning("%s", unavailable_message(missing, fallback=_name(chosen[0])))
+    return chosen
+
+
+def choose_providers(requested: Sequence[ProviderSpec], available: Iterable[str]) -> List[ProviderSpec]:
+    """The requested providers that ``available`` (a build's) has, in order; CPU is always the last resort."""
+    available = set(available)
+    chosen = [spec for spec in requested if _name(spec) in available]
+    if CPU not in [_name(spec) for spec in chosen]:
+        chosen.append(CPU)
     return chosen
 
 

@@ -279,3 +279,16 @@ def test_listen_with_silero_on_python38(py38, tmp_path, tiny_bundle):
     records = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert len(records) == 2 and "silero VAD" in proc.stdout, proc.stdout
     assert all(1.0 <= r["duration_s"] <= 5.0 for r in records)
+
+
+def test_doctor_on_python38(py38, tmp_path, tiny_bundle):
+    """What a JetPack 5 technician runs first: every check runs on 3.8, the bundle loads, the config can run."""
+    models = tmp_path / "bundles"
+    shutil.copytree(tiny_bundle, models / "p1")
+    cmd = ["resonance", "doctor", "--config", "pc-cpu", "--models", models, "--json"]
+    proc = _check(_run(cmd, py38, tmp_path), "resonance doctor")
+    report = json.loads(proc.stdout)
+    assert report["can_run"] is True, proc.stdout
+    crashed = [f["message"] for f in report["findings"] if f["topic"] == "doctor"]
+    assert crashed == []  # no check failed to finish on Python 3.8
+    assert any(f.get("patient") == "p1" and f["status"] == "ok" for f in report["findings"])
