@@ -16,7 +16,7 @@ MODELS     ?= bundles
 TRAIN_ARGS ?=
 SERVE_ARGS ?=
 
-.PHONY: install train export serve test demo lint clean jetson-check
+.PHONY: install train export serve test demo lint clean jetson-check gpu-check
 
 STAMP      := $(VENV)/.installed-$(EXTRAS)
 
@@ -42,6 +42,9 @@ demo: $(STAMP)      ## the whole chain on the built-in clips, offline
 
 test: $(STAMP)      ## the test suite (what CI runs)
 	$(BIN)/python -m pytest -q
+
+gpu-check: $(STAMP)      ## on a CUDA machine: train, export fp16, run and time every GPU path (else one line)
+	$(BIN)/resonance gpu-check
 
 jetson-check: $(STAMP)   ## can a Jetson install the runtime? aarch64 wheels for JetPack 5 (3.8) and 6 (3.10)
 	$(BIN)/python tests/jetson_wheels.py

@@ -76,6 +76,7 @@ def export_bundle(
     allow_worse: bool = False,
     int8_preset: Optional[str] = None,
     int8_output: str = "int8",
+    parity_providers: Sequence[str] = ("CPUExecutionProvider",),
 ) -> Path:
     """Export ``base_model`` (+ ``adapter``) to a bundle at ``out``; returns ``out``.
 
@@ -86,6 +87,7 @@ def export_bundle(
     ``allow_worse``: export an adapter whose training report says it is worse than the generic model.
     ``int8_preset``: with ``quantize="int8"``, the target CPU (export/quantize.py INT8_SETTINGS);
     ``int8_output``: "int8" or "fp32" for the decoder's output projection (export/quantize.py convert_decoder).
+    ``parity_providers``: where the parity check runs the runtime (`resonance gpu-check`: the CUDA provider).
     """
     out = Path(out)
     if quantize not in QUANTIZE_CHOICES:
@@ -152,7 +154,7 @@ def export_bundle(
         from resonance.export.parity import check_parity
 
         clips = parity_clips or info.own_clips or None
-        parity = check_parity(model, tmp, clips, tolerance=parity_tolerance)
+        parity = check_parity(model, tmp, clips, tolerance=parity_tolerance, providers=parity_providers)
         write_json_atomic(tmp / MANIFEST, replace(manifest, parity=parity).to_json())
         _readable_by_all(tmp)
     log.info("bundle written to %s (%s, %.0f s)", out, precision, time.perf_counter() - started)

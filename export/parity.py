@@ -100,8 +100,10 @@ def check_parity(
     clips: Optional[Sequence[Path]] = None,
     tolerance: float = DEFAULT_TOLERANCE,
     max_new_tokens: int = PARITY_MAX_NEW_TOKENS,
+    providers: Sequence[str] = ("CPUExecutionProvider",),
 ) -> Dict[str, Any]:
-    """Compare PyTorch ``model`` with the runtime on ``bundle_dir``; return the report or raise ParityError."""
+    """Compare PyTorch ``model`` with the runtime on ``bundle_dir`` (on ``providers``: `resonance gpu-check`
+    checks an fp16 bundle on the CUDA provider); return the report or raise ParityError."""
     from resonance.runtime.bundle import load_manifest
     from resonance.runtime.decoding import PLAIN
     from resonance.runtime.transcriber import Transcriber
@@ -110,7 +112,7 @@ def check_parity(
         raise ResonanceError(f"parity tolerance {tolerance} is not a CER in [0, 1]", "use e.g. 0.10")
     manifest = load_manifest(bundle_dir, verify=False)
     options = replace(PLAIN, max_new_tokens=max_new_tokens, to_simplified=False)
-    transcriber = Transcriber(bundle_dir, options=options, verify=False)
+    transcriber = Transcriber(bundle_dir, providers, options=options, verify=False)
     loaded, source = load_clips(clips)
     rows = []
     with _reference_encoder(model, manifest.audio.dynamic_window):
@@ -122,7 +124,8 @@ def check_parity(
                 model, features, manifest.tokens, manifest.language, manifest.task, max_new_tokens
             )
             rows.append(Row(reference, runtime, clip.text))
-    return judge(rows, manifest.precision, tolerance, source, transcriber.tokenizer.decode, max_new_tokens)
+    report = judge(rows, manifest.precision, tolerance, source, transcriber.tokenizer.decode, max_new_tokens)
+    return {**report, "providers": transcriber.providers}  # where the runtime really ran (after any fallback)
 
 
 def _reference_encoder(model, dynamic_window: bool):

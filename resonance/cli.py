@@ -71,6 +71,7 @@ PHRASES_GROUP = (
 def build_parser() -> argparse.ArgumentParser:
     from resonance import demo
     from resonance.bench import cli as bench_cli
+    from resonance.bench import gpu_check_cli
     from resonance.data import cli as data_cli
     from resonance.export import cli as export_cli
     from resonance.runtime import cli as runtime_cli
@@ -96,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     runtime_cli.register_eval(evaluate)  # torch-free: phrases and vad run as on the device
     export_cli.register(sub)
     bench_cli.register(sub)
+    gpu_check_cli.register(sub)
     runtime_cli.register(sub)
     runtime_cli.register_phrases(add_group(sub, *PHRASES_GROUP))
     doctor_cli.register(sub)

@@ -149,7 +149,11 @@ class Transcriber:
         verify: bool = True,
         optimization: str = "all",
         phrase_options: Union[PhraseOptions, Mapping[str, Any], None] = None,
+        io_binding: Optional[bool] = None,
     ) -> None:
+        """``io_binding``: keep the encoder's output and the KV cache where the model runs (onnxruntime's
+        IOBinding) instead of copying them to numpy at every step; None = on a GPU provider, where the copies
+        cost most (`resonance gpu-check` times both)."""
         self.bundle_dir = Path(bundle_dir)
         self.manifest: Manifest = load_manifest(self.bundle_dir, verify=verify)
         self.options = DecodingOptions.coerce(options)
@@ -174,6 +178,8 @@ class Transcriber:
         self._encoder_in = self.encoder.get_inputs()[0]
         self._encoder_out = self.encoder.get_outputs()[0].name
         self._device_id = _device_id(providers)
+        self.io_binding = self.on_gpu if io_binding is None else bool(io_binding)
+        self._bound_to = "cuda" if self.on_gpu else "cpu"  # where bound outputs live
         audio = self.manifest.audio
         self.window_samples = round(audio.window_seconds * audio.sample_rate)
         self.window_frames = frames_for(audio.window_seconds, audio.sample_rate, audio.hop_length)
@@ -370,18 +376,19 @@ class Transcriber:
         return mel[np.newaxis].astype(numpy_dtype(self._encoder_in.type), copy=False)
 
     def _encode(self, features: np.ndarray):
-        if not self.on_gpu:
+        if not self.io_binding:
             return self.encoder.run([self._encoder_out], {self._encoder_in.name: features})[0]
         binding = self.encoder.io_binding()
         binding.bind_cpu_input(self._encoder_in.name, features)
-        binding.bind_output(self._encoder_out, "cuda", self._device_id)
+        binding.bind_output(self._encoder_out, self._bound_to, self._device_id)
         self.encoder.run_with_iobinding(binding)
         return binding.get_outputs()[0]  # an OrtValue on the GPU, bound straight into the decoder
 
     def step_runner(self) -> StepRunner:
-        """How this call runs decoder steps: on the GPU with IOBinding (cache stays there), else numpy."""
-        if self.on_gpu:
-            return IOBindingStepRunner(self.decoder, "cuda", self._device_id)
+        """How this call runs decoder steps: with IOBinding (the cache stays where the model runs; by default on
+        a GPU), else numpy."""
+        if self.io_binding:
+            return IOBindingStepRunner(self.decoder, self._bound_to, self._device_id)
         return NumpyStepRunner(self.decoder)
 
 

@@ -280,3 +280,17 @@ def test_a_broken_tokenizers_install_says_how_to_reinstall_it(monkeypatch, tmp_p
     with pytest.raises(DependencyMissing) as info:
         Tokenizer(tmp_path / "tokenizer.json", eot=50257)
     assert "tokenizers" in info.value.hint and "[cpu]" not in info.value.hint  # a base dependency, no extra
+
+
+def test_io_binding_can_be_turned_on_and_off_and_gives_the_same_text(tiny_bundle):
+    """gpu-check times the runtime with IOBinding and without; on the CPU both give the same tokens."""
+    from resonance.runtime.transcriber import Transcriber
+
+    audio = tone(1.5)
+    default = Transcriber(tiny_bundle)
+    bound = Transcriber(tiny_bundle, io_binding=True)
+    assert default.io_binding is False and bound.io_binding is True  # None: only on a GPU provider
+    phrases = ["我想喝水", "帮我开灯"]
+    plain = default.transcribe(audio, mode="both", phrases=phrases)
+    same = bound.transcribe(audio, mode="both", phrases=phrases)
+    assert same.tokens == plain.tokens and same.phrases == plain.phrases

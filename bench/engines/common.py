@@ -11,6 +11,11 @@ from resonance.constants import SAMPLE_RATE
 Transcribe = Callable[[Any], Tuple[str, int]]  # audio -> (text, generated text tokens)
 
 
+def device(job: Dict[str, Any]) -> str:
+    """Where an engine runs: "cpu" (resonance bench) or "cuda" (resonance gpu-check)."""
+    return job.get("device", "cpu")
+
+
 def token_budget(seconds: float) -> int:
     """The same cap for every engine: the runtime's default (anti-loop) budget for this much audio."""
     from resonance.runtime.decoding import DecodingOptions
@@ -37,9 +42,12 @@ def hf_generate(model, processor, job: Dict[str, Any]) -> Transcribe:
     def run(audio: np.ndarray) -> Tuple[str, int]:
         features = processor.feature_extractor(audio, sampling_rate=SAMPLE_RATE, return_tensors="pt")
         budget = steps or token_budget(audio.size / SAMPLE_RATE)
+        inputs = features.input_features
+        if isinstance(model, torch.nn.Module):  # PyTorch (not Optimum): on the model's device and dtype
+            inputs = inputs.to(model.device, model.dtype)
         with torch.inference_mode():
             ids = model.generate(
-                input_features=features.input_features,
+                input_features=inputs,
                 language=job["language"],
                 task="transcribe",
                 do_sample=False,

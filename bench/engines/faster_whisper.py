@@ -11,7 +11,7 @@ import numpy as np
 
 from resonance.bench.config import EngineSpec, ModelFiles
 from resonance.bench.engines import FW_FP32, FW_INT8
-from resonance.bench.engines.common import Transcribe, token_budget
+from resonance.bench.engines.common import Transcribe, device, token_budget
 from resonance.constants import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
@@ -61,9 +61,14 @@ def load(job: Dict[str, Any]) -> Tuple[Transcribe, str]:
 
     fw = require("faster_whisper", "dev", "the faster-whisper baseline")
     spec, steps = job["spec"], job["fixed_steps"]
-    compute_type = "int8" if spec["precision"] == "int8" else "float32"
+    # fp16: float16 on CUDA (gpu-check); CTranslate2 has no float16 kernels on the CPU
+    compute_type = {"int8": "int8", "fp16": "float16"}.get(spec["precision"], "float32")
     model = fw.WhisperModel(
-        spec["model"], device="cpu", compute_type=compute_type, cpu_threads=job["threads"], num_workers=1
+        spec["model"],
+        device=device(job),
+        compute_type=compute_type,
+        cpu_threads=job["threads"],
+        num_workers=1,
     )
     eot = model.hf_tokenizer.token_to_id("<|endoftext|>")
     # -1: faster-whisper's default set. Random weights: EOT and every special id above it too, so that it

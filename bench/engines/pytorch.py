@@ -1,4 +1,4 @@
-"""The PyTorch baseline: Transformers' ``generate`` on the Hugging Face model, fp32."""
+"""The PyTorch baseline: Transformers' ``generate`` on the Hugging Face model, fp32 (fp16 on CUDA: gpu-check)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 from resonance.bench.config import EngineSpec, ModelFiles
 from resonance.bench.engines import PYTORCH
-from resonance.bench.engines.common import Transcribe, hf_generate
+from resonance.bench.engines.common import Transcribe, device, hf_generate
 
 
 def specs(models: ModelFiles, names: Sequence[str]) -> List[EngineSpec]:
@@ -23,5 +23,6 @@ def load(job: Dict[str, Any]) -> Tuple[Transcribe, str]:
     torch.set_num_interop_threads(1)
     model_dir = job["spec"]["model"]
     processor = WhisperProcessor.from_pretrained(model_dir)
-    model = WhisperForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
+    dtype = torch.float16 if job["spec"]["precision"] == "fp16" else torch.float32
+    model = WhisperForConditionalGeneration.from_pretrained(model_dir, dtype=dtype).eval().to(device(job))
     return hf_generate(model, processor, job), f"torch {torch.__version__}"

@@ -7,7 +7,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 from resonance.bench.config import EngineSpec, ModelFiles, window_label
 from resonance.bench.engines import RUNTIME
-from resonance.bench.engines.common import Transcribe
+from resonance.bench.engines.common import Transcribe, device
 
 
 def specs(models: ModelFiles, names: Sequence[str]) -> List[EngineSpec]:
@@ -50,7 +50,10 @@ def load(job: Dict[str, Any]) -> Tuple[Transcribe, str]:
     # Random weights: no guard may stop decoding early, so every engine decodes the same number of tokens.
     fixed = dict(tokens_per_second=None, no_speech_threshold=None, silence_peak_dbfs=None, repetition_count=0)
     options = DecodingOptions(max_new_tokens=steps, **fixed) if steps else None
-    transcriber = Transcriber(job["spec"]["model"], ("CPUExecutionProvider",), job["threads"], options)
+    # on "cuda" the Transcriber keeps the KV cache on the GPU (IOBinding) by itself
+    cpu = ("CPUExecutionProvider",)
+    providers = ("CUDAExecutionProvider", *cpu) if device(job) == "cuda" else cpu
+    transcriber = Transcriber(job["spec"]["model"], providers, job["threads"], options)
     board = list(job["spec"].get("phrases") or [])
 
     def run(audio: Any) -> Tuple[str, int]:
