@@ -241,7 +241,8 @@ def time_runtime(config: GpuCheckConfig, bundle: Path, device: str) -> List[Dict
     clips = choose_clips(_data(config)[1], config.clips)
     audios = [load_audio(c.path) for c in clips]
     variants = runtime_variants(device, onnxruntime.get_available_providers())
-    trt_config = load_device_config("jetson-agx-orin")  # its TensorRT options: the engine cache folder
+    # TensorRT as the runtime runs it (its engine cache folder): pc-cuda with TensorRT in front
+    trt_config = load_device_config("pc-cuda").replace(providers=[TENSORRT_EP, CUDA_EP, CPU_EP])
     loaded = []
     for label, providers, io_binding in variants:
         if TENSORRT_EP in providers:

@@ -478,7 +478,9 @@ def test_real_bundles_load_as_the_server_loads_them(tiny_bundle, tmp_path):
     result = Machine().load_bundles(models, CONFIGS["pc-cpu"])
     [loaded] = result.loaded
     assert loaded.patient == "p1" and loaded.providers[0] == "CPUExecutionProvider"
-    assert loaded.rss_mb is not None and loaded.rss_mb > 0
+    # >= 0: in a long-lived process (this test run) the load may reuse memory freed before; the CLI test below
+    # loads in a fresh process, where it must grow
+    assert loaded.rss_mb is not None and loaded.rss_mb >= 0
     assert list(result.failed) == ["renamed"] and "patient 'p1'" in result.failed["renamed"]
 
 
@@ -494,7 +496,7 @@ def test_doctor_on_this_machine_as_a_user_runs_it(run_cli, tiny_bundle, tmp_path
     runs = next(f for f in report["findings"] if f["message"].startswith("'pc-cpu' runs on"))
     assert runs["status"] == "ok" and runs["in_use"] == ["CPUExecutionProvider"]
     bundle = next(f for f in report["findings"] if f.get("patient") == "p1")
-    assert bundle["status"] == "ok" and bundle["precision"] == "fp32"
+    assert bundle["status"] == "ok" and bundle["precision"] == "fp32" and bundle["rss_mb"] > 0
 
     text = run_cli("doctor", "--models", tmp_path / "empty-does-not-exist")
     assert text.returncode == 1, text.stdout + text.stderr
