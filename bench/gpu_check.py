@@ -235,7 +235,7 @@ def time_runtime(config: GpuCheckConfig, bundle: Path, device: str) -> List[Dict
     from resonance.audio import load_audio
     from resonance.bench.run import choose_clips
     from resonance.runtime.device_config import load_device_config
-    from resonance.runtime.models import provider_specs
+    from resonance.runtime.device_sessions import provider_specs
     from resonance.runtime.transcriber import Transcriber
 
     clips = choose_clips(_data(config)[1], config.clips)

@@ -96,7 +96,7 @@ def _subset(src: Path, dst: Path, n: int) -> Path:
 
 
 def test_every_step_runs_on_the_cpu(run_cli, tiny_whisper, tmp_path):
-    from conftest import DEMO_DATA
+    from helpers import DEMO_DATA
 
     data = _subset(DEMO_DATA / "take1", tmp_path / "take1", 4)
     eval_data = _subset(DEMO_DATA / "take2", tmp_path / "take2", 2)
