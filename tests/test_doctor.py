@@ -85,6 +85,7 @@ class FakeMachine:
         self.bundles = facts.pop("bundles", None)
         self.lan = facts.pop("lan", ["192.168.1.20"])
         self.port_is_free = facts.pop("port_free", True)
+        self.tls = facts.pop("tls_dir", Path("/nonexistent/resonance-tls"))
         assert not facts, f"unknown facts {facts}"
 
     def python(self) -> Dict[str, str]:
@@ -117,6 +118,9 @@ class FakeMachine:
 
     def nvidia_driver(self) -> Driver:
         return self.driver
+
+    def tls_dir(self) -> Path:
+        return self.tls
 
     def read_text(self, path: str) -> Optional[str]:
         return self.files.get(path)
@@ -429,13 +433,35 @@ def test_bundles_that_the_server_would_skip_are_fails(tiny_bundle, tmp_path):
 
 def test_network_lines():
     [ok] = checks.check_network(FakeMachine(), context())
-    assert ok.message == "LAN address 192.168.1.20: the app's URL is http://192.168.1.20:8000/transcribe"
+    assert ok.message == (
+        "LAN address 192.168.1.20: the caregiver's page is https://192.168.1.20:8000/; "
+        "apps without the CA: http://192.168.1.20:8080/"
+    )
     [alone] = checks.check_network(FakeMachine(lan=["127.0.0.1"]), context())
     assert alone.status == WARN and "cannot reach" in alone.message
     loopback = Context(CONFIGS["pc-cpu"].replace(host="127.0.0.1"), CONFIGS)
     assert "listens on 127.0.0.1 only" in checks.check_network(FakeMachine(), loopback)[0].message
     busy = checks.check_network(FakeMachine(port_free=False), context())
     assert busy[1].status == WARN and "port 8000 is in use" in busy[1].message
+
+
+def test_https_reports_the_local_ca_and_whether_the_certificate_fits_this_machine(tmp_path):
+    from resonance.runtime.server import tls
+
+    [none_yet] = checks.check_https(FakeMachine(tls_dir=tmp_path), context())
+    assert none_yet.status == OK and "no local CA yet" in none_yet.message
+    made = tls.local_certificate(tmp_path, *tls.server_names(["192.168.1.20"]))
+    ca, fits = checks.check_https(FakeMachine(tls_dir=tmp_path), context())
+    assert ca.status == OK and ca.data["ca_fingerprint"] == made.fingerprint
+    assert fits.status == OK and "covers this machine's names" in fits.message and fits.data["missing"] == []
+    _, moved = checks.check_https(FakeMachine(tls_dir=tmp_path, lan=["10.0.0.5"]), context())
+    assert "it lacks 10.0.0.5" in moved.message and "issues a new one" in moved.message
+    loopback = Context(CONFIGS["pc-cpu"].replace(host="127.0.0.1"), CONFIGS)
+    [plain] = checks.check_https(FakeMachine(tls_dir=tmp_path), loopback)
+    assert plain.status == INFO and "plain http" in plain.message
+    (tmp_path / tls.CA_CERT).write_text("not a certificate")
+    [broken] = checks.check_https(FakeMachine(tls_dir=tmp_path), context())
+    assert broken.status == FAIL and "will not start over HTTPS" in broken.message and "move" in broken.fix
 
 
 def test_the_config_that_suits_the_machine_is_chosen_when_none_is_given():

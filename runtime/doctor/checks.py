@@ -549,7 +549,9 @@ def check_bundles(machine: Any, ctx: Context) -> List[Finding]:
 
 
 def check_network(machine: Any, ctx: Context) -> List[Finding]:
-    """How the caregiver's phone reaches the server. (#13, HTTPS: the certificate check goes beside this one.)"""
+    """How the caregiver's phone reaches the server: the LAN address, the page's URL, the port."""
+    from resonance.runtime.server.https import wants_tls
+
     config = ctx.config
     findings = []
     addresses = [a for a in machine.lan_addresses() if not a.startswith("127.")]
@@ -563,13 +565,19 @@ def check_network(machine: Any, ctx: Context) -> List[Finding]:
             )
         )
     elif addresses:
-        url = f"http://{addresses[0]}:{config.port}/transcribe"
+        tls = wants_tls(config.host)
+        page = f"{'https' if tls else 'http'}://{addresses[0]}:{config.port}/"
+        apps = (
+            f"; apps without the CA: http://{addresses[0]}:{config.http_port}/"
+            if tls and config.http_port
+            else ""
+        )
         findings.append(
             Finding(
                 "network",
                 OK,
-                f"LAN address {', '.join(addresses)}: the app's URL is {url}",
-                data={"lan": addresses},
+                f"LAN address {', '.join(addresses)}: the caregiver's page is {page}{apps}",
+                data={"lan": addresses, "page": page},
             )
         )
     else:
@@ -593,6 +601,72 @@ def check_network(machine: Any, ctx: Context) -> List[Finding]:
     return findings
 
 
+def check_https(machine: Any, ctx: Context) -> List[Finding]:
+    """The phone's secure context: the local CA it trusts once, and the server certificate for this machine's
+    names and addresses (`resonance serve` makes and renews both; this only reports)."""
+    from resonance.errors import ResonanceError
+    from resonance.runtime.server import tls
+    from resonance.runtime.server.https import wants_tls
+
+    config = ctx.config
+    if not wants_tls(config.host):
+        return [
+            Finding(
+                "https", INFO, f"'{config.name}' serves plain http on {config.host} (loopback needs no HTTPS)"
+            )
+        ]
+    folder = machine.tls_dir()
+    ca_file, server_file = folder / tls.CA_CERT, folder / tls.SERVER_CERT
+    try:
+        tls.require_cryptography()
+    except ResonanceError as exc:
+        return [Finding("https", FAIL, f"{exc.message}: the phone's page gets no microphone", exc.hint)]
+    if not ca_file.is_file():
+        return [
+            Finding(
+                "https",
+                OK,
+                f"no local CA yet in {folder}: the first `resonance serve` makes it and the server certificate",
+                "then trust it once on the phone (README: Trust the server on a phone)",
+            )
+        ]
+    try:
+        ca_fingerprint = tls.certificate_fingerprint(ca_file)
+    except ResonanceError as exc:
+        return [
+            Finding(
+                "https",
+                FAIL,
+                f"{exc.message}: `resonance serve` will not start over HTTPS with this local CA",
+                f"restore it from a backup; or move {folder} away (every phone then trusts the new CA once)",
+            )
+        ]
+    findings = [
+        Finding(
+            "https",
+            OK,
+            f"local CA {ca_file} (SHA-256 {ca_fingerprint[:23]}…): the phone trusts it once",
+            data={"ca_file": str(ca_file), "ca_fingerprint": ca_fingerprint},
+        )
+    ]
+    if not server_file.is_file():
+        return [*findings, Finding("https", OK, "no server certificate yet: `resonance serve` issues one")]
+    dns_names, ips = tls.server_names([a for a in machine.lan_addresses() if not a.startswith("127.")])
+    try:
+        fit = tls.check_certificate(server_file, dns_names, ips)
+    except ResonanceError as exc:
+        return [*findings, Finding("https", WARN, exc.message, exc.hint)]
+    renew = fit.missing or fit.days_left < tls.RENEW_BEFORE_DAYS
+    why = f"it lacks {', '.join(fit.missing)}" if fit.missing else f"it expires on {fit.not_after:%Y-%m-%d}"
+    message = (
+        f"server certificate: {why}; the next `resonance serve` issues a new one (the phone keeps trusting the CA)"
+        if renew
+        else f"server certificate covers this machine's names and addresses until {fit.not_after:%Y-%m-%d}"
+    )
+    data = {"names": list(fit.names), "missing": list(fit.missing), "not_after": f"{fit.not_after:%Y-%m-%d}"}
+    return [*findings, Finding("https", OK, message, data=data)]
+
+
 # The checks in the order they are printed. A new one is a function above and a line here.
 CHECKS: Tuple[Check, ...] = (
     check_python,
@@ -606,9 +680,10 @@ CHECKS: Tuple[Check, ...] = (
     check_memory_and_disk,
     check_bundles,
     check_network,
+    check_https,
 )
 TOPICS = ("system", "packages", "onnxruntime", "gpu", "jetson", "cpu", "microphone", "memory and disk",
-          "bundles", "network", "doctor")  # fmt: skip
+          "bundles", "network", "https", "doctor")  # fmt: skip
 
 
 def choose_config(machine: Any) -> Tuple[str, str]:

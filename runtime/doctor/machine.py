@@ -331,6 +331,12 @@ class Machine:
 
         return lan_addresses()
 
+    def tls_dir(self) -> Path:
+        """Where `resonance serve` keeps the local CA and the server certificate."""
+        from resonance.runtime.server.tls import default_tls_dir
+
+        return default_tls_dir()
+
     def port_free(self, host: str, port: int) -> bool:
         """Whether the server could bind ``host:port`` now (an already running server holds it)."""
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:

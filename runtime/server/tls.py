@@ -199,6 +199,23 @@ def check_certificate(
     return CertificateCheck(tuple(names), missing, not_after, days_left)
 
 
+def require_cryptography() -> None:
+    """Nothing when `cryptography` imports; else the ResonanceError that says how to get it."""
+    _crypto()
+
+
+def certificate_fingerprint(path: Path) -> str:
+    """SHA-256 of the PEM certificate at ``path`` (what a phone shows for the CA it installed)."""
+    x509, _, _ = _crypto()
+    try:
+        cert = x509.load_pem_x509_certificate(Path(path).read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ResonanceError(
+            f"cannot read the certificate {path} ({exc})", "restore it from a backup"
+        ) from exc
+    return fingerprint(cert)
+
+
 def ssl_context(certificate: ServerCertificate) -> ssl.SSLContext:
     """The listener's TLS context for ``certificate``: TLS 1.2 or newer (every phone of the last decade)."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
