@@ -7,8 +7,7 @@ Public API (imported on first use: ``import resonance.export`` does not load tor
 
 from __future__ import annotations
 
-import importlib
-from typing import Any, List
+from resonance.lazy import lazy_exports
 
 _EXPORTS = {
     "export_bundle": "resonance.export.onnx_export",
@@ -17,14 +16,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> List[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

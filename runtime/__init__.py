@@ -12,8 +12,7 @@ Public API (imported on first use, so ``import resonance.runtime`` stays light):
 
 from __future__ import annotations
 
-import importlib
-from typing import Any, List
+from resonance.lazy import lazy_exports
 
 # name -> module that defines it (PEP 562 lazy attributes: numpy/onnxruntime load only when a name is used).
 _EXPORTS = {
@@ -26,14 +25,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value  # cache: later look-ups skip this function
-    return value
-
-
-def __dir__() -> List[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
