@@ -18,6 +18,7 @@ from resonance.lazy import lazy_exports
 _EXPORTS = {
     "Transcriber": "resonance.runtime.transcriber",
     "TranscriptionResult": "resonance.runtime.transcriber",
+    "Segment": "resonance.runtime.transcriber",
     "DecodingOptions": "resonance.runtime.decoding",
     "PhraseMatch": "resonance.runtime.phrases",
     "load_device_config": "resonance.runtime.device_config",

@@ -103,6 +103,29 @@ class DecodeOutput:
     tokens: Tuple[int, ...]  # generated text tokens, without the SOT sequence and eot
     no_speech_prob: float  # P(<|nocaptions|>) at the SOT position
     stopped_by: str  # "eot", "budget", "context" (max_target_positions), "repetition", "no_speech"
+    # Summed log-probability of the chosen tokens (after the logit filters), eot included when it ended the
+    # window, as openai/whisper's ``sum_logprobs``; 0.0 when nothing was generated.
+    sum_logprob: float = 0.0
+
+    @property
+    def avg_logprob(self) -> float:
+        """openai/whisper's ``avg_logprob``: the sum over (tokens + 1), the +1 being eot. Below about -1 the
+        decoding is unsure (OpenAI's verbose_json segments report it)."""
+        return self.sum_logprob / (len(self.tokens) + 1)
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """What a search strategy found for one window."""
+
+    tokens: List[int]
+    logprobs: List[float]  # of each token in ``tokens``, then of eot when ``stopped_by`` is "eot"
+    stopped_by: str
+
+    def cut_loop(self, drop: int) -> SearchResult:
+        """The result with its last ``drop`` tokens (a repetition loop) removed."""
+        kept = len(self.tokens) - drop
+        return SearchResult(self.tokens[:kept], self.logprobs[:kept], "repetition")
 
 
 # -- the guards -------------------------------------------------------------------------------------------------
@@ -227,7 +250,7 @@ def filtered(
 
 
 class SearchStrategy:
-    """Turns a window's first decoder step into tokens: ``search(...) -> (tokens, "eot" | "budget" | ...)``."""
+    """Turns a window's first decoder step into tokens: ``search(...) -> SearchResult``."""
 
     def __init__(self, graph: MergedDecoder, options: DecodingOptions) -> None:
         self.graph = graph
@@ -235,39 +258,36 @@ class SearchStrategy:
         self.filters = logit_filters(graph, options)
         self.repetition = RepetitionStop(options.repetition_count, options.repetition_ngram)
 
-    def search(
-        self, primed: Step, encoder_hidden_states, runner: StepRunner, budget: int
-    ) -> Tuple[List[int], str]:
+    def search(self, primed: Step, encoder_hidden_states, runner: StepRunner, budget: int) -> SearchResult:
         raise NotImplementedError
 
 
 class GreedySearch(SearchStrategy):
     """The most likely token at every step; stops at eot, at the budget, or at the first loop."""
 
-    def search(
-        self, primed: Step, encoder_hidden_states, runner: StepRunner, budget: int
-    ) -> Tuple[List[int], str]:
+    def search(self, primed: Step, encoder_hidden_states, runner: StepRunner, budget: int) -> SearchResult:
         eot = self.graph.tokens.eot
         cross = primed.cross_attention
         step = primed
         generated: List[int] = []
+        logprobs: List[float] = []
         while len(generated) < budget:
             logits = filtered(self.filters, step.logits[0, -1], generated, np.float32)
             token = int(np.argmax(logits))
+            logprobs.append(_token_logprob(logits, token))
             if token == eot:
-                return generated, "eot"
+                return SearchResult(generated, logprobs, "eot")
             generated.append(token)
             drop = self.repetition.excess(generated)
             if drop:
-                del generated[-drop:]
-                return generated, "repetition"
+                return SearchResult(generated, logprobs, "repetition").cut_loop(drop)
             if len(generated) >= budget:
                 break
             ids = np.asarray([[token]], dtype=np.int64)
             step = self.graph.cached_step(
                 runner, {**step.self_attention, **cross}, ids, encoder_hidden_states
             )
-        return generated, "budget"
+        return SearchResult(generated, logprobs, "budget")
 
 
 class BeamSearch(SearchStrategy):
@@ -276,16 +296,12 @@ class BeamSearch(SearchStrategy):
     ranked by log-probability / (tokens + 1); the search ends when ``beam_size`` have ended or at the budget.
     A loop at the end of the winner is cut to one copy."""
 
-    def search(
-        self, primed: Step, encoder_hidden_states, runner: StepRunner, budget: int
-    ) -> Tuple[List[int], str]:
-        tokens, stopped_by = self._beams(primed, encoder_hidden_states, budget)
-        drop = self.repetition.excess(tokens)
-        if drop:
-            return tokens[:-drop], "repetition"
-        return tokens, stopped_by
+    def search(self, primed: Step, encoder_hidden_states, runner: StepRunner, budget: int) -> SearchResult:
+        found = self._beams(primed, encoder_hidden_states, budget)
+        drop = self.repetition.excess(found.tokens)
+        return found.cut_loop(drop) if drop else found
 
-    def _beams(self, primed: Step, encoder_hidden_states, budget: int) -> Tuple[List[int], str]:
+    def _beams(self, primed: Step, encoder_hidden_states, budget: int) -> SearchResult:
         beam_size = self.options.beam_size
         eot = self.graph.tokens.eot
         # Host arrays throughout (beams are re-ordered with numpy): an IOBinding first step is copied back once.
@@ -293,24 +309,29 @@ class BeamSearch(SearchStrategy):
         host = Step(to_host(primed.logits), {name: to_host(value) for name, value in primed.presents.items()})
         cross = host.cross_attention
         self_past = host.self_attention
-        beams: List[Tuple[List[int], float]] = [([], 0.0)]  # (tokens, summed log-probability)
-        finished: List[Tuple[float, List[int]]] = []
+        # A hypothesis: (tokens, each token's log-probability); its score is their sum.
+        beams: List[Tuple[List[int], List[float]]] = [([], [])]
+        finished: List[Tuple[float, SearchResult]] = []  # (score / (tokens + 1), result)
         step_logits = host.logits[:, -1]  # (beams, vocab)
         for _ in range(budget):
-            candidates: List[Tuple[float, int, int]] = []  # (score, beam index, token)
-            for b, (tokens, score) in enumerate(beams):
+            candidates: List[Tuple[float, int, int, float]] = []  # (score, beam index, token, its logprob)
+            for b, (tokens, token_logprobs) in enumerate(beams):
                 logprobs = _log_softmax(filtered(self.filters, step_logits[b], tokens, np.float64))
+                score = math.fsum(token_logprobs)
                 for token in np.argsort(logprobs)[::-1][: beam_size + 1]:
                     if np.isfinite(logprobs[token]):
-                        candidates.append((score + float(logprobs[token]), b, int(token)))
+                        lp = float(logprobs[token])
+                        candidates.append((score + lp, b, int(token), lp))
             candidates.sort(key=lambda c: c[0], reverse=True)
-            next_beams: List[Tuple[List[int], float]] = []
+            next_beams: List[Tuple[List[int], List[float]]] = []
             sources: List[int] = []
-            for score, b, token in candidates:
+            for score, b, token, lp in candidates:
+                tokens, token_logprobs = beams[b]
                 if token == eot:
-                    finished.append((score / (len(beams[b][0]) + 1), beams[b][0]))
+                    ended = SearchResult(list(tokens), [*token_logprobs, lp], "eot")
+                    finished.append((score / (len(tokens) + 1), ended))
                 elif len(next_beams) < beam_size:
-                    next_beams.append((beams[b][0] + [token], score))
+                    next_beams.append(([*tokens, token], [*token_logprobs, lp]))
                     sources.append(b)
                 if len(next_beams) == beam_size:
                     break
@@ -323,13 +344,21 @@ class BeamSearch(SearchStrategy):
             step_logits = step.logits[:, -1]
             self_past = step.self_attention
         if finished:
-            return max(finished, key=lambda f: f[0])[1], "eot"
-        return max(beams, key=lambda b: b[1] / (len(b[0]) + 1))[0], "budget"
+            return max(finished, key=lambda f: f[0])[1]
+        tokens, token_logprobs = max(beams, key=lambda b: math.fsum(b[1]) / (len(b[0]) + 1))
+        return SearchResult(tokens, token_logprobs, "budget")
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
     x = x - x.max()
     return x - np.log(np.exp(x).sum())
+
+
+def _token_logprob(logits: np.ndarray, token: int) -> float:
+    """log softmax(logits)[token], in float64 (-inf entries, the filtered tokens, contribute nothing)."""
+    x = np.asarray(logits, dtype=np.float64)
+    top = x.max()
+    return float(x[token] - top - np.log(np.exp(x - top).sum()))
 
 
 # -- one window -----------------------------------------------------------------------------------------------------
@@ -353,7 +382,8 @@ class WindowDecoding:
         if guards.no_speech(no_speech_prob):
             return DecodeOutput((), no_speech_prob, "no_speech")
         budget = min(guards.max_new_tokens, self.graph.max_new_positions)
-        tokens, stopped_by = self.strategy.search(primed, encoder_hidden_states, runner, budget)
+        found = self.strategy.search(primed, encoder_hidden_states, runner, budget)
+        stopped_by = found.stopped_by
         if stopped_by == "budget" and budget < guards.max_new_tokens:
             stopped_by = "context"  # the decoder's positions ran out before the window's budget
-        return DecodeOutput(tuple(tokens), no_speech_prob, stopped_by)
+        return DecodeOutput(tuple(found.tokens), no_speech_prob, stopped_by, math.fsum(found.logprobs))

@@ -56,6 +56,19 @@ DYNAMIC_BUCKET_FRAMES = 100
 
 
 @dataclass(frozen=True)
+class Segment:
+    """One window's free transcription (faster-whisper's ``Segment``): where it lies in the audio, its text and
+    how sure the decoder was (OpenAI's verbose_json, srt and vtt are written from these)."""
+
+    start_s: float
+    end_s: float
+    text: str
+    tokens: Tuple[int, ...]
+    avg_logprob: float  # DecodeOutput.avg_logprob: summed log-probability / (tokens + 1)
+    no_speech_prob: float  # P(no speech) of the window
+
+
+@dataclass(frozen=True)
 class TranscriptionResult:
     text: str
     language: str
@@ -70,6 +83,9 @@ class TranscriptionResult:
     # mode "phrases"/"both": the best known phrase or "none of these" (None in mode "free"). In mode "phrases"
     # ``text`` is the accepted phrase ("" when rejected), or the free transcription when there is no list.
     phrases: Optional[PhraseMatch] = None
+    # The free transcription window by window, for windows the model decoded (none in mode "phrases" with a
+    # list, or for digital silence).
+    segments: Tuple[Segment, ...] = ()
 
     def to_json(self) -> Dict[str, Any]:
         """The result as every front end reports it (the server's endpoints, ``transcribe --json``, ``listen``):
@@ -233,17 +249,20 @@ class Transcriber:
         plan = Plan.build(mode, self.phrase_set(phrases) if mode != "free" else None, popts)
         decoding = WindowDecoding(self.merged_decoder, opts)
         windows: List[WindowResult] = []
+        offsets: List[int] = []
         for index, offset in enumerate(range(0, samples.size, self.window_samples)):
             if not plan.runs_window(index):
                 break
             window = samples[offset : offset + self.window_samples]
             windows.append(self._transcribe_window(window, decoding, plan, index, popts))
+            offsets.append(offset)
         tokens = [token for w in windows if w.decoded is not None for token in w.decoded.tokens]
-        text = self.tokenizer.decode(tokens)
-        if opts.to_simplified and text:
-            from resonance.text import to_simplified
-
-            text = to_simplified(text)
+        text = self._text(tokens, opts)
+        segments = tuple(
+            self._segment(w.decoded, offset, min(offset + self.window_samples, samples.size), opts)
+            for w, offset in zip(windows, offsets)
+            if w.decoded is not None and w.decoded.tokens and plan.free_text
+        )
         found = plan.phrase_result(windows[0] if windows else None)
         if not plan.free_text:
             text, tokens = found.best or "", []  # mode "phrases": the answer is the accepted phrase
@@ -262,6 +281,25 @@ class Transcriber:
             timings={k: round(v, 2) for k, v in timings.items()},
             mode=mode,
             phrases=found,
+            segments=segments,
+        )
+
+    def _text(self, tokens: Sequence[int], opts: DecodingOptions) -> str:
+        text = self.tokenizer.decode(list(tokens))
+        if opts.to_simplified and text:
+            from resonance.text import to_simplified
+
+            text = to_simplified(text)
+        return text
+
+    def _segment(self, decoded: DecodeOutput, start: int, end: int, opts: DecodingOptions) -> Segment:
+        return Segment(
+            start_s=start / SAMPLE_RATE,
+            end_s=end / SAMPLE_RATE,
+            text=self._text(decoded.tokens, opts),
+            tokens=decoded.tokens,
+            avg_logprob=decoded.avg_logprob,
+            no_speech_prob=decoded.no_speech_prob,
         )
 
     def match_phrases(

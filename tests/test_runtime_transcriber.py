@@ -207,6 +207,67 @@ def test_corrupt_bundle_is_refused(bundle, tmp_path):
         Transcriber(broken)
 
 
+def _teacher_forced_logprob(transcriber: Transcriber, audio: np.ndarray, tokens, ended: bool) -> float:
+    """log P(tokens [+ eot]) under the decoder with the logit filters, computed in one cached step."""
+    from resonance.runtime.decoding import DecodingOptions, logit_filters
+
+    graph = transcriber.merged_decoder
+    hidden = transcriber._encode(transcriber.features(audio))
+    primed = graph.prime(hidden)
+    rows = [primed.logits[0, -1]]
+    if tokens:
+        ids = np.asarray([list(tokens)], dtype=np.int64)
+        step = graph.cached_step(graph.numpy_runner(), primed.presents, ids, hidden)
+        rows += list(step.logits[0])
+    targets = [*tokens, graph.tokens.eot] if ended else list(tokens)
+    filters = logit_filters(graph, DecodingOptions())
+    total = 0.0
+    for i, target in enumerate(targets):
+        x = np.array(rows[i], dtype=np.float64)
+        for f in filters:
+            f.apply(x, list(tokens[:i]))
+        x -= x.max()
+        total += float(x[target] - np.log(np.exp(x).sum()))
+    return total
+
+
+def test_segments_carry_the_decoders_own_log_probability(transcriber):
+    """verbose_json's avg_logprob: the summed log-probability of the chosen tokens (+ eot) / (tokens + 1),
+    checked against the same tokens scored afresh in one teacher-forced step."""
+    audio = tone(2.0, freq=330.0)
+    options = {"tokens_per_second": None, "max_new_tokens": 12, "repetition_count": 0}
+    result = transcriber.transcribe(audio, options=options)
+    (segment,) = result.segments
+    assert segment.tokens == result.tokens and segment.text == result.text
+    assert (segment.start_s, segment.end_s) == (0.0, pytest.approx(2.0))
+    assert segment.no_speech_prob == result.no_speech_prob
+    ended = len(result.tokens) < 12  # stopped at eot, whose log-probability counts too
+    expected = _teacher_forced_logprob(transcriber, audio, result.tokens, ended)
+    assert segment.avg_logprob == pytest.approx(expected / (len(result.tokens) + 1), abs=1e-4)
+    assert segment.avg_logprob < 0
+
+
+def test_segments_follow_the_windows_and_skip_silence(transcriber):
+    audio = np.concatenate([tone(5.0), np.zeros(5 * 16000, np.float32), tone(2.0)])  # 5 s windows
+    result = transcriber.transcribe(audio, options=DecodingOptions(repetition_count=0))
+    assert [(s.start_s, s.end_s) for s in result.segments] == [(0.0, 5.0), (10.0, 12.0)]
+    assert tuple(t for s in result.segments for t in s.tokens) == result.tokens
+    assert all(s.text == transcriber.tokenizer.decode(list(s.tokens)) for s in result.segments)
+    assert transcriber.transcribe(np.zeros(16000, np.float32)).segments == ()
+    assert transcriber.transcribe(audio, mode="phrases", phrases=["我想喝水"]).segments == ()
+
+
+def test_beam_search_reports_the_winners_log_probability(tiny_bundle):
+    audio = tone(1.5)
+    options = {"beam_size": 3, "max_new_tokens": 6, "tokens_per_second": None, "repetition_count": 0}
+    beam = Transcriber(tiny_bundle, options=options)
+    result = beam.transcribe(audio)
+    (segment,) = result.segments
+    ended = len(result.tokens) < 6
+    expected = _teacher_forced_logprob(beam, audio, result.tokens, ended)
+    assert segment.avg_logprob == pytest.approx(expected / (len(result.tokens) + 1), abs=1e-4)
+
+
 def test_beam_search_is_optional_and_bounded(tiny_bundle):
     """beam_size 1 is the greedy path; more beams decode within the same token budget."""
     from resonance.runtime.decoding import DecodingOptions

@@ -136,7 +136,7 @@ def test_openai_model_names_the_patient(server):
     assert server.post("/v1/audio/transcriptions", files=clip, data={"model": "p1"}).status_code == 200
     assert server.post("/v1/audio/transcriptions", files=clip).status_code == 200  # no model: the only one
     assert_error(server.post("/v1/audio/transcriptions", files=clip, data={"model": "nobody"}), 404)
-    bad = server.post("/v1/audio/transcriptions", files=clip, data={"response_format": "srt"})
+    bad = server.post("/v1/audio/transcriptions", files=clip, data={"response_format": "xml"})
     assert_error(bad, 400, "unsupported_response_format")
 
 

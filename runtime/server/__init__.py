@@ -11,6 +11,8 @@ Endpoints:
                                   "phrase_rejected": "none of these"); mode=free: text only; mode=phrases:
                                   text = the accepted phrase or "" (runtime/phrases.py)
   POST /v1/audio/transcriptions   OpenAI-compatible: ``file``, ``model`` = patient id, ``response_format``
+                                  (json, text, srt, vtt, verbose_json), ``stream`` (server-sent events)
+  GET  /v1/models                 the patients as OpenAI models (+ ``whisper-1`` when there is one)
   POST /feedback                  ``file`` + ``text`` + ``patient``: the right text of a recording, kept as
                                   training data with ``serve --collect DIR`` (403 without it)
 
@@ -26,7 +28,7 @@ transcripts, unless ``log_transcripts`` is on, and every logged field is escaped
 One job per module:
   app.py               the app factory: request hooks (auth, request log), error handlers, the blueprints
   api.py               /health, /patients, /transcribe (the guide's endpoint)
-  openai.py            /v1/audio/transcriptions and its response formats
+  openai.py            /v1/models, /v1/audio/transcriptions, its response formats and refusals
   feedback.py          /feedback: a result the caregiver confirmed or corrected, kept with --collect
   page.py              the caregiver's web page and its security headers
   uploads.py           an HTTP upload -> checked audio -> a transcription on a slot (+ retention)

@@ -23,12 +23,19 @@ class ApiError(ResonanceError):
     """A request the server refuses, with its HTTP status and a stable machine-readable code."""
 
     def __init__(
-        self, status: int, code: str, message: str, hint: str = "", headers: Optional[Dict[str, str]] = None
+        self,
+        status: int,
+        code: str,
+        message: str,
+        hint: str = "",
+        headers: Optional[Dict[str, str]] = None,
+        param: Optional[str] = None,
     ):
         super().__init__(message, hint)
         self.status = status
         self.code = code
         self.headers = headers or {}
+        self.param = param  # the request field at fault, as OpenAI's errors name it
 
 
 # The runtime's own errors -> (HTTP status, code); the first match wins, so subclasses come before their bases.
@@ -68,16 +75,24 @@ def too_large_error(max_upload_mb: float) -> ApiError:
     )
 
 
-def error_body(status: int, code: str, message: str, hint: str = "") -> Dict[str, Dict[str, str]]:
-    """The JSON of every error reply, from Flask or from the gate that answers before Flask sees a request."""
+def error_body(
+    status: int, code: str, message: str, hint: str = "", param: Optional[str] = None
+) -> Dict[str, Dict[str, Optional[str]]]:
+    """The JSON of every error reply, from Flask or from the gate that answers before Flask sees a request:
+    OpenAI's error object (message, type, param, code) with our hint beside it."""
     kind = "server_error" if status >= 500 else "invalid_request_error"  # OpenAI clients read `type`
-    return {"error": {"message": message, "hint": hint, "code": code, "type": kind}}
+    return {"error": {"message": message, "hint": hint, "code": code, "type": kind, "param": param}}
 
 
 def error_response(
-    status: int, code: str, message: str, hint: str = "", headers: Optional[Dict[str, str]] = None
+    status: int,
+    code: str,
+    message: str,
+    hint: str = "",
+    headers: Optional[Dict[str, str]] = None,
+    param: Optional[str] = None,
 ) -> Response:
-    response = jsonify(error_body(status, code, message, hint))
+    response = jsonify(error_body(status, code, message, hint, param))
     response.status_code = status
     for name, value in (headers or {}).items():
         response.headers[name] = value
@@ -88,7 +103,7 @@ def register_error_handlers(app: Flask, max_upload_mb: float) -> None:
     @app.errorhandler(ResonanceError)
     def _resonance_error(exc: ResonanceError) -> Response:
         if isinstance(exc, ApiError):
-            return error_response(exc.status, exc.code, exc.message, exc.hint, exc.headers)
+            return error_response(exc.status, exc.code, exc.message, exc.hint, exc.headers, exc.param)
         headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, Busy) else None
         status, code = next((s, c) for kind, s, c in STATUS_OF if isinstance(exc, kind))
         return error_response(status, code, exc.message, exc.hint, headers)
