@@ -39,3 +39,6 @@ HOST_PRESET = "auto"  # in a device config / --int8-preset: the preset of the CP
 # The most `resonance serve --collect DIR` keeps by default: ~8 hours of 16 kHz 16-bit audio, years of a
 # caregiver's corrections, and never a full disk (`--collect-quota-mb` changes it).
 COLLECT_QUOTA_MB = 1000.0
+# Home Assistant's Wyoming services listen on 103xx; 10300 is speech-to-text's (wyoming-faster-whisper's default),
+# what Home Assistant's Wyoming integration suggests for an STT server: `resonance serve --wyoming-port`.
+WYOMING_PORT = 10300

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from resonance.cli_common import add_command
-from resonance.constants import COLLECT_QUOTA_MB
+from resonance.constants import COLLECT_QUOTA_MB, WYOMING_PORT
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,6 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "  resonance serve --models bundles/ --cert my.crt --key my.key    # your own certificate\n"
         "  resonance serve --models bundles/ --retain ~/resonance-recordings   # keep audio + text (opt-in)\n"
         "  resonance serve --models bundles/ --collect ~/resonance-corrections  # keep what the page confirms\n"
+        "  resonance serve --models bundles/ --wyoming-port          # + Home Assistant (Wyoming) on 127.0.0.1:10300\n"
+        "  resonance serve --models bundles/ --wyoming-port --wyoming-lan   # Home Assistant on another machine\n"
         "  curl --cacert ~/.config/resonance/tls/ca.crt -F file=@clip.wav https://127.0.0.1:8000/transcribe\n"
         "  curl -F file=@clip.wav http://127.0.0.1:8080/transcribe      # plain http beside https\n"
         "  open https://<LAN-IP>:8000/ on the phone (trust http://<LAN-IP>:8080/ca.crt once first)\n",
@@ -116,6 +118,28 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=COLLECT_QUOTA_MB,
         metavar="MB",
         help="the most the --collect folder may hold (default %(default)g MB)",
+    )
+    p.add_argument(
+        "--wyoming-port",
+        type=int,
+        nargs="?",
+        const=WYOMING_PORT,
+        metavar="PORT",
+        help=f"also speak the Wyoming protocol for Home Assistant's voice assistant on this port (given alone: "
+        f"{WYOMING_PORT}, Wyoming's speech-to-text port; 0 = any free); loopback only unless --wyoming-lan",
+    )
+    p.add_argument(
+        "--wyoming-lan",
+        action="store_true",
+        help="let Home Assistant on another machine reach the Wyoming port (on --host's interfaces): Wyoming "
+        "has no access token, so anyone on the LAN can then use it",
+    )
+    p.add_argument(
+        "--wyoming-answer",
+        choices=("phrase", "text"),
+        default="phrase",
+        help="what Home Assistant gets: phrase (default) = the patient's phrase-board phrase when the board "
+        "accepts one, else the free transcription; text = always the free transcription",
     )
 
     p = add_command(
@@ -461,8 +485,37 @@ def _run_serve(args: argparse.Namespace) -> int:
     http_port = plain_http_port(config, tls, args.http_port)
     # The QR code carries the token only to a terminal: under systemd the banner goes to the journal.
     qr_token = bool(token) and sys.stdout.isatty()
-    serve(Path(args.models), config, settings, args.port, note, http_port=http_port, qr_token=qr_token)
+    serve(
+        Path(args.models),
+        config,
+        settings,
+        args.port,
+        note,
+        http_port=http_port,
+        qr_token=qr_token,
+        wyoming=_wyoming_settings(args, config.host),
+    )
     return 0
+
+
+def _wyoming_settings(args: argparse.Namespace, lan_host: str) -> Any:
+    """--wyoming-*: None when Wyoming is off; loopback unless --wyoming-lan (Wyoming has no authentication)."""
+    from resonance.errors import ResonanceError
+
+    if args.wyoming_port is None:
+        if args.wyoming_lan:
+            raise ResonanceError(
+                "--wyoming-lan needs --wyoming-port", "add --wyoming-port (10300 by default)"
+            )
+        return None
+    if not 0 <= args.wyoming_port <= 65535:
+        raise ResonanceError(
+            f"--wyoming-port {args.wyoming_port} is out of range", "use 1-65535 (Wyoming's is 10300), or 0"
+        )
+    from resonance.runtime.server.wyoming import WyomingSettings
+
+    host = lan_host if args.wyoming_lan else ("::1" if ":" in lan_host else "127.0.0.1")
+    return WyomingSettings(host=host, port=args.wyoming_port, answer=args.wyoming_answer)
 
 
 def _run_install_service(args: argparse.Namespace) -> int:

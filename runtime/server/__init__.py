@@ -41,6 +41,7 @@ One job per module:
   listener.py          sockets bound first, uvicorn with a request-head deadline and a connection cap
   lan.py               LAN addresses, the QR code, the start banner
   tls.py               the local CA and the server certificate of HTTPS on the LAN (cryptography)
+  wyoming.py           the Wyoming protocol (Home Assistant) beside HTTP: same registry, slots and limits
   run.py               serve(): bind, load the bundles, build app + gate, print the banner, run the listener
 """
 

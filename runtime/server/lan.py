@@ -6,7 +6,7 @@ import io
 import socket
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 from resonance import __version__
 from resonance.runtime.device_config import DeviceConfig
@@ -96,12 +96,14 @@ def banner(
     token_note: str = "",
     http_port: Optional[int] = None,
     qr_token: bool = False,
+    extra: Sequence[str] = (),
 ) -> str:
     """What `resonance serve` prints once it listens: the patients, the caregiver page's URL and its QR code,
     the API's address for apps, how a phone trusts the HTTPS certificate, and what is kept on disk.
 
     ``http_port``: the plain-HTTP listener beside HTTPS, if any. ``qr_token``: put the access token in the QR
-    code (signed in at the first scan); only for a terminal, never for a log such as the journal.
+    code (signed in at the first scan); only for a terminal, never for a log such as the journal. ``extra``:
+    lines of the other services (Wyoming, the mDNS announcement), before the last line.
     """
     lines = [f"Resonance {__version__} on '{device_config.name}' ({device_config.description})"]
     loaded = {bundle.patient: bundle for bundle in registry.bundles()}
@@ -168,6 +170,7 @@ def banner(
         lines.append(
             f"New or re-exported bundles in {models_dir} are picked up within {settings.reload_interval_s:g} s."
         )
+    lines.extend(extra)
     lines.append("Press Ctrl+C to stop.")
     return "\n".join(lines)
 

@@ -186,8 +186,9 @@ class Endpoint:
         return "https" if self.ssl_context is not None else "http"
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """A listening TCP socket; a port in use or a foreign address is one clear ResonanceError."""
+def bind(host: str, port: int, flag: str = "--port") -> socket.socket:
+    """A listening TCP socket; a port in use or a foreign address is one clear ResonanceError (``flag``: the
+    option that chose the port, for its hint)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
         return socket.create_server((host, port), family=family, backlog=128)
@@ -195,7 +196,7 @@ def bind(host: str, port: int) -> socket.socket:
         if exc.errno == errno.EADDRINUSE:
             raise ResonanceError(
                 f"port {port} on {host} is already in use (another `resonance serve`, or another program)",
-                "stop the other server, or pick a free port with --port (0 = any free port)",
+                f"stop the other server, or pick a free port with {flag} (0 = any free port)",
             ) from exc
         if exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
             raise ResonanceError(

@@ -6,7 +6,7 @@ import dataclasses
 import logging
 import os
 from pathlib import Path
-from typing import List, Optional
+from typing import TYPE_CHECKING, Awaitable, Callable, List, Optional
 
 from resonance.errors import ResonanceError
 from resonance.runtime.device_config import DeviceConfig
@@ -16,8 +16,11 @@ from resonance.runtime.server.context import EXTENSION, ServerSettings
 from resonance.runtime.server.gate import Gate
 from resonance.runtime.server.hosts import HostPolicy
 from resonance.runtime.server.lan import banner
-from resonance.runtime.server.listener import Endpoint, Front
+from resonance.runtime.server.listener import Endpoint, Front, bind
 from resonance.runtime.server.tls import ServerCertificate, ssl_context
+
+if TYPE_CHECKING:  # the wyoming library is imported only when Wyoming is served
+    from resonance.runtime.server.wyoming import WyomingSettings
 
 
 def endpoints_for(
@@ -43,6 +46,7 @@ def serve(
     token_note: str = "",
     http_port: Optional[int] = None,
     qr_token: bool = False,
+    wyoming: Optional[WyomingSettings] = None,
 ) -> None:
     """Load every bundle under ``models_dir`` and serve the API until interrupted.
 
@@ -50,6 +54,7 @@ def serve(
     ``port`` overrides the device config's (0 = any free port; the URL printed says which); with
     ``settings.tls`` it serves HTTPS, and plain http on ``http_port`` beside it (0 = any free port).
     ``qr_token``: the QR code printed signs the phone in (for a terminal, never for a log).
+    ``wyoming``: also serve the Wyoming protocol (Home Assistant) in the same event loop.
     """
     settings = settings or ServerSettings()
     logging.getLogger("resonance").setLevel(settings.log_level.upper())
@@ -59,7 +64,10 @@ def serve(
         settings = dataclasses.replace(settings, https_port=front.ports[0])  # the page links to it
     plain_port = front.ports[1] if len(front.ports) > 1 else None
     registry: Optional[ModelRegistry] = None
+    wyoming_socket = None
     try:
+        if wyoming is not None:
+            wyoming_socket = bind(wyoming.host, wyoming.port, "--wyoming-port")
         # onnxruntime >= 1.2x keeps usage telemetry (a device id, the OS, paths) in ~/.cache/Microsoft/...
         # and a session file in $TMPDIR, to upload when online. A patient's offline device writes nothing it
         # was not asked to: off unless the operator set the variable. onnxruntime reads it at import, below.
@@ -76,15 +84,33 @@ def serve(
         app = create_app(registry, device_config, settings)
         context = app.extensions[EXTENSION]
         hosts = HostPolicy.for_server(settings.allowed_hosts, device_config.host)
+        others: List[Callable[[], Awaitable[None]]] = []
+        extra: List[str] = []
+        if wyoming is not None and wyoming_socket is not None:
+            from resonance.runtime.server.wyoming import WyomingServer
+
+            wyoming_server = WyomingServer(wyoming_socket, context, wyoming)
+            others.append(wyoming_server.serve)
+            extra.extend(wyoming_server.banner_lines(settings.auth_token is not None))
         text = banner(
-            registry, device_config, settings, front.ports[0], models_dir, token_note, plain_port, qr_token
+            registry,
+            device_config,
+            settings,
+            front.ports[0],
+            models_dir,
+            token_note,
+            plain_port,
+            qr_token,
+            extra,
         )
         print(text, flush=True)
         try:
-            front.run(Gate(app, context, hosts))
+            front.run(Gate(app, context, hosts), *others)
         finally:
             context.slots.close()
     finally:
         if registry is not None:
             registry.stop_polling()
+        if wyoming_socket is not None:
+            wyoming_socket.close()
         front.close()
