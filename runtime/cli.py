@@ -1,4 +1,4 @@
-"""`resonance serve`, `install-service`, `transcribe`, `listen`, `loadtest`, `probe`; the `phrases` group's actions
+"""`resonance serve`, `discover`, `install-service`, `transcribe`, `listen`, `loadtest`, `probe`; the `phrases` group's actions
 and `eval phrases`, `eval vad` (the groups belong to resonance/cli.py). Registration only: heavy imports happen in
 `run`."""
 
@@ -28,6 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "  resonance serve --models bundles/ --collect ~/resonance-corrections  # keep what the page confirms\n"
         "  resonance serve --models bundles/ --wyoming-port          # + Home Assistant (Wyoming) on 127.0.0.1:10300\n"
         "  resonance serve --models bundles/ --wyoming-port --wyoming-lan   # Home Assistant on another machine\n"
+        "  resonance discover                                       # find the servers on the LAN (mDNS)\n"
         "  curl --cacert ~/.config/resonance/tls/ca.crt -F file=@clip.wav https://127.0.0.1:8000/transcribe\n"
         "  curl -F file=@clip.wav http://127.0.0.1:8080/transcribe      # plain http beside https\n"
         "  open https://<LAN-IP>:8000/ on the phone (trust http://<LAN-IP>:8080/ca.crt once first)\n",
@@ -119,6 +120,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="MB",
         help="the most the --collect folder may hold (default %(default)g MB)",
     )
+    announce = p.add_mutually_exclusive_group()
+    announce.add_argument(
+        "--announce",
+        action="store_true",
+        help="announce the server by mDNS (zeroconf) so apps and `resonance discover` find it without its "
+        "address (default: on when serving every interface, --host 0.0.0.0)",
+    )
+    announce.add_argument("--no-announce", action="store_true", help="do not announce the server by mDNS")
     p.add_argument(
         "--wyoming-port",
         type=int,
@@ -141,6 +150,28 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="what Home Assistant gets: phrase (default) = the patient's phrase-board phrase when the board "
         "accepts one, else the free transcription; text = always the free transcription",
     )
+
+    p = add_command(
+        sub,
+        "discover",
+        "find Resonance servers on the home network by mDNS (what `serve` announces), with their addresses",
+        "  resonance discover                        # every server on the LAN, in 3 s\n"
+        "  resonance discover --json --seconds 5     # for a script or an app's setup\n"
+        "  resonance discover --wyoming              # the Wyoming ports Home Assistant would find\n"
+        "  resonance discover --interface 127.0.0.1  # only this machine's own servers\n",
+        _run_discover,
+    )
+    p.add_argument(
+        "--seconds", type=float, default=3.0, metavar="S", help="how long to listen (default %(default)g s)"
+    )
+    p.add_argument(
+        "--interface",
+        action="append",
+        metavar="ADDR",
+        help="look only on the interface with this address (repeatable; default: every interface)",
+    )
+    p.add_argument("--wyoming", action="store_true", help="list Wyoming (Home Assistant) ports instead")
+    p.add_argument("--json", action="store_true", help="one JSON object per server")
 
     p = add_command(
         sub,
@@ -494,8 +525,26 @@ def _run_serve(args: argparse.Namespace) -> int:
         http_port=http_port,
         qr_token=qr_token,
         wyoming=_wyoming_settings(args, config.host),
+        announce=_announce(args, config.host),
     )
     return 0
+
+
+def _announce(args: argparse.Namespace, host: str) -> bool:
+    """--announce / --no-announce; by default on when the server listens on every interface and zeroconf is
+    installed (without it, one line says how to get it)."""
+    if args.announce or args.no_announce:
+        return bool(args.announce)
+    if host not in ("0.0.0.0", "::", ""):
+        return False
+    try:
+        import zeroconf  # noqa: F401
+    except ImportError:
+        from resonance.runtime.discovery import INSTALL_HINT
+
+        print(f"note: not announced on the network by mDNS: {INSTALL_HINT}", file=sys.stderr)
+        return False
+    return True
 
 
 def _wyoming_settings(args: argparse.Namespace, lan_host: str) -> Any:
@@ -516,6 +565,43 @@ def _wyoming_settings(args: argparse.Namespace, lan_host: str) -> Any:
 
     host = lan_host if args.wyoming_lan else ("::1" if ":" in lan_host else "127.0.0.1")
     return WyomingSettings(host=host, port=args.wyoming_port, answer=args.wyoming_answer)
+
+
+def _run_discover(args: argparse.Namespace) -> int:
+    from resonance.errors import ResonanceError
+    from resonance.runtime.discovery import SERVICE_TYPE, WYOMING_SERVICE_TYPE, discover
+
+    if not 0 < args.seconds <= 60:
+        raise ResonanceError(
+            f"--seconds {args.seconds:g} is out of range", "use e.g. --seconds 3 (at most 60)"
+        )
+    kind = WYOMING_SERVICE_TYPE if args.wyoming else SERVICE_TYPE
+    found = discover(args.seconds, args.interface, kind)
+    for server in found:
+        if args.json:
+            print(json.dumps(server.to_json(), ensure_ascii=False), flush=True)
+            continue
+        if args.wyoming:
+            print(f"{server.name}: host {', '.join(server.addresses)}, port {server.port}", flush=True)
+            continue
+        p = server.properties
+        notes = ["access token needed" if p.get("auth") == "token" else "no token"]
+        if p.get("cert_sha256"):
+            notes.append(f"certificate SHA-256 {p['cert_sha256']}")
+        if p.get("http_port"):
+            notes.append(f"plain http on port {p['http_port']}")
+        print(
+            f"{server.name}: {server.url}  ({'; '.join(notes)}; version {p.get('version', '?')})", flush=True
+        )
+    if not found:
+        what = "Wyoming port" if args.wyoming else "Resonance server"
+        print(
+            f"no {what} answered within {args.seconds:g} s: is `resonance serve` running (it announces itself "
+            "when serving the LAN), on this network? Some routers block mDNS: then type its address",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
 
 
 def _run_install_service(args: argparse.Namespace) -> int:

@@ -6,7 +6,7 @@ aarch64 wheel for JetPack's Python is a broken install there. This asks pip (``p
 
 * the package's base dependencies, read from pyproject.toml (a dependency added by any issue is covered
   without touching this file), minus onnxruntime, which comes from NVIDIA on a Jetson;
-* the ``[mic]`` (``resonance listen``) and ``[formats]`` (phone recordings) extras;
+* the ``[mic]`` (``resonance listen``), ``[formats]`` (phone recordings) and ``[discovery]`` (mDNS) extras;
 
 for each JetPack: 5 is Ubuntu 20.04 (Python 3.8, glibc 2.31), 6 is Ubuntu 22.04 (Python 3.10, glibc 2.35).
 A wheel tagged for an older glibc (``manylinux_2_17`` … ``manylinux_2_N``) installs on a newer one.
@@ -44,7 +44,7 @@ except ImportError:  # Python 3.10: pytest depends on tomli there
 
 ROOT = Path(__file__).resolve().parents[1]
 FROM_NVIDIA = ("onnxruntime", "onnxruntime-gpu")  # NVIDIA's Jetson wheel, not PyPI's (README)
-EXTRAS = ("mic", "formats")  # the runtime extras the README's Jetson section offers
+EXTRAS = ("mic", "formats", "discovery")  # the runtime extras the README's Jetson section offers
 MAX_ROUNDS = 5  # marker rounds; real dependency trees settle in one or two
 PIP_TIMEOUT_S = 600
 # pip's messages when the index cannot be reached at all (vs. a package that has no matching wheel)

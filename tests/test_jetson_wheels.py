@@ -21,14 +21,14 @@ def test_requirements_come_from_pyproject_without_nvidias_onnxruntime(tmp_path):
     pyproject.write_text(
         '[project]\ndependencies = ["numpy>=1.21", "newdep>=2"]\n'
         '[project.optional-dependencies]\nmic = ["sounddevice"]\nformats = ["av>=11"]\n'
-        'cpu = ["onnxruntime>=1.16"]\n'
+        'discovery = ["zeroconf>=0.131"]\ncpu = ["onnxruntime>=1.16"]\n'
     )
     wanted = runtime_requirements(pyproject)
-    assert wanted == ["numpy>=1.21", "newdep>=2", "sounddevice", "av>=11"]  # a new dependency is covered
+    assert wanted == ["numpy>=1.21", "newdep>=2", "sounddevice", "av>=11", "zeroconf>=0.131"]  # all covered
     assert applicable([*wanted, "onnxruntime>=1.16", "onnxruntime-gpu"], JP5) == wanted
     # the real file: the runtime's own dependencies are all there
     names = " ".join(runtime_requirements())
-    for name in ("numpy", "tokenizers", "flask", "sounddevice"):
+    for name in ("numpy", "tokenizers", "flask", "sounddevice", "wyoming", "zeroconf"):
         assert name in names
 
 

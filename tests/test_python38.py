@@ -247,7 +247,7 @@ def test_serve_on_python38(py38, tmp_path, tiny_bundle, clip):
     config = write_config(tmp_path / "test.yaml")
     command = [str(py38 / "bin" / "resonance"), "serve", "--config", str(config), "--models", str(models)]
     env = {**_clean_env(py38), "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
-    server = Server(None, None, "--https", command=command, env=env, cwd=tmp_path)
+    server = Server(None, None, "--https", "--wyoming-port", "0", command=command, env=env, cwd=tmp_path)
     try:
         assert server.base.startswith("https://") and server.verify == str(
             tmp_path / "xdg/resonance/tls/ca.crt"
@@ -261,9 +261,40 @@ def test_serve_on_python38(py38, tmp_path, tiny_bundle, clip):
         assert reply.status_code == 200, reply.text
         assert isinstance(reply.json()["text"], str)
         assert reply.json()["patient"] == "p1"
+        # Home Assistant's Wyoming protocol in the same event loop, on 3.8's asyncio
+        port = int(re.search(r"Wyoming protocol\): host 127\.0\.0\.1, port (\d+)", server.output).group(1))
+        assert wyoming_transcript(port, clip) == reply.json()["text"]
     finally:
         server.stop()
     assert "Traceback" not in server.output, server.output
+
+
+def wyoming_transcript(port: int, clip: Path) -> str:
+    """A clip's transcript over Wyoming, sent as Home Assistant sends it (wyoming's own client, this side)."""
+    import asyncio
+
+    import soundfile as sf
+    from wyoming.asr import Transcribe, Transcript
+    from wyoming.audio import AudioChunk, AudioStart, AudioStop
+    from wyoming.client import AsyncTcpClient
+
+    pcm, rate = sf.read(clip, dtype="int16")
+
+    async def talk() -> str:
+        async with AsyncTcpClient("127.0.0.1", port, read_timeout=60) as client:
+            await client.write_event(Transcribe().event())
+            await client.write_event(AudioStart(rate=rate, width=2, channels=1).event())
+            data = pcm.tobytes()
+            for i in range(0, len(data), 2048):
+                await client.write_event(
+                    AudioChunk(rate=rate, width=2, channels=1, audio=data[i : i + 2048]).event()
+                )
+            await client.write_event(AudioStop().event())
+            event = await client.read_event()
+            assert event is not None and Transcript.is_type(event.type), event
+            return Transcript.from_event(event).text
+
+    return asyncio.run(talk())
 
 
 def test_listen_with_silero_on_python38(py38, tmp_path, tiny_bundle):

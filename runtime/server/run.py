@@ -6,7 +6,7 @@ import dataclasses
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Awaitable, Callable, List, Optional
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, List, Optional
 
 from resonance.errors import ResonanceError
 from resonance.runtime.device_config import DeviceConfig
@@ -47,6 +47,7 @@ def serve(
     http_port: Optional[int] = None,
     qr_token: bool = False,
     wyoming: Optional[WyomingSettings] = None,
+    announce: bool = False,
 ) -> None:
     """Load every bundle under ``models_dir`` and serve the API until interrupted.
 
@@ -54,7 +55,8 @@ def serve(
     ``port`` overrides the device config's (0 = any free port; the URL printed says which); with
     ``settings.tls`` it serves HTTPS, and plain http on ``http_port`` beside it (0 = any free port).
     ``qr_token``: the QR code printed signs the phone in (for a terminal, never for a log).
-    ``wyoming``: also serve the Wyoming protocol (Home Assistant) in the same event loop.
+    ``wyoming``: also serve the Wyoming protocol (Home Assistant) in the same event loop. ``announce``: make
+    the server findable by mDNS (runtime/discovery.py) on the interfaces it listens on.
     """
     settings = settings or ServerSettings()
     logging.getLogger("resonance").setLevel(settings.log_level.upper())
@@ -65,7 +67,12 @@ def serve(
     plain_port = front.ports[1] if len(front.ports) > 1 else None
     registry: Optional[ModelRegistry] = None
     wyoming_socket = None
+    announcer = None
     try:
+        if announce:
+            from resonance.runtime.discovery import require_zeroconf
+
+            require_zeroconf()  # without it, one error line before the models load
         if wyoming is not None:
             wyoming_socket = bind(wyoming.host, wyoming.port, "--wyoming-port")
         # onnxruntime >= 1.2x keeps usage telemetry (a device id, the OS, paths) in ~/.cache/Microsoft/...
@@ -92,6 +99,21 @@ def serve(
             wyoming_server = WyomingServer(wyoming_socket, context, wyoming)
             others.append(wyoming_server.serve)
             extra.extend(wyoming_server.banner_lines(settings.auth_token is not None))
+        if announce:
+            from resonance.runtime.discovery import Announcer, interfaces_for
+
+            announcer = Announcer(interfaces_for(device_config.host))  # once everything else has started
+            extra.extend(
+                announce_services(
+                    announcer,
+                    device_config.host,
+                    front.ports[0],
+                    settings,
+                    plain_port,
+                    wyoming,
+                    wyoming_socket,
+                )
+            )
         text = banner(
             registry,
             device_config,
@@ -111,6 +133,45 @@ def serve(
     finally:
         if registry is not None:
             registry.stop_polling()
+        if announcer is not None:
+            announcer.close()  # the goodbye packets: clients forget the server at once
         if wyoming_socket is not None:
             wyoming_socket.close()
         front.close()
+
+
+def announce_services(
+    announcer: Any,
+    host: str,
+    port: int,
+    settings: ServerSettings,
+    plain_port: Optional[int],
+    wyoming: Optional[WyomingSettings],
+    wyoming_socket: Any,
+) -> List[str]:
+    """Announce the page/API (and Wyoming, where it listens on the announced interfaces); the banner's lines."""
+    from resonance.runtime.discovery import http_service, wyoming_service
+    from resonance.runtime.server.lan import lan_addresses
+
+    addresses = lan_addresses() if host in ("0.0.0.0", "::", "") else [host]
+    tls = settings.tls
+    service = http_service(
+        addresses,
+        port,
+        "https" if tls else "http",
+        settings.auth_token is not None,
+        tls.fingerprint if tls else None,
+        plain_port,
+    )
+    name = announcer.announce(service)
+    lines = [
+        f"Announced on the network by mDNS as '{name.split('._', 1)[0]}' (_resonance._tcp): apps and "
+        "`resonance discover` find it without its address (--no-announce turns it off)"
+    ]
+    if wyoming is not None and wyoming_socket is not None and wyoming.host in (host, "0.0.0.0", "::"):
+        wyoming_port = int(wyoming_socket.getsockname()[1])
+        announcer.announce(wyoming_service(addresses, wyoming_port))
+        lines.append(
+            "  and the Wyoming port (_wyoming._tcp): Home Assistant offers it under Devices & services"
+        )
+    return lines
