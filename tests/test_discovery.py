@@ -65,7 +65,7 @@ def discover_cli(run_cli, *args):
 
 def test_discover_finds_the_announced_server_with_how_to_connect(server, run_cli):
     assert re.search(
-        r"Announced on the network by mDNS as 'Resonance on [^']+' \(_resonance\._tcp\)", server.output
+        r"Announced by mDNS on 127\.0\.0\.1 only as 'Resonance on [^']+' \(_resonance\._tcp\)", server.output
     )
     proc, found = discover_cli(run_cli, "--json")
     assert proc.returncode == 0, proc.stderr

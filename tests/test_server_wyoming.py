@@ -97,7 +97,7 @@ def test_a_recording_in_chunks_is_transcribed_as_over_http(server):
     stereo = np.repeat(tone(1.0, rate=44100)[:, None], 2, axis=1).reshape(-1)
     (event,) = converse(server.wyoming, [Transcribe().event(), *audio_events(stereo, 44100, 2)])
     assert Transcript.is_type(event.type)
-    assert re.search(r"wyoming transcribe audio_s=1\.00 text_len=\d+", server.output)
+    assert re.search(r"wyoming transcribe patient=p1 audio_s=1\.00 text_len=\d+ answer=text", server.output)
 
 
 def test_the_length_cap_holds_while_the_chunks_arrive(server):

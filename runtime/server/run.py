@@ -164,8 +164,9 @@ def announce_services(
         plain_port,
     )
     name = announcer.announce(service)
+    where = "on every network interface" if host in ("0.0.0.0", "::", "") else f"on {host} only"
     lines = [
-        f"Announced on the network by mDNS as '{name.split('._', 1)[0]}' (_resonance._tcp): apps and "
+        f"Announced by mDNS {where} as '{name.split('._', 1)[0]}' (_resonance._tcp): apps and "
         "`resonance discover` find it without its address (--no-announce turns it off)"
     ]
     if wyoming is not None and wyoming_socket is not None and wyoming.host in (host, "0.0.0.0", "::"):

@@ -25,7 +25,7 @@ import logging
 import socket
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Set, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Set
 
 import numpy as np
 from wyoming.asr import Transcribe, Transcript
@@ -249,6 +249,16 @@ async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
                 break
 
 
+class Done(NamedTuple):
+    """A recording's transcript and what the log says about it."""
+
+    text: str
+    answer: str  # "phrase": the board's accepted phrase; "text": the free transcription
+    patient: str
+    language: str
+    audio_s: float
+
+
 class Session:
     """One connection's state: the chosen patient and the recording being received."""
 
@@ -347,7 +357,7 @@ class Session:
         started = time.monotonic()
         try:
             loop = asyncio.get_running_loop()
-            text, language, audio_s = await loop.run_in_executor(slots.executor, self._work, recording)
+            done = await loop.run_in_executor(slots.executor, self._work, recording)
         except ResonanceError as exc:
             return Error(text=exc.message, code="transcription_failed").event()
         except Exception as exc:  # a bug or a runtime failure: answer, keep the traceback, keep serving
@@ -355,18 +365,27 @@ class Session:
             return Error(text=f"internal error: {type(exc).__name__}", code="internal_error").event()
         finally:
             slots.release(time.monotonic() - started)
-        log.info("wyoming transcribe audio_s=%.2f text_len=%d", audio_s, len(text))
-        return Transcript(text=text, language=language).event()
+        log.info(
+            "wyoming transcribe patient=%s audio_s=%.2f text_len=%d answer=%s",
+            done.patient,
+            done.audio_s,
+            len(done.text),
+            done.answer,
+        )
+        return Transcript(text=done.text, language=done.language).event()
 
-    def _work(self, recording: Recording) -> Tuple[str, str, float]:
+    def _work(self, recording: Recording) -> Done:
         """On a slot thread: decode the PCM, load the patient's model if needed, transcribe, keep (retention)."""
         audio = recording.samples()
         bundle = self.context.registry.get(self.patient)
         mode = "both" if self.settings.answer == "phrase" else "free"
         result = bundle.transcriber.transcribe(audio, mode=mode)
-        text = result.text
+        text, answer = result.text, "text"
         if result.phrases is not None and result.phrases.best:
-            text = result.phrases.best  # the board accepted one of the patient's own phrases
+            text, answer = (
+                result.phrases.best,
+                "phrase",
+            )  # the board accepted one of the patient's own phrases
         if self.context.retention is not None:
             record: Dict[str, Any] = {
                 **result.to_json(),
@@ -376,4 +395,4 @@ class Session:
                 "model_created": bundle.manifest.created,
             }
             self.context.retention.save_or_log(bundle.patient, audio, record)
-        return text, bundle.manifest.language, audio.size / SAMPLE_RATE
+        return Done(text, answer, bundle.patient, bundle.manifest.language, audio.size / SAMPLE_RATE)
