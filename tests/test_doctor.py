@@ -98,7 +98,7 @@ class FakeMachine:
     def requirements(self) -> List[str]:
         return self.requires
 
-    def marker_holds(self, marker: str) -> Optional[bool]:
+    def marker_holds(self, marker: str, extra: str = "") -> Optional[bool]:
         if marker in self.markers:
             return self.markers[marker]
         return "aarch64'" not in marker or "!=" in marker  # an x86 PC
@@ -222,6 +222,20 @@ def test_on_a_jetpack5_jetson_the_opencc_port_is_the_one_required():
     findings = checks.check_packages(FakeMachine(installed=installed, markers=markers), context())
     assert not only(findings, FAIL) and "opencc-purepy 1.5.0" in findings[1].message
     assert "extras installed: none" in findings[0].message
+
+
+def test_extras_are_judged_on_whole_markers_with_parentheses():
+    """pip writes an extra's platform marker as '(a or b) and extra == "x"': it must be evaluated whole."""
+    pytest.importorskip("packaging")
+    requires = [
+        "zeroconf>=0.131,<1; (platform_machine != 'aarch64' or python_version >= '3.9') and extra == 'discovery'",
+        "zeroconf==0.39.4; (platform_machine == 'aarch64' and python_version < '3.9') and extra == 'discovery'",
+        "nothing-like-this==1; platform_machine == 'no-such-machine' and extra == 'discovery'",
+        "onnxruntime-gpu>=1.16; extra == 'gpu'",
+    ]
+    holds = Machine().marker_holds
+    assert checks.installed_extras(requires, {"zeroconf": "0.140"}, holds) == ["discovery"]
+    assert checks.installed_extras(requires, {}, holds) == []
 
 
 def test_no_onnxruntime_is_a_fail_and_on_a_jetson_points_at_nvidias_wheel():

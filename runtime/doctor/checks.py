@@ -83,9 +83,7 @@ def installed_extras(requirements: Sequence[str], installed: Dict[str, str], hol
     def satisfied(extra: str, seen: Tuple[str, ...] = ()) -> bool:
         for text in by_extra.get(extra, []):
             name, _, marker = split_requirement(text)
-            rest = _EXTRA.sub("", marker).strip(" ()")
-            rest = re.sub(r"^(and|or)\s+|\s+(and|or)$", "", rest).strip()
-            if rest and holds(rest) is False:
+            if holds(marker, extra) is False:
                 continue  # e.g. a platform marker that does not apply here
             if normalize(name) == DISTRIBUTION:  # "resonance-asr[export,mic]": those extras, recursively
                 inner = re.search(r"\[([^\]]*)\]", text)

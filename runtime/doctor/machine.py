@@ -145,13 +145,14 @@ class Machine:
         except metadata.PackageNotFoundError:
             return []
 
-    def marker_holds(self, marker: str) -> Optional[bool]:
-        """Whether an environment marker holds here (``extra`` as ""); None when ``packaging`` is missing."""
+    def marker_holds(self, marker: str, extra: str = "") -> Optional[bool]:
+        """Whether an environment marker holds here when installing ``extra`` ("" for the base install); None
+        when ``packaging`` is missing. Evaluated whole (never cut apart as text: markers nest parentheses)."""
         try:
             from packaging.markers import Marker
         except ImportError:
             return None
-        return Marker(marker).evaluate({"extra": ""})
+        return Marker(marker).evaluate({"extra": extra})
 
     # -- onnxruntime --------------------------------------------------------------------------------------
 
