@@ -200,12 +200,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         "transcribe audio files with a bundle, offline (no server)",
         "  resonance transcribe --bundle bundles/grandpa clip1.wav clip2.m4a\n"
         "  resonance transcribe --bundle bundles/grandpa --config pc-cuda --json my_data/audio/*.wav\n"
-        "  resonance transcribe --bundle bundles/grandpa --mode both clip1.wav   # + the best known phrase\n",
+        "  resonance transcribe --bundle bundles/grandpa --mode both clip1.wav   # + the best known phrase\n"
+        "  resonance transcribe --bundle bundles/grandpa my_data/      # every recording of a folder\n",
         _run_transcribe,
     )
     p.add_argument("--bundle", required=True, help="a bundle folder made by `resonance export`")
     _add_config_option(p)
-    p.add_argument("files", nargs="+", metavar="FILE", help="audio files (WAV/FLAC/OGG/MP3, any rate)")
+    p.add_argument(
+        "files",
+        nargs="+",
+        metavar="FILE",
+        help="audio files (WAV/FLAC/OGG/MP3, any rate) or folders of them (a dataset folder: its audio/)",
+    )
     p.add_argument("--json", action="store_true", help="one JSON object per file (text, latency, timings)")
     _add_mode_option(p)
 
@@ -646,9 +652,10 @@ def _run_transcribe(args: argparse.Namespace) -> int:
     from resonance.runtime.phrases import summary
     from resonance.runtime.transcriber import Transcriber
 
+    files = audio_files(args.files)  # before the model loads: a wrong folder is said at once
     transcriber = Transcriber.for_device(args.bundle, _device_config(args))
     failures = 0
-    for file in args.files:
+    for file in files:
         try:
             result = transcriber.transcribe(file, mode=args.mode)
         except AudioError as exc:  # one unreadable file must not hide the others' results
@@ -665,6 +672,39 @@ def _run_transcribe(args: argparse.Namespace) -> int:
                 flush=True,
             )
     return 2 if failures else 0
+
+
+def audio_files(paths: Any) -> list:
+    """The command line's files, each folder replaced by the audio files in it (name order), or in its audio/
+    folder when it is a dataset (labels.json + audio/)."""
+    from resonance.data.labels import AUDIO_DIR, AUDIO_EXTENSIONS
+    from resonance.errors import ResonanceError
+
+    files = []
+    for given in paths:
+        folder = Path(given)
+        if not folder.is_dir():
+            files.append(given)  # a file (or a missing one: transcribe says which)
+            continue
+        for candidate in (folder, folder / AUDIO_DIR):
+            found = (
+                sorted(
+                    str(p)
+                    for p in candidate.glob("*")
+                    if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS
+                )
+                if candidate.is_dir()
+                else []
+            )
+            if found:
+                files.extend(found)
+                break
+        else:
+            raise ResonanceError(
+                f"no audio files in the folder {given}",
+                f"give audio files ({', '.join(AUDIO_EXTENSIONS[:5])} ...) or a folder that holds them",
+            )
+    return files
 
 
 def _run_listen(args: argparse.Namespace) -> int:

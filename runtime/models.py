@@ -127,6 +127,8 @@ class ModelRegistry:
                 f"models folder not found: {self.models_dir}",
                 "pass the folder that holds one bundle per patient (made by `resonance export --out <dir>/<id>`)",
             )
+        # `--models bundles/grandpa` (one bundle, not the folder of bundles) is a common slip: serve that one.
+        self.single_bundle = (self.models_dir / MANIFEST).is_file()
         self.device_config = device_config
         budget = device_config.model_memory_mb if memory_budget_mb is None else memory_budget_mb
         self.memory_budget_bytes = int(budget * 1024 * 1024)  # 0: no limit
@@ -349,6 +351,8 @@ class ModelRegistry:
             self._loaded[entry.patient] = bundle
 
     def _bundle_folders(self) -> List[Path]:
+        if self.single_bundle:
+            return [self.models_dir]
         folders = []
         ignored = set()
         for path in sorted(self.models_dir.iterdir()):

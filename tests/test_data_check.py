@@ -389,3 +389,30 @@ def parse_labels_ok(root: Path):
     from resonance.data.labels import parse_labels, read_labels_json
 
     return parse_labels(root, read_labels_json(root))[0]
+
+
+def test_traditional_labels_are_named_and_converted_on_request(make_dataset, run_cli):
+    root = make_dataset([("帮我开灯", tone(1.0), 16000), ("我想喝水", tone(1.0, freq=300), 16000)])
+    labels = json.loads((root / "labels.json").read_text(encoding="utf-8"))
+    labels[0]["text"] = "幫我開燈"  # typed on a Traditional keyboard; the file name is Simplified
+    labels[1]["speaker"] = "a"  # a field of the user's own: kept as it is
+    original = json.dumps(labels, ensure_ascii=False)
+    (root / "labels.json").write_text(original, encoding="utf-8")
+    problems = {p.code: p for p in check_dataset(root)}
+    assert "name-mismatch" not in problems  # not "labels shifted by one entry?"
+    warning = problems["traditional-labels"]
+    assert "1 of 2 labels" in warning.message and "'幫我開燈' (Simplified: '帮我开灯')" in warning.message
+    assert f"resonance data check {root} --to-simplified" in warning.fix
+
+    proc = run_cli("data", "check", root, "--to-simplified")
+    assert "converted 1 label(s) to Simplified" in proc.stderr and "traditional-labels" not in proc.stdout
+    converted = json.loads((root / "labels.json").read_text(encoding="utf-8"))
+    assert [e["text"] for e in converted] == ["帮我开灯", "我想喝水"] and converted[1]["speaker"] == "a"
+    assert (root / "labels.traditional.json").read_text(encoding="utf-8") == original  # nothing lost
+    again = run_cli("data", "check", root, "--to-simplified")
+    assert "already in Simplified" in again.stderr
+    assert (root / "labels.traditional.json").read_text(encoding="utf-8") == original
+    labels[1]["text"] = "我想喝水"
+    (root / "labels.json").write_text(json.dumps([{**labels[0]}, labels[1]], ensure_ascii=False), "utf-8")
+    refused = run_cli("data", "check", root, "--to-simplified")  # a second original is never overwritten
+    assert refused.returncode == 2 and "labels.traditional.json already exists" in refused.stderr

@@ -58,6 +58,40 @@ def test_transcribe_reports_a_missing_bundle_and_config(run_cli, tmp_path, clips
     assert "unknown device config 'toaster'" in proc.stderr
 
 
+def test_transcribe_a_folder_transcribes_its_recordings(run_cli, tiny_bundle, tmp_path):
+    data = tmp_path / "my_data"
+    (data / "audio").mkdir(parents=True)
+    for name in ("002_b.wav", "001_a.wav"):
+        (data / "audio" / name).write_bytes(wav(tone(1.0)))
+    (data / "audio" / "notes.txt").write_text("not audio", encoding="utf-8")
+    (data / "labels.json").write_text("[]", encoding="utf-8")
+    proc = run_cli("transcribe", "--bundle", tiny_bundle, "--json", data)  # a dataset: its audio/
+    assert proc.returncode == 0, proc.stderr
+    files = [json.loads(line)["file"] for line in proc.stdout.splitlines()]
+    assert files == [str(data / "audio" / "001_a.wav"), str(data / "audio" / "002_b.wav")]
+    proc = run_cli(
+        "transcribe", "--bundle", tiny_bundle, "--json", data / "audio", data / "audio" / "002_b.wav"
+    )
+    assert len(proc.stdout.splitlines()) == 3
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = run_cli("transcribe", "--bundle", tiny_bundle, empty)
+    assert proc.returncode == 2 and f"no audio files in the folder {empty}" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_serve_given_one_bundle_serves_it(run_cli, tiny_bundle, tmp_path):
+    from helpers import Server, copy_bundle, write_config
+
+    bundle = copy_bundle(tiny_bundle, tmp_path, "grandpa")  # --models bundles/grandpa: a common slip
+    srv = Server(bundle, write_config(tmp_path / "t.yaml"))
+    try:
+        assert srv.get("/patients").json()[0]["id"] == "grandpa"
+        assert f"{bundle} is one patient's bundle: serving it alone" in srv.output
+    finally:
+        srv.stop()
+
+
 def test_beam_size_from_the_command_line_is_checked_like_the_config(run_cli, tiny_bundle, clips):
     proc = run_cli("transcribe", "--bundle", tiny_bundle, "--beam-size", "3", "--json", clips[0])
     assert proc.returncode == 0, proc.stderr

@@ -30,7 +30,7 @@ from resonance.data.labels import (
 )
 from resonance.data.quality import level_findings, measure
 from resonance.errors import AudioError, ResonanceError
-from resonance.text import normalize_for_cer
+from resonance.text import normalize_for_cer, to_simplified
 
 TARGET_RATE = 16000
 FEW_UTTERANCES = 30  # below this LoRA has too little to learn from; the guide asks for 50-100
@@ -103,12 +103,80 @@ def inspect_dataset(data_dir: Union[str, Path]) -> CheckReport:
         problems += _count_problems(len(utterances))
     problems += _duplicate_reference_problems(utterances)
     problems += _duplicate_text_problems(utterances)
+    problems += _traditional_problems(utterances, data_dir)
     file_problems, seconds = _file_problems(data_dir, utterances)
     problems += file_problems
     report.total_seconds = seconds
     problems += _unlabelled_problems(data_dir, referenced_paths(data_dir, raw))
     report.problems = sorted(problems, key=lambda p: _SEVERITY_ORDER.get(p.severity, 9))
     return report
+
+
+TRADITIONAL_BACKUP = "labels.traditional.json"  # what `data check --to-simplified` keeps of the original
+
+
+def traditional_labels(utterances: List[Utterance]) -> List[Tuple[Utterance, str]]:
+    """The labels written (partly) in Traditional characters, each with its Simplified form."""
+    found = []
+    for utterance in utterances:
+        simplified = to_simplified(utterance.text)
+        if simplified != utterance.text:
+            found.append((utterance, simplified))
+    return found
+
+
+def _traditional_problems(utterances: List[Utterance], data_dir: Path) -> List[Problem]:
+    """Whisper's Chinese output is made Simplified and CER is judged in Simplified: Traditional labels teach the
+    model one script and score it in another. One warning for the dataset, with the conversion that fixes it."""
+    found = traditional_labels(utterances)
+    if not found:
+        return []
+    utterance, simplified = found[0]
+    return [
+        Problem(
+            "warning",
+            LABELS_FILE,
+            "traditional-labels",
+            f"{len(found)} of {len(utterances)} labels are written in Traditional characters, e.g. "
+            f"'{shorten(utterance.text)}' (Simplified: '{shorten(simplified)}'); models are trained and judged "
+            "in Simplified",
+            f"convert them: `resonance data check {shlex.quote(str(data_dir))} "
+            f"--to-simplified` (the original is kept as {TRADITIONAL_BACKUP})",
+        )
+    ]
+
+
+def convert_labels_to_simplified(data_dir: Union[str, Path]) -> int:
+    """Rewrite labels.json with every text in Simplified characters, keeping the original beside it as
+    :data:`TRADITIONAL_BACKUP` (never overwritten: a second conversion must not lose the first original).
+    Returns how many texts changed (0: nothing written)."""
+    from resonance.fsutil import write_bytes_atomic, write_json_atomic
+
+    data_dir = Path(data_dir)
+    raw = read_labels_json(data_dir)
+    if not isinstance(raw, list):
+        raise ResonanceError(
+            f"{data_dir / LABELS_FILE} is not a list of entries", "fix it first: see the report"
+        )
+    changed = 0
+    converted = []
+    for entry in raw:
+        if isinstance(entry, dict) and isinstance(entry.get("text"), str):
+            simplified = to_simplified(entry["text"])
+            changed += simplified != entry["text"]
+            entry = {**entry, "text": simplified}
+        converted.append(entry)
+    if not changed:
+        return 0
+    backup = data_dir / TRADITIONAL_BACKUP
+    if backup.exists():
+        raise ResonanceError(
+            f"{backup} already exists (an earlier conversion's original)",
+            "move it somewhere safe, then run the conversion again",
+        )
+    write_bytes_atomic(backup, (data_dir / LABELS_FILE).read_bytes())
+    write_json_atomic(data_dir / LABELS_FILE, converted)
+    return changed
 
 
 def _count_problems(count: int) -> List[Problem]:
@@ -341,8 +409,8 @@ def _name_mismatch(utterance: Utterance) -> List[Problem]:
     if not match or not _CJK.search(match.group(1)):
         return []
     named, labelled = _name_key(match.group(1)), _name_key(utterance.text)
-    if not named or named == labelled:
-        return []
+    if not named or named == labelled or named == _name_key(to_simplified(utterance.text)):
+        return []  # the same words (a label in Traditional characters is its own warning)
     return [
         Problem(
             "warning",

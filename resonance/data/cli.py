@@ -11,6 +11,7 @@ from resonance.cli_common import add_command
 CHECK_EXAMPLES = """\
   resonance data check my_data/            # table of problems + summary; exit 1 if any error
   resonance data check my_data/ --json     # the same, machine-readable
+  resonance data check my_data/ --to-simplified   # labels in Traditional characters -> Simplified
 """
 
 CONVERT_EXAMPLES = """\
@@ -34,6 +35,12 @@ def register(data_sub: argparse._SubParsersAction) -> None:
     )
     check.add_argument("data_dir", metavar="DIR", help="folder with labels.json and audio/")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
+    check.add_argument(
+        "--to-simplified",
+        action="store_true",
+        help="first rewrite labels.json with every text in Simplified characters (the original is kept as "
+        "labels.traditional.json), then check",
+    )
 
     convert = add_command(
         data_sub,
@@ -60,8 +67,24 @@ def register(data_sub: argparse._SubParsersAction) -> None:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from resonance.data.check import format_report, inspect_dataset
+    import sys
 
+    from resonance.data.check import (
+        TRADITIONAL_BACKUP,
+        convert_labels_to_simplified,
+        format_report,
+        inspect_dataset,
+    )
+
+    if args.to_simplified:
+        changed = convert_labels_to_simplified(args.data_dir)
+        note = (
+            f"converted {changed} label(s) to Simplified characters; the original labels.json is kept as "
+            f"{TRADITIONAL_BACKUP}"
+            if changed
+            else "every label is already in Simplified characters: labels.json is unchanged"
+        )
+        print(note, file=sys.stderr)
     report = inspect_dataset(args.data_dir)
     if args.json:
         print(json.dumps(report.to_json(), ensure_ascii=False, indent=2))

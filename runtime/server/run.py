@@ -93,6 +93,11 @@ def serve(
         hosts = HostPolicy.for_server(settings.allowed_hosts, device_config.host)
         others: List[Callable[[], Awaitable[None]]] = []
         extra: List[str] = []
+        if registry.single_bundle:
+            extra.append(
+                f"{models_dir} is one patient's bundle: serving it alone (to serve several patients, pass the "
+                f"folder that holds their bundles, e.g. --models {models_dir.parent})"
+            )
         if wyoming is not None and wyoming_socket is not None:
             from resonance.runtime.server.wyoming import WyomingServer
 
