@@ -97,6 +97,7 @@ def _run(args: argparse.Namespace) -> int:
         parity_tolerance=args.parity_tolerance,
         dynamic_window=args.dynamic_window,
         allow_worse=args.allow_worse,
+        show_progress=True,
     )
     manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
     parity = manifest.get("parity", {})

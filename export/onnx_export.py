@@ -43,6 +43,7 @@ from resonance.fsutil import (
     refuse_to_overwrite,
     write_json_atomic,
 )
+from resonance.progress import Stages
 from resonance.runtime.bundle import (
     MANIFEST,
     AudioSpec,
@@ -77,6 +78,7 @@ def export_bundle(
     int8_preset: Optional[str] = None,
     int8_output: str = "int8",
     parity_providers: Sequence[str] = ("CPUExecutionProvider",),
+    show_progress: bool = False,
 ) -> Path:
     """Export ``base_model`` (+ ``adapter``) to a bundle at ``out``; returns ``out``.
 
@@ -88,6 +90,7 @@ def export_bundle(
     ``int8_preset``: with ``quantize="int8"``, the target CPU (export/quantize.py INT8_SETTINGS);
     ``int8_output``: "int8" or "fp32" for the decoder's output projection (export/quantize.py convert_decoder).
     ``parity_providers``: where the parity check runs the runtime (`resonance gpu-check`: the CUDA provider).
+    ``show_progress``: number the steps on stderr, with the time each took (the CLI's).
     """
     out = Path(out)
     if quantize not in QUANTIZE_CHOICES:
@@ -128,11 +131,18 @@ def export_bundle(
     language = language or info.train_config.get("language") or "zh"
     task = info.train_config.get("task") or "transcribe"
     started = time.perf_counter()
+    stages = Stages("export", 4, enabled=show_progress)
+    stages.start(f"loading {base_model}" + (f" and merging the adapter {adapter}" if adapter else ""))
     model, model_dir = load_merged_model(base_model, adapter, info.window_seconds)
     log.info("model ready in %.1f s; exporting to ONNX", time.perf_counter() - started)
     with atomic_directory(out, force, "bundle", own=BUNDLE_FILES) as tmp:
         raw = tmp / ".optimum"
+        stages.start("exporting the encoder and the decoder (with KV cache) to ONNX")
         export_onnx(model, raw, dynamic_window)
+        stages.start(
+            f"writing the {PRECISION_OF[quantize]} model files"
+            + (f" ({int8_preset})" if quantize == "int8" else "")
+        )
         precision = write_onnx_files(raw, tmp, quantize, int8_preset, int8_output)
         shutil.rmtree(raw)
         copy_tokenizer(model_dir, tmp / TOKENIZER_FILE)
@@ -154,9 +164,18 @@ def export_bundle(
         from resonance.export.parity import check_parity
 
         clips = parity_clips or info.own_clips or None
-        parity = check_parity(model, tmp, clips, tolerance=parity_tolerance, providers=parity_providers)
+        stages.start("parity check: PyTorch and the runtime on the same clips")
+        parity = check_parity(
+            model,
+            tmp,
+            clips,
+            tolerance=parity_tolerance,
+            providers=parity_providers,
+            show_progress=show_progress,
+        )
         write_json_atomic(tmp / MANIFEST, replace(manifest, parity=parity).to_json())
         _readable_by_all(tmp)
+    stages.done(f"{out} ({precision})")
     log.info("bundle written to %s (%s, %.0f s)", out, precision, time.perf_counter() - started)
     return out
 

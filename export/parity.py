@@ -22,6 +22,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from resonance.errors import ResonanceError
+from resonance.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +102,11 @@ def check_parity(
     tolerance: float = DEFAULT_TOLERANCE,
     max_new_tokens: int = PARITY_MAX_NEW_TOKENS,
     providers: Sequence[str] = ("CPUExecutionProvider",),
+    show_progress: bool = False,
 ) -> Dict[str, Any]:
     """Compare PyTorch ``model`` with the runtime on ``bundle_dir`` (on ``providers``: `resonance gpu-check`
-    checks an fp16 bundle on the CUDA provider); return the report or raise ParityError."""
+    checks an fp16 bundle on the CUDA provider); return the report or raise ParityError.
+    ``show_progress``: a bar over the clips on stderr."""
     from resonance.runtime.bundle import load_manifest
     from resonance.runtime.decoding import PLAIN
     from resonance.runtime.transcriber import Transcriber
@@ -116,7 +119,7 @@ def check_parity(
     loaded, source = load_clips(clips)
     rows = []
     with _reference_encoder(model, manifest.audio.dynamic_window):
-        for clip in loaded:
+        for clip in progress(loaded, "parity", unit="clip") if show_progress else loaded:
             audio = clip.audio[: transcriber.window_samples]  # parity is about the model: one window per clip
             runtime = list(transcriber.transcribe(audio).tokens)
             features = transcriber.features(audio)

@@ -385,6 +385,9 @@ def test_import_cli_bad_input_is_a_clear_error_and_keeps_the_output(ct2_tiny, tm
     done = run_cli("model", "import-ct2", ct2_tiny, out)  # model.bin in two parts
     assert done.returncode == 0, done.stderr
     assert f"resonance train --base-model {out}" in done.stdout
+    assert (
+        "import [1/1] converting the CTranslate2 weights" in done.stderr and "import done in" in done.stderr
+    )
     before = (out / "model.safetensors").read_bytes()
     again = run_cli("model", "import-ct2", ct2_tiny, out)
     assert again.returncode == 2 and "--force" in again.stderr

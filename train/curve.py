@@ -21,6 +21,7 @@ from resonance.fsutil import (
     write_json_atomic,
     write_text_atomic,
 )
+from resonance.progress import Stages
 from resonance.text import normalize_for_cer
 from resonance.train.config import TrainConfig
 
@@ -51,8 +52,10 @@ def learning_curve(
     if not (out / CURVE_FILE).is_file():
         write_json_atomic(out / CURVE_FILE, [])
     rows, generic_cache = [], {} if generic_cache is None else generic_cache
+    stages = Stages("eval curve", len(sizes) * seeds)  # each run's training shows its own step bar
     for size in sizes:
         for seed in range(base.seed, base.seed + seeds):
+            stages.start(f"training on {size} recordings" + (f" (seed {seed})" if seeds > 1 else ""))
             name = f"adapter-{size}" if seeds == 1 else f"adapter-{size}-seed{seed}"
             config = dataclasses.replace(
                 base, max_train_samples=size, seed=seed, out=str(out / name), force=True
@@ -72,6 +75,7 @@ def learning_curve(
             write_json_atomic(out / CURVE_FILE, rows)  # after every run: an interrupted curve keeps its rows
     write_text_atomic(out / "curve.md", render_markdown(rows))
     plot(aggregate(rows), out / "curve.png")
+    stages.done(f"{out / 'curve.md'}")
     return rows
 
 

@@ -96,7 +96,7 @@ def run_check(args: argparse.Namespace) -> int:
 def run_convert(args: argparse.Namespace) -> int:
     from resonance.data.convert import convert_dataset
 
-    result = convert_dataset(args.src, args.dst, force=args.force)
+    result = convert_dataset(args.src, args.dst, force=args.force, show_progress=True)
     print(
         f"converted {result.converted} recordings to {result.dst} (16 kHz mono 16-bit WAV), "
         f"{result.utterances} entries in labels.json"

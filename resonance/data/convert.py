@@ -34,6 +34,7 @@ from resonance.fsutil import (
     refuse_to_overwrite,
     write_json_atomic,
 )
+from resonance.progress import progress
 
 log = logging.getLogger(__name__)
 WHAT = "output folder"
@@ -58,8 +59,11 @@ class _Job:
     name: str  # output file name under DST/audio/
 
 
-def convert_dataset(src: Union[str, Path], dst: Union[str, Path], force: bool = False) -> ConvertResult:
-    """Convert every recording of ``src`` into a new dataset at ``dst``; ``src`` is never modified."""
+def convert_dataset(
+    src: Union[str, Path], dst: Union[str, Path], force: bool = False, show_progress: bool = False
+) -> ConvertResult:
+    """Convert every recording of ``src`` into a new dataset at ``dst``; ``src`` is never modified.
+    ``show_progress``: a progress bar on stderr (the CLI's)."""
     src, dst = Path(src), Path(dst)
     _check_paths(src, dst)
     refuse_to_overwrite(dst, force, WHAT, own=(CONVERT_RECORD,))
@@ -72,7 +76,8 @@ def convert_dataset(src: Union[str, Path], dst: Union[str, Path], force: bool = 
     written: Dict[str, Path] = {}
     with atomic_directory(dst, force=force, what=WHAT, own=(CONVERT_RECORD,)) as tmp:
         (tmp / AUDIO_DIR).mkdir()
-        for job in jobs:
+        loop = progress(jobs, "converting", unit="recording") if show_progress else jobs
+        for job in loop:
             if job.name not in written:
                 convert_file(job.source, tmp / AUDIO_DIR / job.name, job.rel)
                 written[job.name] = job.source
