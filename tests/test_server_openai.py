@@ -68,6 +68,13 @@ def test_verbose_json_has_a_real_segment(client):
     assert -30 < segment.avg_logprob < 0  # the decoder's own: a random model is unsure, never certain
     assert 0.0 <= segment.no_speech_prob <= 1.0
     assert segment.compression_ratio > 0
+    plain = client.audio.transcriptions.create(  # curl's -F timestamp_granularities=segment, without []
+        model="whisper-1",
+        file=clip(),
+        response_format="verbose_json",
+        extra_body={"timestamp_granularities": "segment"},
+    )
+    assert plain.segments[0].avg_logprob == segment.avg_logprob
 
 
 def test_long_audio_gives_one_segment_per_window_in_srt_and_vtt(client):

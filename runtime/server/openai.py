@@ -7,7 +7,8 @@ with the server-sent events of OpenAI's transcription stream (``transcript.text.
 ``transcript.text.done``: the events the openai client's ``TranscriptionStreamEvent`` types define).
 
 What a personal model cannot do is refused with OpenAI's error shape, never silently ignored: another
-``language`` than the model's, a ``prompt`` (the models are fine-tuned without Whisper's previous-text prompt),
+``language`` than the model's, a ``prompt`` (the models are fine-tuned without Whisper's previous-text prompt,
+and on speaker A a prompt made every phrase it did not name worse: see ``transcriptions``),
 ``temperature`` above 0 (decoding is deterministic: greedy or beam search), word timestamps, and any
 parameter OpenAI does not define (``unknown_parameter``, as OpenAI answers).
 """
@@ -45,6 +46,7 @@ KNOWN_FIELDS = frozenset(
         "response_format",
         "temperature",
         "timestamp_granularities[]",
+        "timestamp_granularities",  # curl users often leave out the brackets
         "stream",
         "include[]",
         "chunking_strategy",
@@ -267,7 +269,7 @@ def transcriptions() -> Response:
             f"stream with {' or '.join(STREAM_FORMATS)}, or leave stream out",
         )
     parse_temperature(form.get("temperature"))
-    granularities = form.getlist("timestamp_granularities[]")
+    granularities = form.getlist("timestamp_granularities[]") + form.getlist("timestamp_granularities")
     for granularity in granularities:
         if granularity != "segment":
             raise invalid(
@@ -282,10 +284,15 @@ def transcriptions() -> Response:
             "send response_format=verbose_json",
         )
     if form.get("prompt"):
+        # Measured on speaker A's personal model (whisper-base + LoRA, 48 take2 clips, greedy): a prompt of 20
+        # of the patient's phrases took CER 0.106 -> 0.130; the listed phrases improved (0.103 -> 0.046, what
+        # the phrase board does without the cost) and every other phrase got worse (0.109 -> 0.186).
         raise invalid(
             "prompt",
-            "prompt is not supported: a personal model is fine-tuned without Whisper's previous-text prompt",
-            "leave prompt out; for a fixed set of phrases use POST /transcribe with mode=phrases",
+            "prompt is not supported: a personal model is fine-tuned without Whisper's previous-text prompt, "
+            "and on a patient's recordings a prompt made the phrases it does not name worse",
+            "leave prompt out; to favour the patient's own phrases use the phrase board (POST /transcribe "
+            "with mode=phrases or both)",
         )
     model = form.get("model") or ""
     bundle = server_context().registry.get(None if model in ("", OPENAI_DEFAULT_MODEL) else model)
