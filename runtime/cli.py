@@ -179,6 +179,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "write a systemd unit that starts `resonance serve` at boot (does not run systemctl)",
         "  sudo $(which resonance) install-service --models /home/care/bundles --config jetson-orin-nano --user care\n"
         "  resonance install-service --models bundles/ --auth --dry-run     # only print the unit\n"
+        "  resonance install-service --models bundles/ --wyoming-port --dry-run   # + Home Assistant (Wyoming)\n"
         "  sudo systemctl daemon-reload && sudo systemctl enable --now resonance   # then start it\n",
         _run_install_service,
     )
@@ -191,6 +192,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--auth", action="store_true", help="serve with --auth (token in the user's ~/.config)")
     p.add_argument("--retain", metavar="DIR", help="serve with --retain DIR (keep recordings + transcripts)")
     p.add_argument("--collect", metavar="DIR", help="serve with --collect DIR (keep the page's corrections)")
+    p.add_argument(
+        "--wyoming-port",
+        type=int,
+        nargs="?",
+        const=WYOMING_PORT,
+        metavar="PORT",
+        help=f"serve with --wyoming-port (Home Assistant; given alone: {WYOMING_PORT})",
+    )
+    p.add_argument(
+        "--wyoming-lan",
+        action="store_true",
+        help="serve with --wyoming-lan (Home Assistant on another machine)",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the unit instead of writing it")
     p.add_argument("--force", action="store_true", help="replace an existing resonance.service")
 
@@ -631,7 +645,13 @@ def _run_install_service(args: argparse.Namespace) -> int:
         auth=args.auth,
         retain=Path(args.retain).expanduser().absolute() if args.retain else None,
         collect=Path(args.collect).expanduser().absolute() if args.collect else None,
+        wyoming_port=args.wyoming_port,
+        wyoming_lan=args.wyoming_lan,
     )
+    if args.wyoming_lan and args.wyoming_port is None:
+        from resonance.errors import ResonanceError
+
+        raise ResonanceError("--wyoming-lan needs --wyoming-port", "add --wyoming-port (10300 by default)")
     text = install_service(options, Path(args.unit_dir), force=args.force, dry_run=args.dry_run)
     if args.dry_run:
         print(text, end="")

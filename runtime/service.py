@@ -35,6 +35,8 @@ class ServiceOptions:
     auth: bool = False  # pass --auth: clients need the bearer token
     retain: Optional[Path] = None  # pass --retain DIR (absolute)
     collect: Optional[Path] = None  # pass --collect DIR (absolute): keep the page's corrections
+    wyoming_port: Optional[int] = None  # pass --wyoming-port PORT: Home Assistant's Wyoming protocol too
+    wyoming_lan: bool = False  # pass --wyoming-lan: Home Assistant on another machine
     command: Sequence[str] = ()  # argv that runs `resonance` (default: this installation's, by absolute path)
 
 
@@ -71,6 +73,10 @@ def serve_argv(options: ServiceOptions) -> List[str]:
         argv += ["--retain", str(options.retain)]
     if options.collect is not None:
         argv += ["--collect", str(options.collect)]
+    if options.wyoming_port is not None:
+        argv += ["--wyoming-port", str(options.wyoming_port)]
+        if options.wyoming_lan:
+            argv.append("--wyoming-lan")
     return argv
 
 

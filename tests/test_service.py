@@ -91,6 +91,8 @@ def test_dry_run_prints_the_unit_and_writes_nothing(run_cli, unit_dir, tmp_path)
         tmp_path / "kept",
         "--collect",
         tmp_path / "corrections",
+        "--wyoming-port",
+        "--wyoming-lan",
         "--dry-run",
     )
     assert proc.returncode == 0, proc.stderr
@@ -100,6 +102,7 @@ def test_dry_run_prints_the_unit_and_writes_nothing(run_cli, unit_dir, tmp_path)
     assert "--auth" in argv
     assert argv[argv.index("--retain") + 1] == str(tmp_path / "kept")
     assert argv[argv.index("--collect") + 1] == str(tmp_path / "corrections")
+    assert argv[argv.index("--wyoming-port") + 1] == "10300" and argv[-1] == "--wyoming-lan"
 
 
 def test_relative_paths_and_a_config_file_become_absolute(run_cli, unit_dir, tmp_path):
@@ -143,6 +146,8 @@ def test_mistakes_are_caught_now_not_at_boot(run_cli, unit_dir, tmp_path):
     assert proc.returncode == 2 and "unknown device config 'toaster'" in proc.stderr
     proc = install(run_cli, tmp_path / "nowhere", "--models", tmp_path)
     assert proc.returncode == 2 and "does not exist" in proc.stderr
+    proc = install(run_cli, unit_dir, "--models", tmp_path, "--wyoming-lan")
+    assert proc.returncode == 2 and "--wyoming-lan needs --wyoming-port" in proc.stderr
     assert list(unit_dir.iterdir()) == []
     with pytest.raises(Exception, match="line break"):
         systemd_quote("/srv/a\nb")
