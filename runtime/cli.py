@@ -144,6 +144,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "has no access token, so anyone on the LAN can then use it",
     )
     p.add_argument(
+        "--wyoming-patient",
+        metavar="ID",
+        help="whose voice Home Assistant sends (it names no model): needed when the server has several "
+        "patients (default: the only one)",
+    )
+    p.add_argument(
         "--wyoming-answer",
         choices=("phrase", "text"),
         default="phrase",
@@ -205,6 +211,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="serve with --wyoming-lan (Home Assistant on another machine)",
     )
+    p.add_argument("--wyoming-patient", metavar="ID", help="serve with --wyoming-patient ID")
     p.add_argument("--dry-run", action="store_true", help="print the unit instead of writing it")
     p.add_argument("--force", action="store_true", help="replace an existing resonance.service")
 
@@ -572,10 +579,9 @@ def _wyoming_settings(args: argparse.Namespace, lan_host: str) -> Any:
     from resonance.errors import ResonanceError
 
     if args.wyoming_port is None:
-        if args.wyoming_lan:
-            raise ResonanceError(
-                "--wyoming-lan needs --wyoming-port", "add --wyoming-port (10300 by default)"
-            )
+        if args.wyoming_lan or args.wyoming_patient:
+            flag = "--wyoming-lan" if args.wyoming_lan else "--wyoming-patient"
+            raise ResonanceError(f"{flag} needs --wyoming-port", "add --wyoming-port (10300 by default)")
         return None
     if not 0 <= args.wyoming_port <= 65535:
         raise ResonanceError(
@@ -584,7 +590,9 @@ def _wyoming_settings(args: argparse.Namespace, lan_host: str) -> Any:
     from resonance.runtime.server.wyoming import WyomingSettings
 
     host = lan_host if args.wyoming_lan else ("::1" if ":" in lan_host else "127.0.0.1")
-    return WyomingSettings(host=host, port=args.wyoming_port, answer=args.wyoming_answer)
+    return WyomingSettings(
+        host=host, port=args.wyoming_port, answer=args.wyoming_answer, patient=args.wyoming_patient
+    )
 
 
 def _run_discover(args: argparse.Namespace) -> int:
@@ -647,11 +655,13 @@ def _run_install_service(args: argparse.Namespace) -> int:
         collect=Path(args.collect).expanduser().absolute() if args.collect else None,
         wyoming_port=args.wyoming_port,
         wyoming_lan=args.wyoming_lan,
+        wyoming_patient=args.wyoming_patient,
     )
-    if args.wyoming_lan and args.wyoming_port is None:
+    if (args.wyoming_lan or args.wyoming_patient) and args.wyoming_port is None:
         from resonance.errors import ResonanceError
 
-        raise ResonanceError("--wyoming-lan needs --wyoming-port", "add --wyoming-port (10300 by default)")
+        flag = "--wyoming-lan" if args.wyoming_lan else "--wyoming-patient"
+        raise ResonanceError(f"{flag} needs --wyoming-port", "add --wyoming-port (10300 by default)")
     text = install_service(options, Path(args.unit_dir), force=args.force, dry_run=args.dry_run)
     if args.dry_run:
         print(text, end="")

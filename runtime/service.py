@@ -37,6 +37,7 @@ class ServiceOptions:
     collect: Optional[Path] = None  # pass --collect DIR (absolute): keep the page's corrections
     wyoming_port: Optional[int] = None  # pass --wyoming-port PORT: Home Assistant's Wyoming protocol too
     wyoming_lan: bool = False  # pass --wyoming-lan: Home Assistant on another machine
+    wyoming_patient: Optional[str] = None  # pass --wyoming-patient ID: whose voice Home Assistant sends
     command: Sequence[str] = ()  # argv that runs `resonance` (default: this installation's, by absolute path)
 
 
@@ -77,6 +78,8 @@ def serve_argv(options: ServiceOptions) -> List[str]:
         argv += ["--wyoming-port", str(options.wyoming_port)]
         if options.wyoming_lan:
             argv.append("--wyoming-lan")
+        if options.wyoming_patient:
+            argv += ["--wyoming-patient", options.wyoming_patient]
     return argv
 
 

@@ -8,6 +8,7 @@ import json
 import re
 import shutil
 import socket
+import time
 from typing import List
 
 import numpy as np
@@ -97,7 +98,11 @@ def test_a_recording_in_chunks_is_transcribed_as_over_http(server):
     stereo = np.repeat(tone(1.0, rate=44100)[:, None], 2, axis=1).reshape(-1)
     (event,) = converse(server.wyoming, [Transcribe().event(), *audio_events(stereo, 44100, 2)])
     assert Transcript.is_type(event.type)
-    assert re.search(r"wyoming transcribe patient=p1 audio_s=1\.00 text_len=\d+ answer=text", server.output)
+    logged = r"wyoming transcribe patient=p1 audio_s=1\.00 text_len=\d+ answer=text"
+    deadline = time.monotonic() + 10  # the server's output is read by a thread: give it a moment
+    while not re.search(logged, server.output) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert re.search(logged, server.output), server.output[-2000:]
 
 
 def test_the_length_cap_holds_while_the_chunks_arrive(server):
@@ -170,14 +175,38 @@ def run_session(context, answer: str, events: List[Event]) -> List[Event]:
 
 
 def test_a_busy_server_answers_busy_on_the_slots_http_shares(context):
+    from resonance.runtime.server.wyoming import ProtocolError
+
     context.slots.acquire_blocking(context.slots.deadline())  # an HTTP transcription holds the only slot
     try:
-        (reply,) = run_session(context, "text", [Transcribe().event(), *audio_events(tone(0.5))])
+        # an error event, then the connection closes: Home Assistant reads until a transcript or the end
+        with pytest.raises(ProtocolError) as refused:
+            run_session(context, "text", [Transcribe().event(), *audio_events(tone(0.5))])
     finally:
         context.slots.release(0.0)
-    assert Error.is_type(reply.type) and Error.from_event(reply).code == "busy"
+    assert refused.value.code == "busy" and "retry after" in refused.value.text
     (reply,) = run_session(context, "text", [Transcribe().event(), *audio_events(tone(0.5))])
     assert Transcript.is_type(reply.type)
+
+
+def test_with_several_patients_home_assistant_needs_wyoming_patient(context, tiny_bundle):
+    from resonance.errors import ResonanceError
+    from resonance.runtime.server.wyoming import ProtocolError, Session, WyomingServer, WyomingSettings
+
+    copy_bundle(tiny_bundle, context.registry.models_dir, "p2")
+    context.registry.reload()
+    home_assistant = Transcribe(language="zh")  # what Home Assistant sends: a language, no model name
+    with pytest.raises(ProtocolError, match="--wyoming-patient") as refused:
+        Session(context, WyomingSettings()).choose(home_assistant)
+    assert refused.value.code == "no_patient"
+    assert Session(context, WyomingSettings(patient="p2")).choose(home_assistant) == "p2"
+    assert Session(context, WyomingSettings(patient="p2")).choose(Transcribe(name="p1")) == "p1"
+    with socket.socket() as sock, pytest.raises(
+        ResonanceError, match="--wyoming-patient p3: no such patient"
+    ):
+        WyomingServer(sock, context, WyomingSettings(patient="p3"))
+    lines = WyomingServer(socket.socket(), context, WyomingSettings()).banner_lines(False)
+    assert any("start with --wyoming-patient <id>" in line for line in lines)
 
 
 def test_phrase_answer_sends_the_accepted_phrase_text_answer_the_free_text(context, monkeypatch):
@@ -219,6 +248,10 @@ def test_wyoming_stays_on_loopback_unless_the_lan_is_asked_for(run_cli, tmp_path
     args = parser.parse_args(["serve", "--models", "m", "--wyoming-port", "10400", "--wyoming-lan"])
     assert (_wyoming_settings(args, "0.0.0.0").host, args.wyoming_port) == ("0.0.0.0", 10400)
     assert _wyoming_settings(parser.parse_args(["serve", "--models", "m"]), "0.0.0.0") is None
+    from resonance.errors import ResonanceError
+
+    with pytest.raises(ResonanceError, match="--wyoming-patient needs --wyoming-port"):
+        _wyoming_settings(parser.parse_args(["serve", "--models", "m", "--wyoming-patient", "p1"]), "0.0.0.0")
     with socket.socket() as taken:  # a port in use: one line before any model loads
         taken.bind(("127.0.0.1", 0))
         taken.listen()

@@ -93,6 +93,8 @@ def test_dry_run_prints_the_unit_and_writes_nothing(run_cli, unit_dir, tmp_path)
         tmp_path / "corrections",
         "--wyoming-port",
         "--wyoming-lan",
+        "--wyoming-patient",
+        "grandpa",
         "--dry-run",
     )
     assert proc.returncode == 0, proc.stderr
@@ -102,7 +104,8 @@ def test_dry_run_prints_the_unit_and_writes_nothing(run_cli, unit_dir, tmp_path)
     assert "--auth" in argv
     assert argv[argv.index("--retain") + 1] == str(tmp_path / "kept")
     assert argv[argv.index("--collect") + 1] == str(tmp_path / "corrections")
-    assert argv[argv.index("--wyoming-port") + 1] == "10300" and argv[-1] == "--wyoming-lan"
+    assert argv[argv.index("--wyoming-port") + 1] == "10300" and "--wyoming-lan" in argv
+    assert argv[argv.index("--wyoming-patient") + 1] == "grandpa"
 
 
 def test_relative_paths_and_a_config_file_become_absolute(run_cli, unit_dir, tmp_path):

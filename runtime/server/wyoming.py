@@ -1,8 +1,9 @@
 """The Wyoming protocol (Home Assistant's local voice pipeline) beside HTTP, in the same event loop.
 
 Home Assistant's Wyoming integration connects, sends ``describe`` (answered with ``info``: each patient is an
-ASR model with its language), then ``transcribe`` (the model's name = the patient, and the pipeline's
-language), ``audio-start``, ``audio-chunk``... and ``audio-stop``; the answer is one ``transcript``.
+ASR model with its language), then ``transcribe`` (the pipeline's language; a model name, i.e. a patient, only
+from other clients: Home Assistant sends none, so with several patients ``--wyoming-patient`` says whose voice
+this is), ``audio-start``, ``audio-chunk``... and ``audio-stop``; the answer is one ``transcript``.
 
 The same rules as the HTTP front: the same bundles (the registry), the same transcription slots (a recording
 waits for one on the event loop, then runs on a slot thread), the audio length cap counted while the chunks
@@ -71,6 +72,8 @@ class WyomingSettings:
     host: str = "127.0.0.1"  # loopback: Wyoming has no authentication (``serve --wyoming-lan`` opens the LAN)
     port: int = WYOMING_PORT  # 0 = any free port
     answer: str = "phrase"  # "phrase" or "text" (ANSWERS)
+    # The patient transcribed when a request names none (Home Assistant never does); None: the only one.
+    patient: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.answer not in ANSWERS:
@@ -163,6 +166,11 @@ class WyomingServer:
     load); ``serve`` is a coroutine function the HTTP front runs in its event loop."""
 
     def __init__(self, sock: socket.socket, context: ServerContext, settings: WyomingSettings) -> None:
+        if settings.patient and settings.patient not in context.registry.patients:
+            raise ResonanceError(
+                f"--wyoming-patient {settings.patient}: no such patient in the models folder",
+                f"use one of {', '.join(context.registry.patients)}",
+            )
         self.sock = sock
         self.context = context
         self.settings = settings
@@ -188,6 +196,14 @@ class WyomingServer:
             f"Home Assistant (Wyoming protocol): host {shown}, port {self.port}; transcripts: {answer} "
             f"(--wyoming-answer)"
         ]
+        patients = self.context.registry.patients
+        if self.settings.patient:
+            lines.append(f"  Home Assistant's requests are transcribed for patient {self.settings.patient}")
+        elif len(patients) > 1:
+            lines.append(
+                f"  {len(patients)} patients and Home Assistant names none: start with --wyoming-patient <id> "
+                "to choose whose voice it hears (until then its requests get an error)"
+            )
         if loopback:
             lines.append(
                 "  loopback only: Wyoming has no access token; --wyoming-lan opens it to Home Assistant on "
@@ -324,18 +340,21 @@ class Session:
         return Info(asr=[program])
 
     def choose(self, request: Transcribe) -> Optional[str]:
-        """The patient a ``transcribe`` names (None: the only one), checked now so a mistake is an error before
-        the audio is sent: an unknown patient, several without a name, another language."""
+        """The patient of a ``transcribe``: the one it names, else ``--wyoming-patient``, else the only one.
+        Checked now, so a mistake is an error before the audio is sent: an unknown patient, several and none
+        chosen, another language. (Home Assistant names no model: it sends only the pipeline's language.)"""
         entries = {entry.patient: entry for entry in self.context.registry.entries()}
-        if request.name:
-            entry = entries.get(request.name)
+        wanted = request.name or self.settings.patient
+        if wanted:
+            entry = entries.get(wanted)
             if entry is None:
-                raise ProtocolError(f"no model for patient '{request.name[:64]}'", "unknown_patient")
+                raise ProtocolError(f"no model for patient '{wanted[:64]}'", "unknown_patient")
         elif len(entries) == 1:
             entry = next(iter(entries.values()))
         else:
             raise ProtocolError(
-                f"this server has {len(entries)} patients: choose one as the speech-to-text model",
+                f"this server has {len(entries)} patients and Home Assistant names none: start it with "
+                "--wyoming-patient <id>",
                 "no_patient",
             )
         language = primary_language(request.language)
@@ -345,24 +364,26 @@ class Session:
                 f"'{request.language}': set the voice assistant's language to match",
                 "unsupported_language",
             )
-        return request.name or None
+        return entry.patient
 
     async def transcribe(self, recording: Recording) -> Event:
-        """The recording's transcript, on a transcription slot (an ``error`` event when none frees up)."""
+        """The recording's transcript, on a transcription slot. Failures (no slot within the queue timeout, a
+        runtime error) are :class:`ProtocolError`: an ``error`` event, then the connection closes, because
+        Home Assistant reads until a transcript or the end of the connection."""
         slots = self.context.slots
         try:
             await slots.acquire(slots.deadline())
         except Busy as exc:
-            return Error(text=exc.message, code="busy").event()
+            raise ProtocolError(f"{exc.message}: {exc.hint}", "busy") from None
         started = time.monotonic()
         try:
             loop = asyncio.get_running_loop()
             done = await loop.run_in_executor(slots.executor, self._work, recording)
         except ResonanceError as exc:
-            return Error(text=exc.message, code="transcription_failed").event()
+            raise ProtocolError(exc.message, "transcription_failed") from None
         except Exception as exc:  # a bug or a runtime failure: answer, keep the traceback, keep serving
             log.exception("wyoming: unexpected error while transcribing")
-            return Error(text=f"internal error: {type(exc).__name__}", code="internal_error").event()
+            raise ProtocolError(f"internal error: {type(exc).__name__}", "internal_error") from None
         finally:
             slots.release(time.monotonic() - started)
         log.info(
