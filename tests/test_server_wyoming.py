@@ -270,3 +270,28 @@ def test_wyoming_stays_on_loopback_unless_the_lan_is_asked_for(run_cli, tmp_path
     assert proc.returncode == 2
     assert f"port {port} on 127.0.0.1 is already in use" in proc.stderr and "--wyoming-port" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_recordings_are_bounded_by_length_and_bytes_and_formats_checked():
+    from resonance.runtime.server.wyoming import ProtocolError, Recording
+
+    def chunk(n_bytes: int, rate: int = 16000, width: int = 2, channels: int = 1) -> AudioChunk:
+        return AudioChunk(rate=rate, width=width, channels=channels, audio=bytes(n_bytes))
+
+    by_length = Recording(16000, 2, 1, max_seconds=1.0, max_bytes=10**9)
+    by_length.add(chunk(32000))  # exactly 1 s
+    with pytest.raises(ProtocolError, match="longer than this server's limit of 1 s") as refused:
+        by_length.add(chunk(2))
+    assert refused.value.code == "audio_too_long"
+    by_bytes = Recording(48000, 4, 2, max_seconds=30.0, max_bytes=1000)  # max_upload_mb binds first
+    with pytest.raises(ProtocolError, match="max_upload_mb"):
+        by_bytes.add(chunk(1001, 48000, 4, 2))
+    for rate, width, channels in ((96000, 2, 1), (16000, 2, 6), (16000, 3, 1)):
+        with pytest.raises(ProtocolError) as refused:
+            Recording(rate, width, channels, 30.0, 10**6)
+        assert refused.value.code == "unsupported_audio"
+    stereo = Recording(16000, 2, 2, 5.0, 10**6)
+    stereo.add(chunk(8, channels=2))
+    with pytest.raises(ProtocolError, match="format differs"):
+        stereo.add(chunk(4))
+    assert stereo.samples().shape == (2,)  # 2 stereo frames -> 2 mono samples at 16 kHz

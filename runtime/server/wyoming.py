@@ -50,7 +50,7 @@ MAX_LINE_BYTES = 64 * 1024  # an event's JSON header line
 MAX_DATA_BYTES = 64 * 1024  # its JSON data block
 MAX_PAYLOAD_BYTES = 1024 * 1024  # one payload (Home Assistant sends 1024-sample chunks: 2 KB)
 IDLE_TIMEOUT_S = 30.0  # a connection that sends no event for this long is closed
-MAX_CONNECTIONS = 32  # open Wyoming connections; beyond it new ones are closed at once
+MAX_CONNECTIONS = 16  # open Wyoming connections (Home Assistant uses one at a time); beyond, new ones close
 LINGER_IDLE_S = 1.0  # after an error: drop the connection when the client pauses this long ...
 LINGER_MAX_S = 5.0  # ... or after this long in all
 SAMPLE_WIDTHS = {2: np.int16, 4: np.int32}  # bytes per sample -> PCM type (Home Assistant sends 16-bit)
@@ -126,16 +126,18 @@ def primary_language(tag: Optional[str]) -> str:
 class Recording:
     """The PCM of one ``audio-start`` .. ``audio-stop``, bounded by the device's audio length cap."""
 
-    def __init__(self, rate: int, width: int, channels: int, max_seconds: float) -> None:
+    def __init__(self, rate: int, width: int, channels: int, max_seconds: float, max_bytes: int) -> None:
         if width not in SAMPLE_WIDTHS:
             raise ProtocolError(f"{8 * width}-bit audio is not supported", "unsupported_audio")
-        if not 8000 <= rate <= 192000 or not 1 <= channels <= 8:
+        if not 8000 <= rate <= 48000 or channels not in (1, 2):
             raise ProtocolError(
-                f"audio of {rate} Hz, {channels} channels is not supported", "unsupported_audio"
+                f"audio of {rate} Hz, {channels} channels is not supported (8-48 kHz, mono or stereo)",
+                "unsupported_audio",
             )
         self.rate, self.width, self.channels = rate, width, channels
         self.max_seconds = max_seconds
-        self.max_bytes = int(max_seconds * rate) * width * channels
+        # The audio length cap, and never more bytes than an HTTP upload may have (max_upload_mb).
+        self.max_bytes = min(int(max_seconds * rate) * width * channels, max_bytes)
         self.chunks: List[bytes] = []
         self.size = 0
 
@@ -146,7 +148,7 @@ class Recording:
         if self.size > self.max_bytes:  # counted as it arrives: a long stream is never held in memory
             raise ProtocolError(
                 f"the recording is longer than this server's limit of {self.max_seconds:g} s "
-                "(max_audio_seconds in the device config)",
+                "(max_audio_seconds, max_upload_mb in the device config)",
                 "audio_too_long",
             )
         self.chunks.append(chunk.audio)
@@ -311,7 +313,8 @@ class Session:
         return []
 
     def _recording(self, rate: int, width: int, channels: int) -> Recording:
-        return Recording(rate, width, channels, self.context.device_config.max_audio_seconds)
+        config = self.context.device_config
+        return Recording(rate, width, channels, config.max_audio_seconds, config.max_upload_bytes)
 
     def info(self) -> Info:
         """Each patient as an ASR model with its language."""
