@@ -133,3 +133,34 @@ def test_discover_with_nothing_to_find_says_what_to_check(run_cli, monkeypatch, 
     assert "no Wyoming port answered within 0.5 s" in capsys.readouterr().err
     bad = run_cli("discover", "--seconds", "0", timeout=60)
     assert bad.returncode == 2 and "--seconds 0 is out of range" in bad.stderr
+
+
+def test_a_network_that_refuses_mdns_is_one_banner_line_not_a_dead_server(monkeypatch):
+    from resonance.runtime import discovery
+    from resonance.runtime.server.context import ServerSettings
+    from resonance.runtime.server.run import start_announcing
+
+    def no_multicast(interfaces):
+        raise OSError(19, "No such device")
+
+    monkeypatch.setattr(discovery, "Announcer", no_multicast)
+    announcer, lines = start_announcing("0.0.0.0", 8000, ServerSettings(), None, None, None)
+    assert announcer is None and lines == [
+        "Not announced by mDNS (OSError: [Errno 19] No such device): apps need the address above"
+    ]
+
+    closed = []
+
+    class Refusing:
+        def __init__(self, interfaces):
+            pass
+
+        def announce(self, service):
+            raise RuntimeError("name conflict")
+
+        def close(self):
+            closed.append(True)
+
+    monkeypatch.setattr(discovery, "Announcer", Refusing)
+    announcer, lines = start_announcing(LOOPBACK, 8000, ServerSettings(), None, None, None)
+    assert announcer is None and closed == [True] and "RuntimeError: name conflict" in lines[0]

@@ -6,7 +6,7 @@ import dataclasses
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, List, Optional
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, List, Optional, Tuple
 
 from resonance.errors import ResonanceError
 from resonance.runtime.device_config import DeviceConfig
@@ -18,6 +18,8 @@ from resonance.runtime.server.hosts import HostPolicy
 from resonance.runtime.server.lan import banner
 from resonance.runtime.server.listener import Endpoint, Front, bind
 from resonance.runtime.server.tls import ServerCertificate, ssl_context
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # the wyoming library is imported only when Wyoming is served
     from resonance.runtime.server.wyoming import WyomingSettings
@@ -104,21 +106,11 @@ def serve(
             wyoming_server = WyomingServer(wyoming_socket, context, wyoming)
             others.append(wyoming_server.serve)
             extra.extend(wyoming_server.banner_lines(settings.auth_token is not None))
-        if announce:
-            from resonance.runtime.discovery import Announcer, interfaces_for
-
-            announcer = Announcer(interfaces_for(device_config.host))  # once everything else has started
-            extra.extend(
-                announce_services(
-                    announcer,
-                    device_config.host,
-                    front.ports[0],
-                    settings,
-                    plain_port,
-                    wyoming,
-                    wyoming_socket,
-                )
+        if announce:  # once everything else has started
+            announcer, lines = start_announcing(
+                device_config.host, front.ports[0], settings, plain_port, wyoming, wyoming_socket
             )
+            extra.extend(lines)
         text = banner(
             registry,
             device_config,
@@ -143,6 +135,32 @@ def serve(
         if wyoming_socket is not None:
             wyoming_socket.close()
         front.close()
+
+
+def start_announcing(
+    host: str,
+    port: int,
+    settings: ServerSettings,
+    plain_port: Optional[int],
+    wyoming: Optional[WyomingSettings],
+    wyoming_socket: Any,
+) -> Tuple[Any, List[str]]:
+    """(the Announcer or None, the banner's lines). mDNS is a convenience: a network that refuses multicast
+    (a container, no interface up) is one line in the banner, and the server serves anyway."""
+    from resonance.runtime.discovery import Announcer, interfaces_for
+
+    announcer = None
+    try:
+        announcer = Announcer(interfaces_for(host))
+        return announcer, announce_services(
+            announcer, host, port, settings, plain_port, wyoming, wyoming_socket
+        )
+    except Exception as exc:  # zeroconf raises OSError and its own errors; none of them may stop the server
+        log.warning("mDNS announcement failed: %s: %s", type(exc).__name__, exc)
+        if announcer is not None:
+            announcer.close()
+        why = f"{type(exc).__name__}: {exc}"[:120]
+        return None, [f"Not announced by mDNS ({why}): apps need the address above"]
 
 
 def announce_services(
