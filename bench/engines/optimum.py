@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
 
-from resonance.bench.config import EngineSpec, ModelFiles
+from resonance.bench.config import PERSONAL, EngineSpec, ModelFiles
 from resonance.bench.engines import OPTIMUM
 from resonance.bench.engines.common import Transcribe, hf_generate
 
@@ -16,7 +16,22 @@ log = logging.getLogger(__name__)
 
 def specs(models: ModelFiles, names: Sequence[str]) -> List[EngineSpec]:
     onnx_dir = optimum_export(models.hf_dir, models.store / "optimum")
-    return [EngineSpec(OPTIMUM, "Optimum ORT", str(onnx_dir), "fp32", models.window, str(models.hf_dir))]
+    rows = [EngineSpec(OPTIMUM, "Optimum ORT", str(onnx_dir), "fp32", models.window, str(models.hf_dir))]
+    if models.personal_dir:  # Optimum's own export of the personal bundles' merged weights, same window
+        personal = optimum_export(models.personal_dir, models.store / "optimum-personal")
+        rows.insert(
+            0,
+            EngineSpec(
+                OPTIMUM,
+                "Optimum ORT",
+                str(personal),
+                "fp32",
+                models.personal_window,
+                str(models.personal_dir),
+                table=PERSONAL,
+            ),
+        )
+    return rows
 
 
 def optimum_export(hf_dir: Path, out: Path) -> Path:
@@ -25,9 +40,19 @@ def optimum_export(hf_dir: Path, out: Path) -> Path:
         return out
     from optimum.exporters.onnx import main_export
 
+    from resonance.bench.models import hf_config
+
     log.info("exporting %s with Optimum to %s", hf_dir, out)
     tmp = out.with_name(out.name + ".tmp")
-    main_export(str(hf_dir), output=tmp, task="automatic-speech-recognition-with-past", do_validation=False)
+    # the encoder checks its input length: a shortened window needs a dummy input of that many frames
+    frames = 2 * hf_config(hf_dir).get("max_source_positions", 1500)
+    main_export(
+        str(hf_dir),
+        output=tmp,
+        task="automatic-speech-recognition-with-past",
+        do_validation=False,
+        nb_max_frames=frames,
+    )
     os.replace(tmp, out)
     return out
 

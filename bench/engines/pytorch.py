@@ -4,13 +4,20 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Sequence, Tuple
 
-from resonance.bench.config import EngineSpec, ModelFiles
+from resonance.bench.config import PERSONAL, EngineSpec, ModelFiles
 from resonance.bench.engines import PYTORCH
 from resonance.bench.engines.common import Transcribe, device, hf_generate
 
 
 def specs(models: ModelFiles, names: Sequence[str]) -> List[EngineSpec]:
-    return [EngineSpec(PYTORCH, "PyTorch generate", str(models.hf_dir), "fp32", models.window)]
+    rows = [EngineSpec(PYTORCH, "PyTorch generate", str(models.hf_dir), "fp32", models.window)]
+    if models.personal_dir:  # the same merged weights and window as the personal bundles
+        personal = str(models.personal_dir)
+        rows.insert(
+            0,
+            EngineSpec(PYTORCH, "PyTorch generate", personal, "fp32", models.personal_window, table=PERSONAL),
+        )
+    return rows
 
 
 def load(job: Dict[str, Any]) -> Tuple[Transcribe, str]:

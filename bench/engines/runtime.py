@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
 
-from resonance.bench.config import EngineSpec, ModelFiles, window_label
+from resonance.bench.config import GENERIC, PERSONAL, EngineSpec, ModelFiles, window_label
 from resonance.bench.engines import RUNTIME
 from resonance.bench.engines.common import Transcribe, device
 
@@ -15,11 +15,12 @@ def specs(models: ModelFiles, names: Sequence[str]) -> List[EngineSpec]:
     for bundle, m in zip(models.bundles, models.manifests):
         label = f"runtime {Path(bundle).name}"
         win = window_label(m.audio.window_seconds, m.audio.dynamic_window)
-        rows.append(EngineSpec(RUNTIME, label, str(bundle), m.precision, win))
+        table = PERSONAL if m.adapter and models.personal_dir else GENERIC
+        rows.append(EngineSpec(RUNTIME, label, str(bundle), m.precision, win, table=table))
         if models.config.phrase_list:
             board = phrase_board([*m.phrases, *models.texts], models.config.phrase_list)
             both = f"{label} both/{len(board)}"
-            rows.append(EngineSpec(RUNTIME, both, str(bundle), m.precision, win, phrases=board))
+            rows.append(EngineSpec(RUNTIME, both, str(bundle), m.precision, win, phrases=board, table=table))
     return rows
 
 
