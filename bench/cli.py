@@ -72,6 +72,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--engines", default=None, help=f"comma-separated subset of: {', '.join(ENGINES)} (default: all)"
     )
     p.add_argument(
+        "--tables",
+        default="personal,generic",
+        help="which tables to time: personal (every engine on the bundles' adapter at its window), generic "
+        "(the base model at 30 s) (default: both)",
+    )
+    p.add_argument(
         "--server-requests",
         type=int,
         default=10,
@@ -88,6 +94,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="run the engines one after another instead of loading them all and taking turns per clip "
         "(less memory; but a machine whose load changes then favours some engines)",
+    )
+    p.add_argument(
+        "--no-floor",
+        action="store_true",
+        help="skip measuring this CPU's GEMM rate and memory bandwidth (the 'x floor' column, ~10 s)",
     )
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
 
@@ -115,6 +126,8 @@ def _run(args: argparse.Namespace) -> int:
         server_requests=args.server_requests,
         interleave=not args.one_at_a_time,
         phrase_list=args.phrase_list,
+        floor=not args.no_floor,
+        tables=tuple(t.strip() for t in args.tables.split(",") if t.strip()),
         force=args.force,
     )
     report = run_bench(config)

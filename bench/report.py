@@ -41,10 +41,19 @@ def build_report(
     load_before: Optional[float],
     data: str,
     adapter: Optional[Path] = None,
+    floor: Optional[Dict[str, Any]] = None,
 ) -> Dict[str, Any]:
-    """``adapter``: the personal adapter the personal table's baselines ran (merged, at its window)."""
+    """``adapter``: the personal adapter the personal table's baselines ran (merged, at its window);
+    ``floor``: the machine's measured ``peaks`` and the model's ``architecture`` (bench/floor.py)."""
     load_after = loadavg()
     rows = engine_rows(config, clips, results)
+    if floor:
+        from resonance.bench.floor import row_floor
+
+        for row in rows:
+            if row.get("p50_ms"):
+                row["floor_ms"] = round(row_floor(floor["architecture"], row, floor["peaks"]), 1)
+                row["x_floor"] = round(row["p50_ms"] / row["floor_ms"], 2)
     return {
         "model": _model_title(config, base_model),
         "random_weights": bool(config.random_size),
@@ -57,6 +66,7 @@ def build_report(
         "clips": [asdict(c) for c in clips],
         "audio_seconds": round(sum(c.seconds for c in clips), 2),
         "machine": _machine(load_before, load_after),
+        "floor": floor,
         "engines": rows,
         "server": servers,
         "notes": _notes(config, base_model, manifests, rows, load_before, load_after, adapter),
@@ -82,6 +92,8 @@ def engine_rows(
             row["tokens_per_clip"] = round(float(np.mean(result["tokens"])), 1)
             texts = result["texts"]
             row["cer"] = None if config.random_size else round(cer([c.text for c in clips], texts), 4)
+            if result.get("stages"):
+                row["stages_p50"] = stage_percentiles(result["stages"], result["tokens"])
         rows.append(row)
     for ref_engine, key in SPEEDUPS:  # each table against its own reference: same model, same window
         for row in rows:
@@ -102,6 +114,15 @@ def engine_rows(
         ok = row["phrases"] and row.get("p50_ms") and free is not None
         row["both_vs_free"] = round(row["p50_ms"] / free["p50_ms"], 2) if ok else None
     return rows
+
+
+def stage_percentiles(stages: Sequence[Dict[str, float]], tokens: Sequence[int]) -> Dict[str, float]:
+    """p50 of each stage the runtime timed (features, encoder, decoder), and of the decoder's time per step
+    (its text tokens plus the one that produced the end of text)."""
+    p50 = {key: percentile([s.get(key, 0.0) for s in stages], 50) for key in stages[0]}
+    per_step = [s.get("decoder_ms", 0.0) / (n + 1) for s, n in zip(stages, tokens)]
+    p50["decoder_ms_per_step"] = percentile(per_step, 50)
+    return p50
 
 
 def _model_title(config: BenchConfig, base_model: str) -> str:

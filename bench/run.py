@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Optional
 from resonance.bench.chart import write_chart
 from resonance.bench.config import BenchConfig, Clip
 from resonance.bench.engines import RUNTIME
+from resonance.bench.floor import ARCHITECTURE_KEYS, measure_peaks
 from resonance.bench.models import hf_config, load_manifest, prepare_engines
 from resonance.bench.report import build_report, loadavg
 from resonance.bench.server_timing import measure_server, write_server_wav
@@ -40,6 +41,8 @@ def run_bench(config: BenchConfig) -> Dict[str, Any]:
     manifests = [load_manifest(b) for b in config.bundles]
     base_model = config.base_model or (manifests[0].base_model if manifests else OFFLINE_BASE_MODEL)
     load_before = loadavg()
+    # before the engines load: their processes would share the cores with the measurement
+    peaks = measure_peaks(config.threads) if config.floor else None
     with tempfile.TemporaryDirectory(prefix="resonance-bench-") as scratch:
         work = Path(scratch)
         specs, models = prepare_engines(config, base_model, manifests, work, [c.text for c in clips])
@@ -63,8 +66,10 @@ def run_bench(config: BenchConfig) -> Dict[str, Any]:
                     except ResonanceError as exc:  # the server would not start: keep the engines' results
                         log.warning("server with %s: %s", spec.label, exc)
                         servers.append({"label": spec.label, "bundle": spec.model, "error": str(exc)})
+        architecture = {k: hf_config(models.hf_dir)[k] for k in ARCHITECTURE_KEYS}
+    floor = {"peaks": peaks, "architecture": architecture} if peaks else None
     report = build_report(
-        config, base_model, manifests, clips, results, servers, load_before, str(data), models.adapter
+        config, base_model, manifests, clips, results, servers, load_before, str(data), models.adapter, floor
     )
     write_outputs(report, config.out, config.force)
     return report

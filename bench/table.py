@@ -45,13 +45,21 @@ def engines(report: Report) -> List[str]:
         "x ...: p50 of the reference in the same table / p50 of the engine (above 1 = faster); CT2-int8: "
         "CTranslate2 int8 (faster-whisper's engine); RTF: compute s per audio s"
     )
+    floor = report.get("floor")
+    if floor:
+        p = floor["peaks"]
+        lines.append(
+            f"x floor: p50 / the least time this CPU needs for the row's matrix products and weight reads "
+            f"(bench/floor.py), measured here on {p['threads']} threads: {p['gemm_fp32_gflops']} GFLOP/s fp32, "
+            f"{p['gemm_int8_gops']} GOP/s int8, {p['bandwidth_gbs']} GB/s"
+        )
     return lines
 
 
 def engine_table(rows: List[Dict[str, Any]]) -> List[str]:
     header = (
         f"{'engine':<30}{'prec':<6}{'window':<12}{'p50 ms':>8}{'p90 ms':>8}{'x PyTorch':>11}{'x CT2-int8':>11}"
-        f"{'RTF':>8}{'peak RSS':>10}{'CER':>8}{'tok/clip':>9}"
+        f"{'RTF':>8}{'peak RSS':>10}{'CER':>8}{'tok/clip':>9}{'x floor':>9}"
     )
     lines = [header, "-" * len(header)]
     for r in rows:
@@ -63,8 +71,22 @@ def engine_table(rows: List[Dict[str, Any]]) -> List[str]:
         lines.append(
             head + f"{r['p50_ms']:>8.0f}{r['p90_ms']:>8.0f}{_x(r['speedup_vs_pytorch']):>11}"
             f"{_x(r['speedup_vs_fw_int8']):>11}{r['rtf']:>8.3f}{r['peak_rss_mb']:>7.0f} MB{cer:>8}"
-            f"{r['tokens_per_clip']:>9.1f}"
+            f"{r['tokens_per_clip']:>9.1f}{_x(r.get('x_floor')):>9}"
         )
+    return lines
+
+
+def stages(report: Report) -> List[str]:
+    """Where the runtime's time goes, per bundle (p50 of each stage over the clips)."""
+    lines = []
+    for r in report["engines"]:
+        st = r.get("stages_p50")
+        if st and not r["phrases"]:
+            lines.append(
+                f"stages {r['label']}: features {st.get('features_ms', 0):.1f} ms, encoder "
+                f"{st.get('encoder_ms', 0):.1f} ms, decoder {st.get('decoder_ms', 0):.1f} ms = "
+                f"{st['decoder_ms_per_step']:.1f} ms per step (p50 each)"
+            )
     return lines
 
 
@@ -95,7 +117,7 @@ def notes(report: Report) -> List[str]:
     return [f"note: {n}" for n in report["notes"]]
 
 
-SECTIONS = (title, engines, phrase_board, server, notes)
+SECTIONS = (title, engines, stages, phrase_board, server, notes)
 
 
 def _x(value: Optional[float]) -> str:

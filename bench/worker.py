@@ -3,7 +3,7 @@
 Protocol: the parent writes a job file (clips, threads, the engine's ``EngineSpec`` …) and starts
 ``python -m resonance.bench.worker JOB.json``. The worker loads the engine, runs the warm-up clips and
 answers ``{"status": "ready"}``; then for each clip index read from stdin it answers ``{"ms", "text",
-"tokens"}``; on "done" it answers ``{"status": "ok", "peak_rss_mb", "torch_loaded"}`` and exits. A worker that
+"tokens"}`` (and ``"stages"``, the runtime's own per-stage milliseconds); on "done" it answers ``{"status": "ok", "peak_rss_mb", "torch_loaded"}`` and exits. A worker that
 dies is reported with its stderr's tail; exit status 2 (a ResonanceError, e.g. an engine not installed)
 marks the engine skipped rather than failed.
 """
@@ -27,6 +27,7 @@ from resonance.bench.engines import engine_module
 from resonance.errors import ResonanceError
 
 log = logging.getLogger(__name__)
+CLIP_KEYS = ("ms", "text", "tokens", "stages")  # a clip's reply; the other replies' keys go into the result
 
 
 class EngineProcess:
@@ -58,6 +59,8 @@ class EngineProcess:
                 self.result["latencies_ms"].append(reply["ms"])
                 self.result["texts"].append(reply["text"])
                 self.result["tokens"].append(reply["tokens"])
+                if "stages" in reply:
+                    self.result.setdefault("stages", []).append(reply["stages"])
 
     def finish(self) -> Dict[str, Any]:
         if self.ok and self._send("done"):
@@ -81,7 +84,7 @@ class EngineProcess:
         line = self.proc.stdout.readline()
         if line:
             reply = json.loads(line)
-            self.result.update({k: v for k, v in reply.items() if k not in ("ms", "text", "tokens")})
+            self.result.update({k: v for k, v in reply.items() if k not in CLIP_KEYS})
             return reply
         code = self.proc.wait()
         # Exit 2 is a ResonanceError (e.g. faster-whisper not installed): the engine is skipped, with the reason.
@@ -138,8 +141,9 @@ def worker(job: Dict[str, Any], commands: Iterable[str], send: Callable[[Dict[st
             break
         audio = audios[int(command)]
         t0 = time.perf_counter()
-        text, n = transcribe(audio)
-        send({"ms": round((time.perf_counter() - t0) * 1000.0, 2), "text": text, "tokens": n})
+        text, n, *stages = transcribe(audio)
+        reply = {"ms": round((time.perf_counter() - t0) * 1000.0, 2), "text": text, "tokens": n}
+        send({**reply, "stages": stages[0]} if stages else reply)
     # the runtime's RSS must not include torch: say whether this process loaded it
     send({"status": "ok", "torch_loaded": "torch" in sys.modules, "peak_rss_mb": round(peak_rss_mb(), 1)})
 

@@ -151,6 +151,12 @@ def test_personal_bundles_are_timed_against_every_engine_on_the_same_model_and_w
         for (t, _engine), row in rows.items():
             if t == table:
                 assert row["speedup_vs_pytorch"] == round(pytorch_p50 / row["p50_ms"], 2)
+    # each row as a multiple of this CPU's floor for its own window, precision and decoder steps
+    peaks = report["floor"]["peaks"]
+    assert peaks["gemm_fp32_gflops"] > 0 and peaks["gemm_int8_gops"] > 0 and peaks["bandwidth_gbs"] > 0
+    for row in rows.values():
+        assert row["x_floor"] == round(row["p50_ms"] / row["floor_ms"], 2) and row["floor_ms"] > 0
+    assert rows["personal", "pytorch"]["floor_ms"] != rows["generic", "pytorch"]["floor_ms"]
     printed = format_table(report)
     assert "the personal model: every engine on the same merged weights at the same window" in printed
     assert "the generic model at its stock window" in printed
@@ -188,6 +194,30 @@ def test_random_weights_decode_a_fixed_number_of_tokens(tiny_whisper, tiny_bundl
     assert "RANDOM weights, 5 decode steps" in format_table(report)
 
 
+def test_the_floor_counts_the_models_work_and_the_slower_of_compute_and_memory():
+    from resonance.bench.floor import floor_ms, model_work
+
+    base = {  # whisper-base's config.json
+        "d_model": 512, "encoder_layers": 6, "decoder_layers": 6, "encoder_ffn_dim": 2048,
+        "decoder_ffn_dim": 2048, "num_mel_bins": 80, "vocab_size": 51865,
+    }  # fmt: skip
+    five, thirty = model_work(base, 5.0), model_work(base, 30.0)
+    assert 10.0e9 < five["encoder_flops"] < 11.0e9  # the "about 10 GFLOP for a 5 s window"
+    assert thirty["encoder_flops"] > 6 * five["encoder_flops"]  # attention grows with the square
+    assert 48e6 < five["step_weights"] < 49e6  # 22M decoder weights + the 26.6M vocabulary projection
+    peaks = {"gemm_fp32_gflops": 100.0, "gemm_int8_gops": 400.0, "bandwidth_gbs": 10.0}
+    once = (five["encoder_flops"] + five["cross_kv_flops"]) / 100e9 * 1000
+    # fp32 steps read 4 bytes a weight: memory-bound at 10 GB/s (19.4 ms a step vs 1 ms of FLOPs)
+    assert floor_ms(five, "fp32", 10, peaks) == pytest.approx(
+        once + 10 * five["step_weights"] * 4 / 10e9 * 1000
+    )
+    assert floor_ms(five, "int8", 10, peaks) < floor_ms(five, "fp32", 10, peaks) / 3
+    fast_memory = {**peaks, "bandwidth_gbs": 1000.0}  # then the step's FLOPs bound it
+    assert floor_ms(five, "fp32", 1, fast_memory) == pytest.approx(
+        once + 2 * five["step_weights"] / 100e9 * 1000
+    )
+
+
 def test_phrase_board_of_a_given_length_from_known_phrases():
     from resonance.bench.engines.runtime import phrase_board
 
@@ -208,6 +238,19 @@ def test_bad_settings_are_refused_before_any_work(tmp_path):
         BenchConfig(bundles=(tmp_path,), clips=0)
     with pytest.raises(ResonanceError, match="not both"):
         BenchConfig(bundles=(tmp_path,), adapter=tmp_path, random_size="small")
+
+
+def test_a_personal_table_without_a_personal_model_is_refused(tiny_bundle, tiny_whisper, tmp_path):
+    from resonance.bench import BenchConfig, run_bench
+
+    config = BenchConfig(  # tiny_bundle is generic: no adapter, so no personal row
+        bundles=(tiny_bundle,), base_model=str(tiny_whisper), engines=("runtime",), tables=("personal",),
+        floor=False, server_requests=0, phrase_list=0, out=tmp_path / "bench",
+    )  # fmt: skip
+    with pytest.raises(ResonanceError, match="nothing to time in the personal table"):
+        run_bench(config)
+    with pytest.raises(ResonanceError, match="unknown table"):
+        BenchConfig(bundles=(tmp_path,), tables=("fair",))
 
 
 def test_bench_never_writes_onto_what_it_measures_or_a_users_folder(tiny_bundle, tmp_path):

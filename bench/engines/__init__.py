@@ -6,7 +6,8 @@ engine module; torch & co. load only in the engine's own worker process):
 * ``specs(models: ModelFiles, names) -> List[EngineSpec]``: the table rows for the engine names it serves
   that the run asks for, preparing their model files (export, conversion) under ``models.store``;
 * ``load(job) -> (transcribe, library)``: inside the worker, load the model for ``job["spec"]`` and return
-  ``transcribe(float32 16 kHz audio) -> (text, text tokens generated)`` and a "library version" string.
+  ``transcribe(float32 16 kHz audio) -> (text, text tokens generated)`` and a "library version" string
+  (the runtime adds its per-stage milliseconds as a third item: where the time goes).
 
 Adding an engine: a module beside these and its names in ``ENGINES`` below.
 """

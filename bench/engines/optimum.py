@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
 
-from resonance.bench.config import PERSONAL, EngineSpec, ModelFiles
+from resonance.bench.config import GENERIC, PERSONAL, EngineSpec, ModelFiles
 from resonance.bench.engines import OPTIMUM
 from resonance.bench.engines.common import Transcribe, hf_generate
 
@@ -15,9 +15,14 @@ log = logging.getLogger(__name__)
 
 
 def specs(models: ModelFiles, names: Sequence[str]) -> List[EngineSpec]:
-    onnx_dir = optimum_export(models.hf_dir, models.store / "optimum")
-    rows = [EngineSpec(OPTIMUM, "Optimum ORT", str(onnx_dir), "fp32", models.window, str(models.hf_dir))]
-    if models.personal_dir:  # Optimum's own export of the personal bundles' merged weights, same window
+    rows = []
+    if GENERIC in models.config.tables:  # the export takes minutes: only for a table that is timed
+        onnx_dir = optimum_export(models.hf_dir, models.store / "optimum")
+        rows.append(
+            EngineSpec(OPTIMUM, "Optimum ORT", str(onnx_dir), "fp32", models.window, str(models.hf_dir))
+        )
+    if models.personal_dir and PERSONAL in models.config.tables:
+        # Optimum's own export of the personal bundles' merged weights, at the same window
         personal = optimum_export(models.personal_dir, models.store / "optimum-personal")
         rows.insert(
             0,

@@ -57,11 +57,11 @@ def load(job: Dict[str, Any]) -> Tuple[Transcribe, str]:
     transcriber = Transcriber(job["spec"]["model"], providers, job["threads"], options)
     board = list(job["spec"].get("phrases") or [])
 
-    def run(audio: Any) -> Tuple[str, int]:
+    def run(audio: Any) -> Tuple[str, int, Dict[str, float]]:
         if board:  # the phrase board's own cost on top of the same free transcription
             result = transcriber.transcribe(audio, mode="both", phrases=board)
         else:
             result = transcriber.transcribe(audio)
-        return result.text, len(result.tokens)
+        return result.text, len(result.tokens), result.timings  # features, encoder, decoder ms
 
     return run, f"onnxruntime {onnxruntime.__version__}"
