@@ -11,7 +11,10 @@ Fairness rules (each one is a way benchmarks usually lie):
   ``6 tokens/s + 8``), greedy decoding, language forced;
 * the first ``warmup`` clips run once, untimed, before the timed pass (first calls allocate and plan);
 * engines are loaded together and take turns clip by clip, so load from other processes hits all alike;
-* faster-whisper runs with ``beam_size=1``, no VAD and one temperature (its fallback would re-decode).
+* faster-whisper runs with ``beam_size=1``, no VAD and one temperature (its fallback would re-decode);
+* with a personal bundle, every baseline also runs the **same model at the same window** (the adapter merged
+  and cut as export does): the personal table; the generic model at 30 s is a table of its own, and ratios
+  are only taken within a table.
 
 ``random_size="small"`` (``--model-size small``) times a randomly initialised Whisper-small: latency does not
 depend on the weights once every engine decodes the same number of text tokens (EOT and every special id
@@ -22,7 +25,9 @@ The server is measured end to end too (server_timing.py).
 Modules, in the order a run uses them::
 
     config.py         BenchConfig (what the user asks), EngineSpec (a table row), Clip, ModelFiles
-    models.py         the base model, bundles and random model every engine's files come from
+    models.py         the base model, bundles, random model and personal (merged, windowed) model every
+                      engine's files come from
+    floor.py          the model's matrix work and weight reads, this CPU's measured peaks: the floor
     engines/          one module per engine: its rows and model files (parent), its loader (worker)
     worker.py         each engine in its own process, driven clip by clip
     server_timing.py  `resonance serve` on loopback vs the same bundle in-process
