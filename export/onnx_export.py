@@ -121,10 +121,12 @@ def export_bundle(
     )
     refuse_to_overwrite(out, force, "bundle", own=BUNDLE_FILES)
     info = read_adapter(Path(adapter)) if adapter is not None else AdapterInfo()
-    if info.report.get("improved") is False and not allow_worse:
+    from resonance.train.report import blocks_deployment
+
+    if blocks_deployment(info.report) and not allow_worse:
         raise ResonanceError(
             f"the adapter '{adapter}' made recognition worse in training (CER {info.report.get('cer_before'):.3f}"
-            f" -> {info.report.get('cer_after'):.3f}, see its report.txt); refusing to deploy it",
+            f" -> {info.report.get('cer_after'):.3f}, beyond luck, see its report.txt); refusing to deploy it",
             "record more or cleaner phrases and train again, or pass --allow-worse to export it anyway",
         )
     base_model = base_model or info.train_config.get("base_model") or DEFAULT_BASE_MODEL

@@ -44,3 +44,16 @@ def strip_punctuation(text: str) -> str:
 def normalize_for_cer(text: str) -> str:
     """The form both reference and hypothesis take before CER: Simplified, no punctuation, no spaces, lower-case."""
     return strip_punctuation(to_simplified(unicodedata.normalize("NFKC", text))).lower()
+
+
+def edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance between two short strings (characters)."""
+    if len(a) < len(b):
+        a, b = b, a
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        current = [i]
+        for j, cb in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
+        previous = current
+    return previous[-1]

@@ -124,6 +124,7 @@ def _run_import(args: argparse.Namespace) -> int:
 
 
 def _run_train(args: argparse.Namespace) -> int:
+    from resonance.train.report import blocks_deployment
     from resonance.train.trainer import train
 
     config = _config_from_args(args, TRAIN_REQUIRED)
@@ -131,7 +132,7 @@ def _run_train(args: argparse.Namespace) -> int:
     print()
     print((Path(config.out) / "report.txt").read_text(encoding="utf-8"))
     print(f"adapter saved to {config.out}  (report: {config.out}/report.txt, report.png)")
-    return 0 if report["improved"] else 3
+    return 3 if blocks_deployment(report) else 0  # 3: worse than the generic model beyond luck
 
 
 def _config_from_args(args: argparse.Namespace, required: tuple[str, ...]) -> TrainConfig:

@@ -14,6 +14,15 @@ from pathlib import Path
 from resonance.fsutil import write_json_atomic, write_text_atomic
 from resonance.text import normalize_for_cer, to_simplified
 from resonance.train.report_plot import RIGHT, WRONG, plot
+from resonance.train.significance import (
+    BETTER,
+    INCONCLUSIVE,
+    MIN_DECISIVE_PHRASES,
+    WORSE,
+    Comparison,
+    compare,
+    phrase_errors,
+)
 
 FEW_RECORDINGS = 30  # below this the guide expects little gain
 GOOD_RECORDINGS = 50
@@ -33,9 +42,11 @@ class Scores:
 
 @dataclass(frozen=True)
 class Verdict:
-    better: bool  # the personal model made fewer mistakes than the generic one
+    better: bool  # the personal model is better, and the test recordings show it beyond luck
     zh: str  # the report's first line, in plain words
     en: str  # the same, in English (report.json's "verdict")
+    # BETTER / WORSE (beyond luck) or INCONCLUSIVE (train/significance.py); only WORSE holds the model back
+    result: str = INCONCLUSIVE
 
 
 @dataclass(frozen=True)
@@ -63,13 +74,33 @@ def scores(report: dict) -> Scores:
     )
 
 
+def comparison(report: dict) -> Comparison:
+    """Personal against generic model on the test recordings: change in character accuracy, its 95 % interval
+    (paired bootstrap over phrases), and whether it is beyond luck (train/significance.py)."""
+    rows = report["utterances"]
+    refs = [r["reference"] for r in rows]
+    return compare(phrase_errors(refs, [r["before"] for r in rows], [r["hypothesis"] for r in rows]))
+
+
+def blocks_deployment(report: dict) -> bool:
+    """Whether `resonance export` refuses the adapter (and `train` exits 3): the personal model is worse than
+    the generic one beyond luck. A report written before the comparison existed: any loss blocks."""
+    found = report.get("comparison")
+    if isinstance(found, dict) and "result" in found:
+        return found["result"] == WORSE
+    return report.get("improved") is False
+
+
 def verdict(report: dict) -> Verdict:
     """The one sentence, in each language, on whether the personal model recognises the speaker better.
 
-    Better means fewer mistakes (lower CER, what `resonance export` checks) that a person would also see: more
-    characters or more whole recordings right. A model that only loops less still gets nothing right.
+    Better means fewer mistakes (lower CER) that a person would also see: more characters or more whole
+    recordings right (a model that only loops less still gets nothing right), on enough test phrases to rule
+    out luck. With few test phrases (the validation split of 30 recordings holds 3) the sentence says the test
+    cannot tell, with the interval, and does not hold the model back: only a loss beyond luck does.
     """
     s = scores(report)
+    c = comparison(report)
     fewer_mistakes = report["cer_after"] < report["cer_before"]
     visible = round(s.chars_after) > round(s.chars_before) or s.phrases_after > s.phrases_before
     numbers_zh = (
@@ -80,7 +111,16 @@ def verdict(report: dict) -> Verdict:
         f"characters right {s.chars_before:.0f}% -> {s.chars_after:.0f}%, recordings exactly right "
         f"{s.phrases_before} -> {s.phrases_after} of {s.n_eval}"
     )
-    if fewer_mistakes and visible:
+    few_zh = f"检验的句子太少（{c.n_phrases} 句），还不能确定"
+    few_en = f"{c.n_phrases} test phrase{'s are' if c.n_phrases != 1 else ' is'} too few to be sure"
+    if c.result == WORSE:
+        return Verdict(
+            False,
+            f"没有变得更准：{numbers_zh}。先不要用这个模型：多录一些句子，再训练一次。",
+            f"NOT better: {numbers_en}. Do not use this model yet: record more phrases and train again.",
+            WORSE,
+        )
+    if c.result == BETTER and fewer_mistakes and visible:
         return Verdict(
             True,
             f"认得更准了：{s.n_eval} 句检验录音里，现在完全听对 {s.phrases_after} 句（原来 {s.phrases_before} 句）；"
@@ -88,17 +128,22 @@ def verdict(report: dict) -> Verdict:
             f"Understands better: of {s.n_eval} test recordings, {s.phrases_after} now come out exactly right "
             f"(before: {s.phrases_before}); characters right went from {s.chars_before:.0f}% to "
             f"{s.chars_after:.0f}%.",
+            BETTER,
         )
-    if fewer_mistakes:
+    if fewer_mistakes and visible:
         return Verdict(
             False,
-            f"没有明显变好：{numbers_zh}。先不要用这个模型：多录一些句子，再训练一次。",
-            f"No clear gain: {numbers_en}. Do not use this model yet: record more phrases and train again.",
+            f"看起来更准了，但{few_zh}：{numbers_zh}。可以先用；把这些句子再录一遍来检验，结果更可靠。",
+            f"Looks better, but {few_en}: {numbers_en}. You can use it; record the phrases once more to check "
+            "it properly.",
+            INCONCLUSIVE,
         )
     return Verdict(
         False,
-        f"没有变得更准：{numbers_zh}。先不要用这个模型：多录一些句子，再训练一次。",
-        f"NOT better: {numbers_en}. Do not use this model yet: record more phrases and train again.",
+        f"没有明显变好：{numbers_zh}。{few_zh}：可以先用，把这些句子再录一遍来检验。",
+        f"No clear gain: {numbers_en}. {few_en[0].upper() + few_en[1:]} either way: you can use it, and record "
+        "the phrases once more to check it.",
+        INCONCLUSIVE,
     )
 
 
@@ -190,6 +235,8 @@ def with_verdict(report: dict) -> dict:
         "verdict": said.en,
         "verdict_zh": said.zh,
         "verdict_better": said.better,
+        "verdict_result": said.result,
+        "comparison": comparison(report).to_json(),
         "warnings": [a.technical for a in found],
         "advice": [{"zh": a.zh, "en": a.en} for a in found],
         "scores": asdict(scores(report)),
@@ -319,7 +366,19 @@ def technical_lines(report: dict) -> list[str]:
     settings = report.get("settings")
     if settings:
         lines.append("settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()))
-    if report["cer_after"] >= report["cer_before"]:  # what `improved` says, and what export checks
+    c = report["comparison"]
+    why = ""
+    if c["result"] == INCONCLUSIVE and c["n_phrases"] < MIN_DECISIVE_PHRASES:
+        why = (
+            f"; fewer than {MIN_DECISIVE_PHRASES} phrases cannot show a difference beyond luck whatever the "
+            "interval (an exact sign-flip test's smallest p-value is 2/2^n)"
+        )
+    lines.append(
+        f"personal vs generic, paired bootstrap over {c['n_phrases']} phrases: character accuracy "
+        f"{100 * c['change']:+.1f} points, 95 % interval {100 * c['low']:+.1f} to {100 * c['high']:+.1f}: "
+        f"{c['result']}{why}"
+    )
+    if blocks_deployment(report):  # what export checks
         lines.append("`resonance export` refuses this adapter unless --allow-worse is given.")
     lines += [f"WARNING: {w}" for w in report["warnings"]]
     return lines

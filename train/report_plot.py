@@ -39,7 +39,7 @@ RIGHT, WRONG = "✓", "✗"  # exactly right / any mistake, in report.txt too
 LATIN_FONT = "DejaVu Sans"  # ships with matplotlib; also has the ✓ and ✗ marks the CJK fonts may lack
 MAX_PHRASE_ROWS = 40  # more would make the picture too tall to read; report.txt lists every recording
 MAX_CELL_CHARS = 16  # a looping generic model can "hear" a paragraph: cut it in the picture
-GREEN, RED, GREY = "#2e7d32", "#c62828", "#9e9e9e"
+GREEN, RED, GREY, AMBER = "#2e7d32", "#c62828", "#9e9e9e", "#b26a00"
 _CJK = re.compile("[\u2e80-\u9fff\uf900-\ufaff\uff00-\uffef]")
 
 
@@ -124,7 +124,10 @@ class _Words:
 def _draw_header(ax, report: dict, words: _Words) -> None:
     ax.set_label("header")
     ax.axis("off")
-    colour = GREEN if report["verdict_better"] else RED
+    # better beyond luck: green; worse beyond luck: red; too few test phrases to tell: amber
+    colour = {"better": GREEN, "worse": RED}.get(report.get("verdict_result", ""), AMBER)
+    if "verdict_result" not in report:  # a report from before the significance test
+        colour = GREEN if report["verdict_better"] else RED
     if not words.chinese:
         ax.text(0, 1, "\n".join(textwrap.wrap(report["verdict"], 80)), va="top", fontsize=14, color=colour)
         return
