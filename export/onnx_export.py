@@ -29,6 +29,7 @@ from resonance.constants import (
     SPACE_TOKEN,
 )
 from resonance.cpu import host_int8_preset
+from resonance.data.labels import Utterance
 from resonance.errors import ResonanceError
 from resonance.export.quantize import (
     DEFAULT_INT8_PRESET,
@@ -79,6 +80,7 @@ def export_bundle(
     int8_output: str = "int8",
     parity_providers: Sequence[str] = ("CPUExecutionProvider",),
     show_progress: bool = False,
+    calibration_recordings: Optional[Sequence[Utterance]] = None,
 ) -> Path:
     """Export ``base_model`` (+ ``adapter``) to a bundle at ``out``; returns ``out``.
 
@@ -91,6 +93,8 @@ def export_bundle(
     ``int8_output``: "int8" or "fp32" for the decoder's output projection (export/quantize.py convert_decoder).
     ``parity_providers``: where the parity check runs the runtime (`resonance gpu-check`: the CUDA provider).
     ``show_progress``: number the steps on stderr, with the time each took (the CLI's).
+    ``calibration_recordings``: the patient's labelled recordings the phrase board's rejection is fitted on
+    (runtime/board_calibration.py); default: the adapter's own (its data and eval data, when still here).
     """
     out = Path(out)
     if quantize not in QUANTIZE_CHOICES:
@@ -132,8 +136,11 @@ def export_bundle(
     base_model = base_model or info.train_config.get("base_model") or DEFAULT_BASE_MODEL
     language = language or info.train_config.get("language") or "zh"
     task = info.train_config.get("task") or "transcribe"
+    # The patient's recordings the board's rejection is fitted on (none: the runtime's defaults apply).
+    recordings = info.own_recordings if calibration_recordings is None else list(calibration_recordings)
+    calibrate = bool(info.phrases and recordings)
     started = time.perf_counter()
-    stages = Stages("export", 4, enabled=show_progress)
+    stages = Stages("export", 5 if calibrate else 4, enabled=show_progress)
     stages.start(f"loading {base_model}" + (f" and merging the adapter {adapter}" if adapter else ""))
     model, model_dir = load_merged_model(base_model, adapter, info.window_seconds)
     log.info("model ready in %.1f s; exporting to ONNX", time.perf_counter() - started)
@@ -175,7 +182,14 @@ def export_bundle(
             providers=parity_providers,
             show_progress=show_progress,
         )
-        write_json_atomic(tmp / MANIFEST, replace(manifest, parity=parity).to_json())
+        manifest = replace(manifest, parity=parity)
+        write_json_atomic(tmp / MANIFEST, manifest.to_json())
+        if calibrate and manifest.phrases:
+            from resonance.runtime.board_calibration import calibrate_board
+
+            stages.start(f"phrase board: rejection fitted on {len(recordings)} of the patient's recordings")
+            calibration = calibrate_board(tmp, recordings)
+            write_json_atomic(tmp / MANIFEST, replace(manifest, phrase_calibration=calibration).to_json())
         _readable_by_all(tmp)
     stages.done(f"{out} ({precision})")
     log.info("bundle written to %s (%s, %.0f s)", out, precision, time.perf_counter() - started)
@@ -225,6 +239,22 @@ class AdapterInfo:
             if value and (Path(value) / "labels.json").is_file():
                 return [Path(value)]
         return []
+
+    @property
+    def own_recordings(self) -> List[Utterance]:
+        """The labelled recordings the adapter learnt from (its data, the first ``max_train_samples``) and its
+        eval data, those still here: what the phrase board is calibrated on."""
+        from resonance.data.labels import load_labels
+
+        found: List[Utterance] = []
+        for key, first_n in (("data", self.train_config.get("max_train_samples")), ("eval_data", None)):
+            value = self.train_config.get(key)
+            if value and (Path(value) / "labels.json").is_file():
+                try:
+                    found += load_labels(value)[:first_n]
+                except ResonanceError as exc:  # moved or edited since training: calibrate without it
+                    log.warning("not calibrating on %s: %s", value, exc)
+        return found
 
     @property
     def phrases(self) -> List[str]:

@@ -59,11 +59,14 @@ EVAL_GROUP = (
 )
 PHRASES_GROUP = (
     "phrases",
-    "show or edit a bundle's phrase list (the phrase board: --mode phrases/both)",
-    "The phrase board: a bundle's list of the person's everyday phrases; a recording is matched to the "
-    "closest one (or 'none of these') by `transcribe/listen/serve --mode phrases|both`.",
+    "show or edit a bundle's phrase board (--mode phrases/both)",
+    'The phrase board: the person\'s everyday phrases, every phrase they recorded for training ("recorded") '
+    'and those the caregiver added ("added"); a recording is matched to the closest one (or \'none of '
+    "these') by `transcribe/listen/serve --mode phrases|both`. Edits need no re-export: they are kept in "
+    "board.json beside the bundle's manifest, and a running server picks them up at its next reload.",
     "  resonance phrases list --bundle bundles/grandpa\n"
-    "  resonance phrases add --bundle bundles/grandpa 我想喝水 帮我开灯\n"
+    "  resonance phrases add --bundle bundles/grandpa 帮我拿手机 我想出去走走\n"
+    "  resonance phrases remove --bundle bundles/grandpa 我想咳嗽\n"
     "  resonance transcribe --bundle bundles/grandpa --mode phrases clip.wav   # match against the list\n",
 )
 

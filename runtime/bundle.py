@@ -26,13 +26,14 @@ manifest.json (format_version 1)::
                "decoder": {...}, "tokenizer": {...}},
      "metrics": {"cer_before": 0.8, "cer_after": 0.2, ...} | {},
      "phrases": ["我想喝水", ...],
-     "phrase_calibration": {"temperature": 0.47, "none_score": -3.6} | {},
+     "phrase_calibration": {"temperature": 0.47, "none_score": -3.6, "fitted_on": {...}} | {},
      "parity": {"passed": true, "precision": "fp32", "clips": 3, "tokens_identical": 3, "cer": 0.0, ...},
      "quantization": {"int8_preset": "avx512", "weight_type": "QInt8", "per_channel": true} | {}}
 
-``phrases`` is the phrase board's list (runtime/phrases.py; ``resonance phrases add|remove`` edits it) and
-``phrase_calibration`` the phrase matcher's options fitted for this bundle (``resonance eval phrases --save``);
-neither is a hashed file, so editing them keeps the bundle valid.
+``phrases`` are the phrases of the recordings the model was trained on: the phrase board's recorded phrases
+(runtime/board.py; the caregiver's additions and removals live beside it in ``board.json``).
+``phrase_calibration`` holds the phrase matcher's options fitted for this bundle (by export, or
+``resonance eval phrases --save``); the manifest is not a hashed file, so setting it keeps the bundle valid.
 
 ``window_seconds`` is the audio context the model was exported (and trained) for; with ``dynamic_window``
 true the encoder accepts fewer frames and the runtime encodes only the audio's length (rounded up to a bucket).
@@ -277,13 +278,8 @@ def load_manifest(bundle_dir: Path, verify: bool = True) -> Manifest:
     return manifest
 
 
-def write_phrases(bundle_dir: Path, phrases: List[str]) -> Manifest:
-    """Replace the bundle's phrase list (``resonance phrases``); see :func:`update_manifest`."""
-    return update_manifest(bundle_dir, phrases=list(phrases))
-
-
 def update_manifest(bundle_dir: Path, **changes: Any) -> Manifest:
-    """Set top-level manifest keys that are not about files (``phrases``, ``phrase_calibration``).
+    """Set top-level manifest keys that are not about files (``phrase_calibration``).
 
     manifest.json is rewritten atomically and only the given keys change; the model files and their sha256
     entries are untouched (the manifest is not a hashed file), so the bundle still verifies. A running
@@ -291,7 +287,7 @@ def update_manifest(bundle_dir: Path, **changes: Any) -> Manifest:
     """
     from resonance.fsutil import write_json_atomic
 
-    allowed = {"phrases", "phrase_calibration"}
+    allowed = {"phrase_calibration"}
     if set(changes) - allowed:
         raise ValueError(
             f"only {sorted(allowed)} can be updated in place, not {sorted(set(changes) - allowed)}"

@@ -349,22 +349,31 @@ def register(sub: argparse._SubParsersAction) -> None:
 def register_phrases(phrases_sub: argparse._SubParsersAction) -> None:
     """Fill the `phrases` group: list, add, remove."""
     for action, help_text, examples in (
-        ("list", "print a bundle's phrase list", "  resonance phrases list --bundle bundles/grandpa\n"),
+        (
+            "list",
+            "print a bundle's phrase board, each phrase 'recorded' (trained on) or 'added' (by the caregiver)",
+            "  resonance phrases list --bundle bundles/grandpa\n"
+            "  resonance phrases list --bundle bundles/grandpa --json   # what GET /patients shows as 'board'\n",
+        ),
         (
             "add",
-            "add phrases to a bundle's list (only manifest.json changes, atomically)",
-            "  resonance phrases add --bundle bundles/grandpa 我想喝水 帮我开灯\n"
+            "put phrases on a bundle's board without re-exporting (board.json beside the manifest, atomically)",
+            "  resonance phrases add --bundle bundles/grandpa 帮我拿手机 我想出去走走\n"
             "  resonance phrases add --bundle bundles/grandpa --from-file phrases.txt   # one phrase per line\n"
-            "a running server picks the new list up at its next reload (--reload-interval).\n",
+            "the model scores a phrase it was never trained on, less surely than a recorded one; record it\n"
+            "and `resonance update` to teach it. A running server picks the board up at its next reload\n"
+            "(--reload-interval) without reloading the model.\n",
         ),
         (
             "remove",
-            "remove phrases from a bundle's list (only manifest.json changes, atomically)",
-            "  resonance phrases remove --bundle bundles/grandpa 帮我开灯\n",
+            "take phrases off a bundle's board (recorded ones too; `add` puts them back)",
+            "  resonance phrases remove --bundle bundles/grandpa 我想咳嗽\n"
+            "nothing is deleted: the recordings and the model stay as they are.\n",
         ),
     ):
         p = add_command(phrases_sub, action, help_text, examples, _run_phrases)
         p.add_argument("--bundle", required=True, help="a bundle folder made by `resonance export`")
+        p.add_argument("--json", action="store_true", help='print the board as JSON: [{"text", "source"}]')
         if action != "list":
             p.add_argument("phrases", nargs="*", metavar="PHRASE", help=f"phrases to {action}")
             p.add_argument(
@@ -760,7 +769,7 @@ def _run_listen(args: argparse.Namespace) -> int:
 
 
 def _run_phrases(args: argparse.Namespace) -> int:
-    from resonance.runtime.phrases import edit_bundle_phrases
+    from resonance.runtime.board import RECORDED, edit_board
 
     action = args.phrases_command
     given = list(getattr(args, "phrases", None) or [])
@@ -772,10 +781,18 @@ def _run_phrases(args: argparse.Namespace) -> int:
         from resonance.errors import ResonanceError
 
         raise ResonanceError(f"nothing to {action}", "name the phrases, or pass --from-file FILE")
-    phrases = edit_bundle_phrases(Path(args.bundle), **({action: given} if action != "list" else {}))
-    for phrase in phrases:
-        print(phrase)
-    print(f"{len(phrases)} phrase(s) in {args.bundle}", file=sys.stderr)
+    board = edit_board(Path(args.bundle), **({action: given} if action != "list" else {}))
+    if args.json:
+        print(json.dumps(board.to_json(), ensure_ascii=False, indent=1))
+    else:
+        for phrase in board.phrases:
+            print(f"{phrase.text}\t{phrase.source}")
+    recorded = sum(p.source == RECORDED for p in board.phrases)
+    print(
+        f"{len(board)} phrase(s) on the board of {args.bundle}: {recorded} recorded, {len(board) - recorded} "
+        f"added" + (f", {len(board.removed)} recorded one(s) taken off" if board.removed else ""),
+        file=sys.stderr,
+    )
     return 0
 
 

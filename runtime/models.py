@@ -10,6 +10,10 @@ home with one or a few patients never waits for a first load.
 ``reload()`` picks up new, changed and removed bundles and swaps the table of available bundles in one
 assignment; a loaded bundle that changed is loaded again at once (a broken new version leaves the old one
 serving). A request that already holds a Transcriber keeps using it, unloaded or replaced or not.
+
+The caregiver's phrase board (``board.json`` beside the manifest, runtime/board.py) is not part of a bundle's
+fingerprint: an edit of it alone is re-read (a small JSON file) and handed to the loaded Transcriber, which
+keeps its sessions: no hashing, no reload of the model.
 """
 
 from __future__ import annotations
@@ -18,11 +22,12 @@ import logging
 import re
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Set, Tuple
 
 from resonance.errors import ResonanceError
+from resonance.runtime.board import BOARD_FILE, Board, read_board
 from resonance.runtime.bundle import MANIFEST, BundleError, Manifest, load_manifest
 from resonance.runtime.device_config import DeviceConfig
 from resonance.runtime.device_sessions import warn_on_precision
@@ -32,7 +37,9 @@ log = logging.getLogger(__name__)
 # One path component made of letters (any script), digits, '_' and '-': no '/', no '.', no '..'.
 PATIENT_ID = re.compile(r"\w[\w-]{0,63}")  # used with fullmatch: `$` would accept a trailing newline
 
-Fingerprint = Tuple[Tuple[str, int, int], ...]  # (file name, size, mtime_ns) of every file in a bundle folder
+# (file name, size, mtime_ns) of every file in a bundle folder but the phrase board, which has its own stamp
+Fingerprint = Tuple[Tuple[str, int, int], ...]
+BoardStamp = Optional[Tuple[int, int]]  # (size, mtime_ns) of board.json; None: the bundle has none
 TranscriberFactory = Callable[[Path, DeviceConfig], Any]
 
 
@@ -62,6 +69,10 @@ class BundleEntry:
     manifest: Manifest
     fingerprint: Fingerprint
     model_bytes: int  # its files' size: what loading it costs against model_memory_mb
+    board: Board = field(
+        default_factory=Board
+    )  # the phrase board: recorded phrases with the caregiver's edits
+    board_stamp: BoardStamp = None
 
 
 @dataclass(frozen=True)
@@ -71,6 +82,7 @@ class LoadedBundle:
     transcriber: Any  # resonance.runtime.transcriber.Transcriber (imported lazily: it pulls in onnxruntime)
     fingerprint: Fingerprint
     model_bytes: int = 0
+    board_stamp: BoardStamp = None  # the board its transcriber matches against
 
     @property
     def manifest(self) -> Any:
@@ -83,6 +95,7 @@ class ReloadReport:
     updated: List[str] = field(default_factory=list)
     removed: List[str] = field(default_factory=list)
     failed: Dict[str, str] = field(default_factory=dict)  # folder name -> why it was skipped
+    boards: List[str] = field(default_factory=list)  # patients whose phrase board alone was re-read
 
     @property
     def changed(self) -> bool:
@@ -100,10 +113,18 @@ def fingerprint(folder: Path) -> Fingerprint:
     """Cheap change detector (stat only): a re-export or a copy in progress changes a size or an mtime."""
     entries = []
     for path in sorted(folder.iterdir()):
-        if path.is_file():
+        if path.is_file() and path.name != BOARD_FILE:
             stat = path.stat()
             entries.append((path.name, stat.st_size, stat.st_mtime_ns))
     return tuple(entries)
+
+
+def board_stamp(folder: Path) -> BoardStamp:
+    try:
+        stat = (folder / BOARD_FILE).stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_size, stat.st_mtime_ns
 
 
 class ModelRegistry:
@@ -216,14 +237,14 @@ class ModelRegistry:
             current = self._loaded.get(entry.patient)
             if current is not None and current.fingerprint == entry.fingerprint:
                 self._loaded.move_to_end(entry.patient)
-                return current
+                return self._with_board(current, entry)
             load_lock = self._load_locks.setdefault(entry.patient, threading.Lock())
         with load_lock:  # a second request for the same patient waits for this load instead of repeating it
             with self._lock:
                 current = self._loaded.get(entry.patient)
                 if current is not None and current.fingerprint == entry.fingerprint:
                     self._loaded.move_to_end(entry.patient)
-                    return current
+                    return self._with_board(current, entry)
             bundle = self._load(entry)
             with self._lock:
                 self._make_room(bundle.model_bytes, keep=entry.patient)
@@ -259,7 +280,17 @@ class ModelRegistry:
             entry.manifest.precision,
             ", ".join(getattr(transcriber, "providers", ()) or ()),
         )
-        return LoadedBundle(entry.patient, entry.path, transcriber, entry.fingerprint, entry.model_bytes)
+        return _with_entry_board(
+            LoadedBundle(entry.patient, entry.path, transcriber, entry.fingerprint, entry.model_bytes), entry
+        )
+
+    def _with_board(self, bundle: LoadedBundle, entry: BundleEntry) -> LoadedBundle:
+        """``bundle`` with ``entry``'s board, kept for the next request (lock held): the board changed alone."""
+        if bundle.board_stamp == entry.board_stamp:
+            return bundle
+        bundle = _with_entry_board(bundle, entry)
+        self._loaded[entry.patient] = bundle
+        return bundle
 
     def _make_room(self, needed: int, keep: str) -> None:
         """Unload the least recently used bundles until ``needed`` more bytes fit the budget (lock held)."""
@@ -297,7 +328,7 @@ class ModelRegistry:
                     continue
                 current = old.get(name)
                 if current is not None and current.fingerprint == stamp:
-                    new[name] = current
+                    new[name] = self._with_current_board(current, report)
                     continue
                 if name in self._failed and self._failed[name][0] == stamp:
                     if current is not None:
@@ -348,7 +379,7 @@ class ModelRegistry:
         log.info("loaded bundle '%s' again (it changed on disk)", entry.patient)
         bundle = LoadedBundle(entry.patient, entry.path, transcriber, entry.fingerprint, entry.model_bytes)
         with self._lock:
-            self._loaded[entry.patient] = bundle
+            self._loaded[entry.patient] = _with_entry_board(bundle, entry)
 
     def _bundle_folders(self) -> List[Path]:
         if self.single_bundle:
@@ -384,7 +415,31 @@ class ModelRegistry:
             )
         load_manifest(folder, verify=True)
         size = sum(int(entry.get("bytes", 0)) for entry in manifest.files.values())
-        return BundleEntry(folder.name, folder, manifest, stamp, size)
+        board_now = board_stamp(folder)  # before reading it: an edit made meanwhile is seen at the next poll
+        try:
+            board = read_board(folder, manifest)
+        except ResonanceError as exc:  # a hand-edited board.json gone wrong must not stop recognition
+            log.error("phrase board of '%s' unreadable, matching its recorded phrases: %s", folder.name, exc)
+            board = Board(tuple(manifest.phrases or ()))
+        return BundleEntry(folder.name, folder, manifest, stamp, size, board, board_now)
+
+    def _with_current_board(self, entry: BundleEntry, report: ReloadReport) -> BundleEntry:
+        """``entry``, or a copy with its board re-read when only board.json changed (cheap: no hashing)."""
+        try:
+            board_now = board_stamp(entry.path)
+        except OSError as exc:
+            report.failed[entry.patient] = str(exc)
+            return entry
+        if board_now == entry.board_stamp:
+            return entry
+        try:
+            board = read_board(entry.path, entry.manifest)
+        except ResonanceError as exc:  # a hand-edited board.json gone wrong: keep serving the last good board
+            log.error("phrase board of '%s' not reloaded (keeping the previous one): %s", entry.patient, exc)
+            return replace(entry, board_stamp=board_now)
+        log.info("phrase board of '%s' reloaded: %d phrases", entry.patient, len(board))
+        report.boards.append(entry.patient)
+        return replace(entry, board=board, board_stamp=board_now)
 
     # -- background polling -----------------------------------------------------------------------------------
 
@@ -411,6 +466,14 @@ class ModelRegistry:
                 Exception
             ):  # the poller must outlive a surprise (e.g. the folder unmounted); log with traceback
                 log.exception("reloading bundles from %s failed; will retry", self.models_dir)
+
+
+def _with_entry_board(bundle: LoadedBundle, entry: BundleEntry) -> LoadedBundle:
+    """``bundle`` whose transcriber matches ``entry``'s board (sharing its sessions)."""
+    with_board = getattr(bundle.transcriber, "with_board", None)  # test doubles may have no board
+    if with_board is None or bundle.transcriber.board == entry.board:
+        return replace(bundle, board_stamp=entry.board_stamp)
+    return replace(bundle, transcriber=with_board(entry.board), board_stamp=entry.board_stamp)
 
 
 def _one_line(exc: BaseException) -> str:

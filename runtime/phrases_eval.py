@@ -110,7 +110,7 @@ def evaluate_phrases(
 
         listed = clean_phrases(read_phrases(phrases_file))
     else:
-        listed = clean_phrases(transcriber.manifest.phrases or [])
+        listed = list(transcriber.board.texts)
     if not listed:
         raise ResonanceError(
             f"the bundle '{bundle}' has no phrase list",
@@ -130,7 +130,13 @@ def evaluate_phrases(
     removed = set(rng.choice(recorded, n_removed, replace=False).tolist()) if n_removed else set()
     kept = [p for p in listed if p not in removed]
     base = transcriber.phrase_options
-    options = replace(base, top_k=len(kept), max_none=1.0, max_rows=None if all_phrases else base.max_rows)
+    options = replace(
+        base,
+        top_k=len(kept),
+        max_none=1.0,
+        max_distance=None,
+        max_rows=None if all_phrases else base.max_rows,
+    )
     transcriber.transcribe(utterances[0].audio, mode="both", phrases=kept, phrase_options=options)  # warm-up
 
     rows: List[Dict[str, Any]] = []
@@ -217,15 +223,19 @@ def _training_pair(row: Dict[str, Any]) -> Optional[Tuple[np.ndarray, int]]:
 
 def _decision(row: Dict[str, Any], options: PhraseOptions) -> Dict[str, Any]:
     if not row["candidates"]:
-        return {"best": None, "rejected": True, "confidence": 0.0, "none": 1.0, "top3": []}
+        return {"best": None, "rejected": True, "confidence": 0.0, "none": 1.0, "top3": [], "unlike": True}
     texts = [text for text, _ in row["candidates"]]
-    found = decide(texts, np.asarray([s for _, s in row["candidates"]]), options, len(texts))
+    scores = np.asarray([s for _, s in row["candidates"]])
+    found = decide(texts, scores, options, len(texts), row["free_text"])
+    limit = options.max_distance
     return {
         "best": found.candidates[0].text,
         "rejected": found.rejected,
         "confidence": round(found.confidence, 4),
         "none": round(found.none_confidence, 4),
         "top3": [c.text for c in found.candidates[:3]],
+        # the free transcription vetoed the best phrase (PhraseOptions.max_distance), whatever P(none)
+        "unlike": limit is not None and found.distance is not None and found.distance > limit,
     }
 
 
@@ -265,7 +275,7 @@ def _at_threshold(inl: Sequence[Dict[str, Any]], out: Dict[str, List], threshold
         return round(hits / total, 4) if total else None
 
     def kept(r: Dict[str, Any]) -> bool:
-        return r["best"] is not None and r["none"] < threshold
+        return r["best"] is not None and r["none"] < threshold and not r.get("unlike", False)
 
     return {
         "threshold": threshold,

@@ -9,6 +9,7 @@ sessions, tokenizer); every call keeps its state local, so one Transcriber serve
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ import numpy as np
 
 from resonance.audio import AudioSource, load_audio
 from resonance.constants import SAMPLE_RATE
+from resonance.errors import ResonanceError
+from resonance.runtime.board import Board, read_board
 from resonance.runtime.bundle import Manifest, load_manifest
 from resonance.runtime.decoding import DecodeOutput, DecodingOptions, WindowDecoding, WindowGuards
 from resonance.runtime.device_config import DeviceConfig, load_device_config
@@ -40,6 +43,7 @@ from resonance.runtime.phrases import (
     broadcast_works,
     check_mode,
     empty_match,
+    fitted_options,
     match,
     shortlist,
     teacher_forced_logprobs,
@@ -122,8 +126,9 @@ class Plan:
     mode: str
     phrases: Optional[PhraseSet]  # matched on the first window; None: no matching (mode free, or no list)
     free_text: bool  # the reply's text is the free transcription of every window; False: the accepted phrase
-    # Mode "phrases" with a list too long to score whole: the first window's free text ranks the shortlist.
-    decode_for_shortlist: bool
+    # Mode "phrases": the first window's free text is decoded too, to rank the shortlist of a list too long
+    # to score whole, and to check the best phrase against (PhraseOptions.max_distance).
+    decode_first: bool
 
     @classmethod
     def build(cls, mode: str, phrase_set: Optional[PhraseSet], popts: PhraseOptions) -> Plan:
@@ -131,13 +136,14 @@ class Plan:
         # Without a list, mode "phrases" falls back to the free transcription.
         free_text = mode != "phrases" or not matching
         too_long = matching and popts.max_rows is not None and phrase_set.rows() > popts.max_rows
-        return cls(mode, phrase_set if matching else None, free_text, bool(too_long))
+        witness = matching and popts.max_distance is not None
+        return cls(mode, phrase_set if matching else None, free_text, bool(too_long or witness))
 
     def runs_window(self, index: int) -> bool:
         return self.free_text or index == 0
 
     def decodes_window(self, index: int) -> bool:
-        return self.free_text or (index == 0 and self.decode_for_shortlist)
+        return self.free_text or (index == 0 and self.decode_first)
 
     def phrases_for_window(self, index: int) -> Optional[PhraseSet]:
         return self.phrases if index == 0 else None
@@ -172,9 +178,10 @@ class Transcriber:
         cost most (`resonance gpu-check` times both)."""
         self.bundle_dir = Path(bundle_dir)
         self.manifest: Manifest = load_manifest(self.bundle_dir, verify=verify)
+        self.board: Board = _board_or_recorded(self.bundle_dir, self.manifest)  # matched by default
         self.options = DecodingOptions.coerce(options)
         # The bundle's fitted calibration (manifest.phrase_calibration), then the caller's changes.
-        fitted = PhraseOptions.coerce(self.manifest.phrase_calibration or None)
+        fitted = fitted_options(self.manifest.phrase_calibration)
         self.phrase_options = PhraseOptions.coerce(phrase_options, fitted)
         files = self.manifest.files
         self.encoder = create_session(
@@ -217,6 +224,12 @@ class Transcriber:
             warn_on_precision(Path(bundle_dir).name, transcriber.manifest, config)
         return transcriber
 
+    def with_board(self, board: Board) -> Transcriber:
+        """This transcriber with another phrase board, sharing its sessions (a caregiver's edit, hot-reloaded)."""
+        other = copy.copy(self)
+        other.board = board
+        return other
+
     @property
     def providers(self) -> List[str]:
         """The execution providers onnxruntime really uses (after any fallback)."""
@@ -239,7 +252,7 @@ class Transcriber:
 
         Audio longer than the bundle's window is cut into window-sized pieces whose texts are joined; capping
         the length (a server's request limit) is the caller's job. ``mode`` "phrases"/"both" also matches the
-        audio against ``phrases`` (default: the bundle's list); phrases are matched on the first window.
+        audio against ``phrases`` (default: the bundle's board); phrases are matched on the first window.
         """
         check_mode(mode)
         opts = self.options if options is None else DecodingOptions.coerce(options)
@@ -321,8 +334,8 @@ class Transcriber:
         return result.phrases or empty_match(NO_PHRASES)  # mode "phrases" always sets it
 
     def phrase_set(self, phrases: Optional[Sequence[str]] = None) -> PhraseSet:
-        """The list prepared for scoring (tokenised once per distinct list): ``phrases`` or the bundle's."""
-        key = tuple(self.manifest.phrases if phrases is None else phrases)
+        """The list prepared for scoring (tokenised once per distinct list): ``phrases`` or the board's."""
+        key = tuple(self.board.texts if phrases is None else phrases)
         prepared = self._phrase_sets.get(key)
         if prepared is None:
             budget = self.merged_decoder.max_new_positions - 1  # the phrase's tokens, then eot
@@ -397,7 +410,7 @@ class Transcriber:
             popts.batch_memory_mb,
             self._broadcast,
         )
-        return match(phrase_set, chosen, logprobs, popts)
+        return match(phrase_set, chosen, logprobs, popts, free_text)
 
     def features(self, window: np.ndarray) -> np.ndarray:
         """(1, n_mels, frames) encoder input for one window of audio, in the encoder's dtype."""
@@ -435,3 +448,13 @@ def _device_id(providers: Sequence[ProviderSpec]) -> int:
         if not isinstance(spec, str) and spec[0] in _GPU_PROVIDERS:
             return int(spec[1].get("device_id", 0))
     return 0
+
+
+def _board_or_recorded(bundle_dir: Path, manifest: Manifest) -> Board:
+    """The bundle's phrase board; a hand-edited board.json gone wrong is logged and the recorded phrases used
+    (recognition must not stop over it; `resonance phrases list` shows the error)."""
+    try:
+        return read_board(bundle_dir, manifest)
+    except ResonanceError as exc:
+        log.error("phrase board of %s unreadable, matching its recorded phrases only: %s", bundle_dir, exc)
+        return Board(tuple(manifest.phrases or ()))

@@ -14,6 +14,7 @@ import pytest
 from helpers import DEMO_DATA, tone, wav, write_config
 
 from resonance.errors import ResonanceError
+from resonance.runtime.board import BOARD_FILE
 from resonance.runtime.bundle import load_manifest
 from resonance.runtime.merged_decoder import NumpyStepRunner
 from resonance.runtime.phrases import (
@@ -35,17 +36,17 @@ from resonance.runtime.transcriber import Transcriber
 
 PHRASES = ["我想喝水", "我饿了", "帮我开灯", "帮我关灯", "我要上厕所", "谢谢", "我想出去走走", "不要"]
 # Accept whatever scores best: the tiny model has random weights, so its scores say nothing about the audio.
-ALWAYS_ACCEPT = {"none_score": -1e6, "max_none": 1.0}
+ALWAYS_ACCEPT = {"none_score": -1e6, "max_none": 1.0, "max_distance": None}  # no veto either
 
 
 @pytest.fixture(scope="module")
 def bundle(tiny_bundle, tmp_path_factory) -> Path:
     """conftest's tiny bundle with a phrase list (a copy: the shared one stays as exported)."""
-    from resonance.runtime.phrases import edit_bundle_phrases
+    from resonance.runtime.board import edit_board
 
     copy = tmp_path_factory.mktemp("phrases") / "p1"
     shutil.copytree(tiny_bundle, copy)
-    edit_bundle_phrases(copy, add=PHRASES)
+    edit_board(copy, add=PHRASES)
     return copy
 
 
@@ -143,7 +144,8 @@ def test_the_plan_decodes_only_what_the_mode_needs(transcriber):
     from resonance.runtime.transcriber import Plan
 
     phrases = transcriber.phrase_set()
-    fits, too_long = PhraseOptions(max_rows=None), PhraseOptions(max_rows=1)
+    fits = PhraseOptions(max_rows=None, max_distance=None)  # scores alone decide
+    too_long = PhraseOptions(max_rows=1, max_distance=None)
     free = Plan.build("free", None, fits)
     assert free.free_text and free.phrases is None and free.runs_window(3) and free.decodes_window(3)
     both = Plan.build("both", phrases, too_long)
@@ -153,6 +155,8 @@ def test_the_plan_decodes_only_what_the_mode_needs(transcriber):
     assert not whole.free_text and not whole.decodes_window(0) and not whole.runs_window(1)
     ranked = Plan.build("phrases", phrases, too_long)  # the first window's free text ranks the shortlist
     assert ranked.decodes_window(0) and not ranked.decodes_window(1) and not ranked.runs_window(1)
+    witness = Plan.build("phrases", phrases, PhraseOptions(max_rows=None))  # ... or checks the best phrase
+    assert witness.decodes_window(0) and not witness.decodes_window(1) and not witness.free_text
     no_list = Plan.build("phrases", transcriber.phrase_set([]), fits)  # falls back to the free transcription
     assert no_list.free_text and no_list.phrases is None
     assert no_list.phrase_result(None).reason == NO_PHRASES
@@ -229,6 +233,24 @@ def test_calibration_softmax_and_decision():
     assert alike.candidates[0].confidence < 0.5 and not alike.rejected and alike.best == "a"
 
 
+def test_the_free_transcription_can_veto_the_best_phrase():
+    options = PhraseOptions(temperature=0.5, none_score=-5.0, max_none=0.2)  # max_distance 1/3
+    sure = np.asarray([-0.5, -3.0])
+    # An unknown request heard right as free text (我想回家) is not forced onto the nearest listed phrase.
+    vetoed = decide(["我想咳嗽", "我饿了"], sure, options, 2, free_text="我想回家")
+    assert vetoed.rejected and vetoed.reason == NONE_OF_THESE and vetoed.distance == pytest.approx(0.5)
+    assert vetoed.none_confidence < 0.2  # the scores alone would have accepted it
+    # A listed phrase heard with one character wrong in four (Traditional script is not a difference).
+    kept = decide(["我想喝水", "我饿了"], sure, options, 2, free_text="我想喝誰")
+    assert not kept.rejected and kept.best == "我想喝水" and kept.distance == pytest.approx(0.25)
+    assert not decide(["我想喝水"], sure[:1], options, 1, free_text="我想喝水。").rejected
+    assert decide(["我想喝水"], sure[:1], options, 1, free_text="").rejected  # heard nothing like it
+    unchecked = PhraseOptions(temperature=0.5, none_score=-5.0, max_distance=None)
+    assert not decide(["我想咳嗽", "我饿了"], sure, unchecked, 2, free_text="我想回家").rejected
+    with pytest.raises(ResonanceError, match="max_distance"):
+        PhraseOptions(max_distance=1.5)
+
+
 def test_fit_calibration_recovers_the_parameters_that_made_the_data():
     rng = np.random.default_rng(0)
     a, b = 4.0, -5.0  # temperature 0.25, none_score -1.25
@@ -247,35 +269,48 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_phrases_cli_round_trip_rewrites_only_the_manifest(run_cli, tiny_bundle, tmp_path):
+def test_phrases_cli_edits_the_board_beside_the_bundle_and_never_the_model(run_cli, tiny_bundle, tmp_path):
     bundle = tmp_path / "p1"
     shutil.copytree(tiny_bundle, bundle)
-    onnx = {p.name: sha256(p) for p in bundle.iterdir() if p.name != "manifest.json"}
-    before = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))
+    manifest = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))
+    manifest["phrases"] = ["我想喝水", "我饿了"]  # what export writes: the phrases the patient recorded
+    (bundle / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False), encoding="utf-8")
+    files = {p.name: sha256(p) for p in bundle.iterdir()}  # the manifest included: the board is beside it
     listing = tmp_path / "more.txt"
     listing.write_text("# from a file\n帮我开灯\n\n我想喝水\n", encoding="utf-8")
 
     proc = run_cli(
         "phrases", "add", "--bundle", bundle, "我想喝水", "谢谢", "--from-file", listing, check=True
     )
-    assert proc.stdout.splitlines() == ["我想喝水", "谢谢", "帮我开灯"]
-    proc = run_cli("phrases", "remove", "--bundle", bundle, "谢谢", check=True)
-    assert proc.stdout.splitlines() == ["我想喝水", "帮我开灯"]
+    assert proc.stdout.splitlines() == [
+        "我想喝水\trecorded",
+        "我饿了\trecorded",
+        "谢谢\tadded",
+        "帮我开灯\tadded",
+    ]
+    assert "4 phrase(s) on the board" in proc.stderr and "2 recorded, 2 added" in proc.stderr
+    proc = run_cli("phrases", "remove", "--bundle", bundle, "谢谢", "我饿了", check=True)
+    assert proc.stdout.splitlines() == ["我想喝水\trecorded", "帮我开灯\tadded"]
+    assert "1 recorded one(s) taken off" in proc.stderr
     proc = run_cli("phrases", "remove", "--bundle", bundle, "开门")
-    assert proc.returncode == 2 and "not in the phrase list" in proc.stderr and "phrases list" in proc.stderr
-    proc = run_cli("phrases", "list", "--bundle", bundle, check=True)
-    assert proc.stdout.splitlines() == ["我想喝水", "帮我开灯"]
-    assert "2 phrase(s)" in proc.stderr
+    assert (
+        proc.returncode == 2
+        and "not on the phrase board: 开门" in proc.stderr
+        and "phrases list" in proc.stderr
+    )
+    proc = run_cli("phrases", "list", "--bundle", bundle, "--json", check=True)
+    assert json.loads(proc.stdout) == [
+        {"text": "我想喝水", "source": "recorded"},
+        {"text": "帮我开灯", "source": "added"},
+    ]
 
-    after = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))
-    assert after.pop("phrases") == ["我想喝水", "帮我开灯"]
-    before.pop("phrases")
-    assert after == before  # nothing else in the manifest changed
-    assert {p.name: sha256(p) for p in bundle.iterdir() if p.name != "manifest.json"} == onnx
-    assert sorted(p.name for p in bundle.iterdir()) == sorted([*onnx, "manifest.json"])  # no temp files left
-    assert load_manifest(bundle, verify=True).phrases == ["我想喝水", "帮我开灯"]
+    assert {p.name: sha256(p) for p in bundle.iterdir() if p.name != BOARD_FILE} == files  # model untouched
+    assert sorted(p.name for p in bundle.iterdir()) == sorted([*files, BOARD_FILE])  # no temp files left
+    load_manifest(bundle, verify=True)  # still a valid bundle
     found = Transcriber(bundle, threads=1).match_phrases(tone(1.0), top_k=5)
     assert {c.text for c in found.candidates} == {"我想喝水", "帮我开灯"}
+    proc = run_cli("phrases", "add", "--bundle", bundle, "我饿了", check=True)  # back on, as recorded
+    assert proc.stdout.splitlines() == ["我想喝水\trecorded", "我饿了\trecorded", "帮我开灯\tadded"]
 
 
 def test_transcribe_cli_mode(run_cli, bundle, tmp_path):

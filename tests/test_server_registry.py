@@ -15,6 +15,7 @@ import pytest
 from helpers import copy_bundle, tone, wav, write_config
 
 from resonance.errors import ResonanceError
+from resonance.runtime.board import edit_board
 from resonance.runtime.device_config import load_device_config
 from resonance.runtime.models import InvalidPatientId, ModelRegistry, UnknownPatient, check_patient_id
 from resonance.runtime.server import (
@@ -97,6 +98,43 @@ def test_reload_adds_updates_and_removes_with_an_atomic_swap(models, config, tin
     shutil.rmtree(models / "p2")
     assert registry.reload().removed == ["p2"]
     assert registry.patients == ["p1"]
+
+
+def test_a_board_edit_is_picked_up_without_reloading_the_model(models, config, caplog):
+    loads = []
+
+    def counting_factory(folder, device_config):
+        from resonance.runtime.models import default_transcriber_factory
+
+        loads.append(folder.name)
+        return default_transcriber_factory(folder, device_config)
+
+    registry = ModelRegistry(models, config, factory=counting_factory)
+    before = registry.get("p1")
+    edit_board(models / "p1", add=["我想喝水", "帮我开灯"])
+    report = registry.reload()
+    after = registry.get("p1")
+    assert report.boards == ["p1"] and not report.changed
+    assert loads == ["p1"]  # loaded once, at start: the board alone is re-read
+    assert after.transcriber.board.texts == ("我想喝水", "帮我开灯")
+    assert after.transcriber.encoder is before.transcriber.encoder  # the same sessions
+    assert before.transcriber.board.texts == ()  # a request holding the old bundle keeps the old board
+    assert registry.reload().boards == []  # unchanged: nothing re-read
+
+    # The page reads the board from /patients: recorded and added phrases apart, the plain list beside.
+    (listed,) = create_app(registry, config).test_client().get("/patients").get_json()
+    assert listed["phrases"] == ["我想喝水", "帮我开灯"] and listed["n_phrases"] == 2
+    assert listed["board"] == [
+        {"text": "我想喝水", "source": "added"},
+        {"text": "帮我开灯", "source": "added"},
+    ]
+
+    (models / "p1" / "board.json").write_text("{broken", encoding="utf-8")
+    with caplog.at_level(logging.ERROR):
+        registry.reload()
+    assert registry.get("p1").transcriber.board.texts == ("我想喝水", "帮我开灯")  # the last good board
+    assert "phrase board of 'p1' not reloaded" in caplog.text
+    assert loads == ["p1"]
 
 
 def test_a_broken_new_version_keeps_the_old_one_serving(models, config, caplog):

@@ -248,13 +248,13 @@ class Browser:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tiny_bundle):
-    from resonance.runtime.bundle import write_phrases
+    from resonance.runtime.board import edit_board
 
     root = tmp_path_factory.mktemp("webpage")
     models = root / "bundles"
     models.mkdir()
     shutil.copytree(tiny_bundle, models / "p1")
-    write_phrases(models / "p1", PHRASES)
+    edit_board(models / "p1", add=PHRASES)
     config = write_config(root / "test.yaml")
     return root, models, config
 

@@ -3,13 +3,42 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from resonance.audio import SAMPLE_RATE, load_audio
-from resonance.data.labels import Utterance
+from resonance.data.labels import Utterance, load_labels
 from resonance.errors import ResonanceError
+
+if TYPE_CHECKING:
+    from resonance.train.config import TrainConfig
+
+
+@dataclass(frozen=True)
+class Recordings:
+    """What one training run learns from, and the recordings it is measured on (empty: the validation split)."""
+
+    train: list[Utterance]
+    eval: list[Utterance] = field(default_factory=list)
+    eval_source: str | None = None  # what the report says the eval recordings are
+    # The eval recordings are the patient's own, held out of training (resonance update), so their phrases
+    # are recorded phrases too (on the phrase board); a second take passed as --eval-data adds none.
+    eval_recorded: bool = False
+
+    def recorded_phrases(self) -> list[str]:
+        """Every phrase of the patient's training data, in first-seen order: the phrase board export writes."""
+        own = self.train + (self.eval if self.eval_recorded else [])
+        return list(dict.fromkeys(u.text for u in own))
+
+    @classmethod
+    def of(cls, config: TrainConfig) -> Recordings:
+        """``config.data`` (its first ``max_train_samples``) and ``config.eval_data``, labels checked."""
+        train = load_labels(config.data)[: config.max_train_samples]
+        if not config.eval_data:
+            return cls(train)
+        return cls(train, load_labels(config.eval_data), config.eval_data)
 
 
 @dataclass

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 
-from resonance.data.labels import load_labels
 from resonance.errors import ResonanceError
 from resonance.fsutil import (
     atomic_directory,
@@ -27,7 +26,7 @@ from resonance.fsutil import (
 from resonance.text import normalize_for_cer
 from resonance.train import adaptation
 from resonance.train.config import ADAPTER_FILES, TRAIN_CONFIG_FILE, WINDOW_CHOICES, TrainConfig
-from resonance.train.data import Augmenter, Example, collate, load_examples, split_examples
+from resonance.train.data import Augmenter, Example, Recordings, collate, load_examples, split_examples
 from resonance.train.distill import GenericDecoderTeacher, kl_to_teacher
 from resonance.train.evaluate import as_rows, score, transcribe_batch
 from resonance.train.window import choose_window, shorten_audio_window
@@ -72,11 +71,15 @@ RESUME_MUST_MATCH = (
 )
 
 
-def train(config: TrainConfig, generic_cache: dict | None = None) -> dict:
+def train(
+    config: TrainConfig, generic_cache: dict | None = None, recordings: Recordings | None = None
+) -> dict:
     """Train, evaluate and save an adapter; returns the report (also written to <out>/report.json).
 
     ``generic_cache`` (optional, caller-owned) remembers the generic model's transcripts of an eval set, so a
-    learning curve decodes them once rather than once per size.
+    learning curve decodes them once rather than once per size. ``recordings``: what to train and evaluate on
+    when it is not simply ``config.data`` and ``config.eval_data`` (``resonance update``: old + new recordings,
+    judged on held-out new ones).
     """
     out = Path(config.out)
     # --- where it goes and what it reads, checked before torch is even imported: a mistake takes a moment
@@ -87,8 +90,7 @@ def train(config: TrainConfig, generic_cache: dict | None = None) -> dict:
             "evaluation (stop now and add --resume to continue that run instead)",
             checkpoint_path.parent,
         )
-    utterances = load_labels(config.data)[: config.max_train_samples]
-    eval_utterances = load_labels(config.eval_data) if config.eval_data else []
+    recordings = recordings or Recordings.of(config)  # labels checked before the (slow) model load
 
     import torch
     from transformers import WhisperFeatureExtractor
@@ -108,10 +110,10 @@ def train(config: TrainConfig, generic_cache: dict | None = None) -> dict:
     tokenizer = processor.tokenizer
     tokenizer.set_prefix_tokens(language=config.language, task=config.task, predict_timestamps=False)
     max_tokens = model.config.max_target_positions  # a longer label cannot be a Whisper target
-    examples = load_examples(utterances, tokenizer, max_tokens)
+    examples = load_examples(recordings.train, tokenizer, max_tokens)
     train_set, val_set = split_examples(examples, config.val_fraction, config.seed)
     # Without --eval-data the report is measured on the validation split, which also picks the kept step.
-    eval_set = load_examples(eval_utterances, tokenizer, max_tokens) if config.eval_data else val_set
+    eval_set = load_examples(recordings.eval, tokenizer, max_tokens) if recordings.eval else val_set
     if len(train_set) < 1:
         raise ResonanceError("no training utterances left after the validation split", "add recordings")
     if not eval_set:  # TrainConfig refuses val_fraction 0 without eval_data; this is the last guard
@@ -292,12 +294,14 @@ def train(config: TrainConfig, generic_cache: dict | None = None) -> dict:
         "cer_before": cer_before,
         "cer_after": cer_after,
         "improved": cer_after < cer_before,
-        "eval_source": config.eval_data or EVAL_IS_VALIDATION,
-        "eval_is_validation": not config.eval_data,
+        "eval_source": recordings.eval_source or EVAL_IS_VALIDATION,
+        "eval_is_validation": not recordings.eval,
         "n_train": len(train_set),
         "n_validation": len(val_set),
         "n_eval": len(eval_set),
         "train_texts": sorted({e.text for e in train_set}),
+        # Every phrase recorded (training and validation splits): the phrase board export writes.
+        "phrases": recordings.recorded_phrases(),
         "window_seconds": window,
         "steps": step,
         "best_step": best["step"],

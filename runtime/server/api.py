@@ -9,7 +9,7 @@ from typing import Any, Dict, List
 from flask import Blueprint, Response, g, jsonify, request
 
 from resonance import __version__
-from resonance.runtime.bundle import Manifest
+from resonance.runtime.models import BundleEntry
 from resonance.runtime.phrases import MODES, NO_PHRASES
 from resonance.runtime.server.auth import authorized
 from resonance.runtime.server.context import server_context
@@ -65,7 +65,7 @@ def health() -> Response:
 def patients() -> Response:
     registry = server_context().registry
     loaded = {b.patient for b in registry.bundles()}
-    return jsonify([describe(entry.manifest, entry.patient in loaded) for entry in registry.entries()])
+    return jsonify([describe(entry, entry.patient in loaded) for entry in registry.entries()])
 
 
 @api.post("/transcribe")
@@ -91,8 +91,10 @@ def transcribe() -> Response:
     return jsonify(reply)
 
 
-def describe(manifest: Manifest, loaded: bool) -> Dict[str, Any]:
+def describe(entry: BundleEntry, loaded: bool) -> Dict[str, Any]:
     """A patient as GET /patients lists it: what the model is, never where this device keeps things."""
+    manifest = entry.manifest
+    board = entry.board  # re-read on a caregiver's edit without reloading the model (runtime/models.py)
     metrics = {
         k: v
         for k, v in (manifest.metrics or {}).items()
@@ -105,9 +107,12 @@ def describe(manifest: Manifest, loaded: bool) -> Dict[str, Any]:
         "language": manifest.language,
         "created": manifest.created,
         "metrics": metrics,  # scalar metrics only (CER before/after ...), not per-phrase details
-        "n_phrases": len(manifest.phrases or []),
+        "n_phrases": len(board),
         "loaded": loaded,  # in memory now; else it loads on its first request (model_memory_mb)
-        "phrases": list(manifest.phrases or []),  # the phrase board: the page's grid of phrases to tap
+        "phrases": list(board.texts),  # the phrase board: the page's grid of phrases to tap, in its order
+        # The same phrases with where each comes from: "recorded" (the model trained on recordings of it) or
+        # "added" by the caregiver (runtime/board.py); the shape of `resonance phrases list --json`.
+        "board": board.to_json(),
     }
 
 
