@@ -24,6 +24,9 @@ the pipeline, in order (each step's --help has examples):
   resonance train --data my_data --out adapters/grandpa              # LoRA adapter + report.json
   resonance export --adapter adapters/grandpa --out bundles/grandpa  # ONNX bundle for the device
   resonance serve --config pc-cpu --models bundles/                  # LAN API for the caregiver app
+  resonance serve --models bundles/ --collect collected/             # ... keeping the page's corrections
+  resonance update --adapter adapters/grandpa --data my_data \
+      --new collected/grandpa --bundle bundles/grandpa --out adapters/grandpa-2   # learn from them
   resonance demo                                                     # all of the above on built-in clips
   resonance doctor --models bundles/                                 # is this device ready? what to fix
 """
@@ -80,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     from resonance.runtime import cli as runtime_cli
     from resonance.runtime.doctor import cli as doctor_cli
     from resonance.train import cli as train_cli
+    from resonance.update import cli as update_cli
 
     parser = argparse.ArgumentParser(
         prog="resonance",
@@ -98,7 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = add_group(sub, *EVAL_GROUP)
     train_cli.register_eval(evaluate)
     runtime_cli.register_eval(evaluate)  # torch-free: phrases and vad run as on the device
+    update_cli.register_eval(evaluate)  # eval loop: the correction loop simulated on two takes
     export_cli.register(sub)
+    update_cli.register(sub)  # update (from the caregiver's corrections) and rollback
     bench_cli.register(sub)
     gpu_check_cli.register(sub)
     runtime_cli.register(sub)

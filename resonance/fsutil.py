@@ -388,6 +388,30 @@ def _a(noun: str) -> str:
     return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
 
 
+def exchange_paths(a: Path, b: Path) -> bool:
+    """Swap two paths on one filesystem in one step (Linux renameat2 RENAME_EXCHANGE): every reader sees either
+    the old or the new content at each path, never nothing. Returns False, having done nothing, where the
+    system cannot (another OS, an old kernel or C library, a filesystem without it): the caller falls back."""
+    import ctypes
+    import errno
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)  # glibc >= 2.28 (JetPack 5's Ubuntu 20.04 has 2.31)
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+        return False
+    raise OSError(code, os.strerror(code), str(a), None, str(b))
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

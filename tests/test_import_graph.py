@@ -13,6 +13,7 @@ Layers, lowest first (a module may import its own layer and those its row names)
   train    train/ (never the runtime: a model is trained, then exported)                  core, data
   export   export/ (writes the bundle the runtime reads, checks it with the runtime)      core, data, train, runtime
   bench    bench/ (compares engines; nothing imports it but the CLI)                       all of the above
+  update   update/ (retrain from corrections, judge, deploy; the loop simulation)          core .. export
   app      resonance/cli.py, resonance/demo.py (the command line and the demo)             everything
 torch, transformers, peft and optimum are never imported by core, data or runtime.
 """
@@ -40,7 +41,8 @@ ALLOWED = {
     "train": {"core", "data", "train"},
     "export": {"core", "data", "train", "runtime", "export"},
     "bench": {"core", "data", "train", "runtime", "export", "bench"},
-    "app": {"core", "data", "train", "runtime", "export", "bench", "app"},
+    "update": {"core", "data", "train", "runtime", "export", "update"},
+    "app": {"core", "data", "train", "runtime", "export", "bench", "update", "app"},
 }
 HEAVY = ("torch", "transformers", "peft", "optimum")
 TORCH_FREE = ("core", "data", "runtime")
@@ -169,7 +171,9 @@ def layer_of(module: str) -> str:
     if module in APP:
         return "app"
     parts = module.split(".")
-    if len(parts) > 2 or (len(parts) == 2 and parts[1] in ("data", "train", "export", "runtime", "bench")):
+    if len(parts) > 2 or (
+        len(parts) == 2 and parts[1] in ("data", "train", "export", "runtime", "bench", "update")
+    ):
         return {"device_configs": "runtime"}.get(parts[1], parts[1])
     return "core"
 

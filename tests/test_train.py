@@ -128,8 +128,9 @@ def test_train_cli_end_to_end_on_tiny_model(tiny_whisper, demo_data, tmp_path, r
     assert "load_personal_model" in card and "[More Information Needed]" not in card  # ours, not peft's
     _check_load_personal_model(out)
 
-    # An adapter that made things worse is not deployed by accident.
-    (out / "report.json").write_text(json.dumps({**report, "improved": False}))
+    # An adapter that made things worse beyond luck is not deployed by accident.
+    worse = {**report, "improved": False, "comparison": {**report["comparison"], "result": "worse"}}
+    (out / "report.json").write_text(json.dumps(worse))
     refused = run_cli("export", "--adapter", out, "--out", tmp_path / "bundle")
     assert refused.returncode == 2 and "--allow-worse" in refused.stderr
     assert not (tmp_path / "bundle").exists()

@@ -107,6 +107,36 @@ def load_trained_state(model, state: dict, config: TrainConfig) -> None:
         set_peft_model_state_dict(model, state)
 
 
+def warm_start(model, folder: Path, config: TrainConfig) -> None:
+    """Load the trained tensors of an earlier adapter of this patient into ``model`` (made trainable with the
+    same recipe): training goes on from there instead of from the base model (``resonance update``)."""
+    check_adapter_folder(folder)
+    hint = "warm-start only from an adapter trained with the same --finetune, --adapt and LoRA options"
+    if config.finetune == "full":
+        from safetensors.torch import load_file
+
+        if not (folder / FULL_WEIGHTS).is_file():
+            raise ResonanceError(f"'{folder}' is a LoRA adapter, not a full fine-tune", hint)
+        _load_full(model, load_file(str(folder / FULL_WEIGHTS)), source=str(folder))
+        return
+    from peft import set_peft_model_state_dict
+    from peft.utils import load_peft_weights
+
+    if not (folder / LORA_CONFIG).is_file():
+        raise ResonanceError(f"'{folder}' holds a full fine-tune, not a LoRA adapter", hint)
+    try:
+        result = set_peft_model_state_dict(model, load_peft_weights(str(folder), device="cpu"))
+    except RuntimeError as exc:  # a tensor of another shape (another rank)
+        raise ResonanceError(f"the adapter '{folder}' does not fit this recipe: {exc}", hint) from exc
+    unexpected = list(getattr(result, "unexpected_keys", []) or [])
+    if unexpected:  # LoRA on modules this recipe does not adapt
+        raise ResonanceError(
+            f"the adapter '{folder}' has {len(unexpected)} tensors this recipe does not train, "
+            f"e.g. {unexpected[0]}",
+            hint,
+        )
+
+
 def save(model, folder: Path, config: TrainConfig) -> None:
     if config.finetune == "full":
         from safetensors.torch import save_file

@@ -98,6 +98,11 @@ class TrainConfig:
         help="weight of a KL term that keeps the trained decoder's next-token distribution near the "
         "generic decoder's on the same audio (0 = off; needs a trained decoder)",
     )
+    init_adapter: str | None = _option(
+        None,
+        help="start from this adapter's trained weights instead of from the base model (a warm start, as "
+        "`resonance update` does); it must have been trained with the same recipe (--finetune, --adapt, LoRA)",
+    )
     # --- optimisation
     learning_rate: float | None = _option(
         None,

@@ -68,6 +68,7 @@ RESUME_MUST_MATCH = (
     "learning_rate",
     "distill_weight",
     "weight_decay",
+    "init_adapter",
 )
 
 
@@ -164,6 +165,8 @@ def train(
     # The generic decoder, copied before training touches it, keeps the trained one's language (train/distill.py).
     teacher = GenericDecoderTeacher(model).to(device) if config.distill_weight > 0 else None
     model = adaptation.make_trainable(model, config)
+    if config.init_adapter:  # a warm start: this patient's previous adapter (resonance update)
+        adaptation.warm_start(model, Path(config.init_adapter), config)
     model.to(device)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
