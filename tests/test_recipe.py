@@ -285,3 +285,34 @@ def test_curve_rows_of_several_seeds_become_mean_and_sd():
     assert "101 s ± 1" in table
     single = render_markdown([row(30, 0, 0.69)])
     assert "**69 %** (81)" in single and "seeds" not in single  # one seed: the table as before
+
+
+def test_curve_runs_each_size_and_seed_once_and_keeps_finished_runs(tmp_path, monkeypatch):
+    """--seeds N trains seeds seed..seed+N-1 per size; runs an interrupted curve already has are kept."""
+    from resonance.train import trainer
+    from resonance.train.curve import learning_curve, summarise
+
+    trained = []
+
+    def fake_train(config, generic_cache):
+        trained.append((config.max_train_samples, config.seed, config.out))
+        utterance = {"reference": "我想喝水", "hypothesis": "我想喝水", "before": "我想"}
+        return {
+            "train_texts": ["我想喝水"],
+            "utterances": [utterance],
+            "train_seconds": 1.0,
+            "samples_per_second": 1.0,
+            "cer_before": 0.5,
+            "cer_after": 0.0,
+        }
+
+    monkeypatch.setattr(trainer, "train", fake_train)
+    base = TrainConfig(data="d", eval_data="e", out=str(tmp_path), seed=5)
+    kept = {"size": 30, "seed": 5, **summarise(fake_train(base, {})), "marker": True}
+    trained.clear()
+    rows = learning_curve(base, [30, 50], tmp_path, seeds=2, done=[kept])
+    assert [(size, seed) for size, seed, _ in trained] == [(30, 6), (50, 5), (50, 6)]
+    assert trained[0][2] == str(tmp_path / "adapter-30-seed6")
+    assert rows[0] is kept and [(r["size"], r["seed"]) for r in rows] == [(30, 5), (30, 6), (50, 5), (50, 6)]
+    assert json.loads((tmp_path / "curve.json").read_text())[0]["marker"] is True
+    assert (tmp_path / "curve.md").is_file() and (tmp_path / "curve.png").is_file()

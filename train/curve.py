@@ -37,11 +37,13 @@ def learning_curve(
     out: Path,
     seeds: int = 1,
     generic_cache: dict | None = None,
+    done: list[dict] | None = None,
 ) -> list[dict]:
     """One row per (size, seed) in curve.json; curve.md and curve.png show the mean per size.
 
     Seeds are ``base.seed``, ``base.seed + 1`` …. ``generic_cache``: the caller's, to share the generic model's
-    transcripts of EVAL between curves (they do not depend on the recipe).
+    transcripts of EVAL between curves (they do not depend on the recipe). ``done``: rows of an interrupted
+    curve with the same options, kept instead of training their (size, seed) again.
     """
     from resonance.train.trainer import train, training_inputs
 
@@ -52,9 +54,14 @@ def learning_curve(
     if not (out / CURVE_FILE).is_file():
         write_json_atomic(out / CURVE_FILE, [])
     rows, generic_cache = [], {} if generic_cache is None else generic_cache
-    stages = Stages("eval curve", len(sizes) * seeds)  # each run's training shows its own step bar
+    finished = {(r["size"], r.get("seed", base.seed)): r for r in done or []}
+    runs = [(size, seed) for size in sizes for seed in range(base.seed, base.seed + seeds)]
+    stages = Stages("eval curve", sum(run not in finished for run in runs))  # each training shows its own bar
     for size in sizes:
         for seed in range(base.seed, base.seed + seeds):
+            if (size, seed) in finished:
+                rows.append(finished[(size, seed)])
+                continue
             stages.start(f"training on {size} recordings" + (f" (seed {seed})" if seeds > 1 else ""))
             name = f"adapter-{size}" if seeds == 1 else f"adapter-{size}-seed{seed}"
             config = dataclasses.replace(

@@ -5,8 +5,8 @@ one change against the default, run as learning curves in one process (the gener
         --out runs/study --sizes 50 --seeds 1 --variants default,encoder,decoder
 
 Writes <out>/<variant>/curve.json (+ curve.md, the adapters) and <out>/study.json: one row per variant and
-size with its options, mean ± sd accuracy and training time. A variant whose curve is complete is not run
-again, so an interrupted study continues where it stopped.
+size with its options, mean ± sd accuracy and training time. Runs already in a variant's curve.json are not
+repeated, so an interrupted study continues where it stopped.
 """
 
 from __future__ import annotations
@@ -69,9 +69,10 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out / name
         done = out / "curve.json"
         rows = json.loads(done.read_text(encoding="utf-8")) if done.is_file() else []
-        if len(rows) != len(sizes) * args.seeds or sorted({r["size"] for r in rows}) != sorted(sizes):
+        wanted = {(size, seed) for size in sizes for seed in range(args.seeds)}
+        if {(r["size"], r["seed"]) for r in rows} != wanted:  # runs already in curve.json are kept
             config = TrainConfig(**{**base, **VARIANTS[name], "out": str(out)})
-            rows = learning_curve(config, sizes, out, seeds=args.seeds, generic_cache=generic_cache)
+            rows = learning_curve(config, sizes, out, args.seeds, generic_cache, done=rows)
         study = [s for s in study if s["variant"] != name]
         for summary in aggregate(rows):
             study.append({"variant": name, "options": VARIANTS[name], **summary, "runs": rows})
