@@ -204,3 +204,24 @@ def decode_terminal_qr(drawing: List[str]) -> List[str]:
     image = np.kron(255 * (1 - modules), np.ones((4, 4), dtype=np.uint8))  # ink = dark
     image = np.pad(image, 16, constant_values=255)  # a quiet zone whichever colour is the ink
     return [barcode.text for barcode in zxingcpp.read_barcodes(image)]
+
+
+def random_lora_adapter(base: Path, out: Path, seed: int, **train_config) -> Path:
+    """A LoRA adapter as `resonance train` saves it, on the random ``base`` Whisper: r 4 on q/v with a non-zero
+    B (so merging changes the model), and a train_config.json of ``train_config`` plus the base model and
+    language. torch and peft are imported here, so tests without them never do."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import WhisperForConditionalGeneration
+
+    torch.manual_seed(seed)
+    model = WhisperForConditionalGeneration.from_pretrained(base)
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, 0.5)
+    peft_model.save_pretrained(out)
+    made_with = {"base_model": str(base), "language": "zh", "task": "transcribe", **train_config}
+    (Path(out) / "train_config.json").write_text(json.dumps(made_with), encoding="utf-8")
+    return Path(out)

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import random_lora_adapter
 
 from resonance.errors import ResonanceError
 
@@ -80,29 +81,14 @@ def test_bench_measures_every_engine_on_the_same_clips(tiny_whisper, tiny_bundle
 def personal_bundle(tiny_whisper, tmp_path_factory) -> Path:
     """A personal bundle as `resonance export --adapter` makes it: a LoRA adapter (non-zero, so merging
     changes the model) trained at a 5 s window, exported fp32; its manifest names the adapter folder."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+    from transformers import WhisperProcessor
 
     from resonance.export.onnx_export import export_bundle
 
-    torch.manual_seed(2)
-    model = WhisperForConditionalGeneration.from_pretrained(tiny_whisper)
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
-    with torch.no_grad():
-        for name, param in peft_model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0.0, 0.5)
-    adapter = tmp_path_factory.mktemp("adapter-5s")
-    peft_model.save_pretrained(adapter)
+    adapter = random_lora_adapter(
+        tiny_whisper, tmp_path_factory.mktemp("adapter-5s"), seed=2, window_seconds=5.0
+    )
     WhisperProcessor.from_pretrained(tiny_whisper).save_pretrained(adapter)
-    made_with = {
-        "base_model": str(tiny_whisper),
-        "language": "zh",
-        "task": "transcribe",
-        "window_seconds": 5.0,
-    }
-    (adapter / "train_config.json").write_text(json.dumps(made_with), encoding="utf-8")
     return export_bundle(None, tmp_path_factory.mktemp("bundles") / "p5", adapter=adapter)
 
 

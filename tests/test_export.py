@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import DEMO_DATA, tone
+from helpers import DEMO_DATA, random_lora_adapter, tone
 
 from resonance.errors import ResonanceError
 from resonance.runtime.bundle import MANIFEST, Manifest, load_manifest, sha256_file
@@ -33,23 +33,7 @@ def base_bundle(tiny_whisper, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def adapter(tiny_whisper, tmp_path_factory) -> Path:
     """A LoRA adapter like `resonance train` saves, with non-zero B so merging changes the model."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import WhisperForConditionalGeneration
-
-    torch.manual_seed(1)
-    model = WhisperForConditionalGeneration.from_pretrained(tiny_whisper)
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
-    with torch.no_grad():
-        for name, param in peft_model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0.0, 0.5)
-    out = tmp_path_factory.mktemp("adapter")
-    peft_model.save_pretrained(out)
-    (out / "train_config.json").write_text(
-        json.dumps({"base_model": str(tiny_whisper), "language": "zh", "task": "transcribe"}),
-        encoding="utf-8",
-    )
+    out = random_lora_adapter(tiny_whisper, tmp_path_factory.mktemp("adapter"), seed=1)
     report = {
         "cer_before": 0.8,
         "cer_after": 0.2,
