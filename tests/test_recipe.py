@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from resonance.errors import ResonanceError
-from resonance.train.config import FULL_LEARNING_RATE, LORA_LEARNING_RATE, TrainConfig
+from resonance.train.config import FULL_LEARNING_RATE, LORA_LEARNING_RATE, LORA_RECIPE, TrainConfig
 
 
 def _tiny_config(tiny_whisper, data, out, **options) -> TrainConfig:
@@ -52,7 +52,7 @@ def test_lora_goes_where_adapt_says_and_survives_saving(tiny_whisper, tmp_path, 
 
     from resonance.train.adaptation import make_trainable
 
-    config = TrainConfig(**options)
+    config = TrainConfig(**{**LORA_RECIPE, **options})
     model = make_trainable(WhisperForConditionalGeneration.from_pretrained(tiny_whisper), config)
     assert _lora_ranks(model) == expected
     trained = {n for n, p in model.named_parameters() if p.requires_grad}
@@ -84,14 +84,63 @@ def test_variant_options_are_checked():
         ({"finetune": "full", "decoder_lora_r": 4}, "decoder_lora_r"),
         ({"decoder_lora_r": 0}, "decoder_lora_r"),
         ({"adapt": "encoder", "distill_weight": 1.0}, "distill_weight"),
+        (
+            {"distill_weight": 1.0},
+            "distill_weight",
+        ),  # the default trains the encoder only: no decoder to keep
         ({"distill_weight": -1.0}, "distill_weight"),
     ):
         with pytest.raises(ResonanceError, match=name):
             TrainConfig(**options)
     # Full fine-tuning moves the pretrained weights themselves: its own, smaller default step.
-    assert TrainConfig().peak_learning_rate == LORA_LEARNING_RATE
-    assert TrainConfig(finetune="full").peak_learning_rate == FULL_LEARNING_RATE < LORA_LEARNING_RATE
+    assert TrainConfig().peak_learning_rate == FULL_LEARNING_RATE == 5e-5
+    assert TrainConfig(finetune="lora").peak_learning_rate == LORA_LEARNING_RATE > FULL_LEARNING_RATE
     assert TrainConfig(finetune="full", learning_rate=3e-5).peak_learning_rate == 3e-5
+
+
+def test_the_default_recipe_is_the_studys_winner_as_eval_curve_runs_it():
+    """`resonance eval curve` with no recipe option trains exactly what the study's full-encoder-5e-5 runs
+    trained (README, "Recipe study"): the study's rows are the default's rows."""
+    from resonance.cli import build_parser
+    from resonance.train.cli import CURVE_REQUIRED, _config_from_args
+    from resonance.train.study import VARIANTS, variant_config
+    from resonance.train.trainer import _resolved
+
+    where = dict(data="take1", eval_data="take2", base_model="models/whisper-base", threads=2, out="runs/x")
+    command = (
+        "eval curve --data take1 --eval-data take2 --out runs/x --base-model models/whisper-base --threads 2"
+    )
+    args = build_parser().parse_args([*command.split(), "--seeds", "3"])
+    curve = _resolved(_config_from_args(args, CURVE_REQUIRED))
+    study = _resolved(variant_config("full-encoder-5e-5", **where))
+    assert curve == study and curve["finetune"] == "full" and curve["adapt"] == "encoder"
+    assert curve["learning_rate"] == 5e-5
+    # The old default stays one flag away, and the study's name for it says what it is.
+    lora = _resolved(variant_config("lora-both", **where))
+    assert {k: v for k, v in lora.items() if curve[k] != v} == {
+        "finetune": "lora",
+        "adapt": "both",
+        "learning_rate": LORA_LEARNING_RATE,
+    }
+    assert "default" not in VARIANTS  # a name that changes meaning when the default does
+
+
+def test_saved_options_from_before_the_recipe_options_mean_the_lora_recipe():
+    """An adapter trained before --finetune/--adapt existed was LoRA on encoder and decoder: its
+    train_config.json lacks both keys, which must not be read as today's default."""
+    old = {"lora_r": 16, "learning_rate": 5e-4, "data": "take1", "a_key_of_long_ago": 1}
+    values = TrainConfig.saved_values(old)
+    assert values == {
+        "finetune": "lora",
+        "adapt": "both",
+        "lora_r": 16,
+        "learning_rate": 5e-4,
+        "data": "take1",
+    }
+    assert TrainConfig(**values).peak_learning_rate == 5e-4
+    assert TrainConfig.saved_values({}) == LORA_RECIPE
+    recent = {"finetune": "full", "adapt": "encoder", "learning_rate": 5e-5}
+    assert TrainConfig.saved_values(recent) == recent  # what a file says wins
 
 
 def test_full_finetune_of_the_encoder_saves_loads_and_exports(tiny_whisper, demo_data, tmp_path, no_decoding):
@@ -187,7 +236,7 @@ def test_encoder_only_lora_exports(tiny_whisper, demo_data, tmp_path, no_decodin
     from resonance.train.trainer import train
 
     out = tmp_path / "enc"
-    train(_tiny_config(tiny_whisper, demo_data, out, adapt="encoder", learning_rate=1e-2))
+    train(_tiny_config(tiny_whisper, demo_data, out, finetune="lora", adapt="encoder", learning_rate=1e-2))
     assert "encoder" in json.loads((out / "adapter_config.json").read_text())["target_modules"]
     model, processor = load_personal_model(out, merge=True)
     bundle = export_bundle(None, tmp_path / "bundle", adapter=out, allow_worse=True)
@@ -225,7 +274,7 @@ def test_distillation_keeps_the_decoder_near_the_generic_one(tiny_whisper, demo_
             generic = teacher.logits(decoder_input, output.encoder_last_hidden_state)
             return kl_to_teacher(output.logits, generic, labels).item()
 
-    options = dict(adapt="decoder", learning_rate=3e-2, max_steps=6, lora_dropout=0.0)
+    options = dict(finetune="lora", adapt="decoder", learning_rate=3e-2, max_steps=6, lora_dropout=0.0)
     config = _tiny_config(tiny_whisper, demo_data, tmp_path / "plain", **options)
     train(config)
     train(dataclasses.replace(config, out=str(tmp_path / "distilled"), distill_weight=100.0))

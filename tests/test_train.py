@@ -96,13 +96,15 @@ def test_shortened_window_takes_fewer_frames(tiny_whisper):
 
 
 def test_train_cli_end_to_end_on_tiny_model(tiny_whisper, demo_data, tmp_path, run_cli):
+    """The default recipe (full fine-tuning of the encoder) through the CLI: the folder, the report, the model
+    card, load_personal_model, export's refusal of a worse model, and no overwrite without --force."""
     out = tmp_path / "adapters" / "p1"
     args = ["train", "--data", demo_data, "--out", out, *_tiny_train_args(tiny_whisper, max_steps=3)]
     proc = run_cli(*args)
     assert proc.returncode in (0, 3), proc.stderr  # 3 = trained but not better (a random model can't improve)
+    assert "full fine-tuning of the encoder trains" in proc.stderr
     for name in (
-        "adapter_config.json",
-        "adapter_model.safetensors",
+        "finetuned_weights.safetensors",
         "train_config.json",
         "report.json",
         "report.txt",
@@ -114,18 +116,13 @@ def test_train_cli_end_to_end_on_tiny_model(tiny_whisper, demo_data, tmp_path, r
     report = json.loads((out / "report.json").read_text())
     assert report["steps"] == 3 and report["window_seconds"] == 5.0
     assert {"cer_before", "cer_after", "utterances", "samples_per_second", "verdict"} <= set(report)
-    assert json.loads((out / "train_config.json").read_text())["window_seconds"] == 5.0
+    made_with = json.loads((out / "train_config.json").read_text())
+    assert made_with["window_seconds"] == 5.0 and made_with["learning_rate"] == 5e-5
+    assert (made_with["finetune"], made_with["adapt"]) == ("full", "encoder")
     assert json.loads((out / "preprocessor_config.json").read_text())["chunk_length"] == 5
-
-    from peft import PeftModel
-    from transformers import WhisperForConditionalGeneration
-
-    from resonance.train.window import shorten_audio_window
-
-    base = shorten_audio_window(WhisperForConditionalGeneration.from_pretrained(tiny_whisper), 5.0)
-    assert PeftModel.from_pretrained(base, out).peft_config["default"].r == 16
+    assert not (out / "adapter_config.json").exists()  # not a LoRA adapter
     card = (out / "README.md").read_text(encoding="utf-8")
-    assert "load_personal_model" in card and "[More Information Needed]" not in card  # ours, not peft's
+    assert "load_personal_model" in card and "full fine-tuning of the encoder" in card
     _check_load_personal_model(out)
 
     # An adapter that made things worse beyond luck is not deployed by accident.
@@ -135,15 +132,15 @@ def test_train_cli_end_to_end_on_tiny_model(tiny_whisper, demo_data, tmp_path, r
     assert refused.returncode == 2 and "--allow-worse" in refused.stderr
     assert not (tmp_path / "bundle").exists()
 
-    before = (out / "adapter_model.safetensors").read_bytes()
+    before = (out / "finetuned_weights.safetensors").read_bytes()
     again = run_cli(*args)
     assert again.returncode == 2 and "already exists" in again.stderr and "--force" in again.stderr
-    assert (out / "adapter_model.safetensors").read_bytes() == before  # the user's adapter is untouched
+    assert (out / "finetuned_weights.safetensors").read_bytes() == before  # the user's adapter is untouched
 
 
 def _check_load_personal_model(adapter) -> None:
     """The Python entry point loads the adapter on its trained window: features from the adapter's processor
-    go straight in, and merging gives the same logits as the peft model."""
+    go straight in, and merging gives the same logits as the unmerged model (peft's, for LoRA)."""
     import numpy as np
     import torch
 
@@ -190,18 +187,30 @@ def _tiny_train_args(tiny_whisper, max_steps=2):
 
 
 def test_yaml_config_values_take_their_options_types(tiny_whisper, demo_data, tmp_path, run_cli):
+    """... and the LoRA recipe, one option away from the default, still trains a peft adapter."""
+    from peft import PeftModel
+    from transformers import WhisperForConditionalGeneration
+
+    from resonance.train.window import shorten_audio_window
+
     out = tmp_path / "adapter"
     config = tmp_path / "recipe.yaml"
     # YAML reads 5e-4 as a string and q_proj,v_proj as one string; data and out come only from the file.
     config.write_text(
-        f"data: {demo_data}\nout: {out}\nlearning_rate: 5e-4\ntarget_modules: q_proj,v_proj\n"
-        "augment: 'no'\npatience: '2'\nmax_train_samples: null\n",
+        f"data: {demo_data}\nout: {out}\nfinetune: lora\nadapt: both\nlearning_rate: 5e-4\n"
+        "target_modules: q_proj,v_proj\naugment: 'no'\npatience: '2'\nmax_train_samples: null\n",
         encoding="utf-8",
     )
     proc = run_cli("train", "--config", config, *_tiny_train_args(tiny_whisper))
     assert proc.returncode in (0, 3), proc.stderr
     saved = json.loads((out / "train_config.json").read_text())
     assert saved["learning_rate"] == 5e-4 and saved["target_modules"] == ["q_proj", "v_proj"]
+    assert saved["finetune"] == "lora" and not (out / "finetuned_weights.safetensors").exists()
+    base = shorten_audio_window(WhisperForConditionalGeneration.from_pretrained(tiny_whisper), 5.0)
+    assert PeftModel.from_pretrained(base, out).peft_config["default"].r == 16
+    card = (out / "README.md").read_text(encoding="utf-8")
+    assert "A LoRA adapter" in card and "[More Information Needed]" not in card  # ours, not peft's
+    _check_load_personal_model(out)
     assert saved["augment"] is False and saved["patience"] == 2 and saved["max_train_samples"] is None
     assert set(json.loads((out / "adapter_config.json").read_text())["target_modules"]) == {
         "q_proj",
@@ -318,8 +327,9 @@ def test_resume_continues_from_the_checkpoint(tiny_whisper, demo_data, tmp_path,
         "0",
         "--resume",
     ]
-    refused = run_cli(*args, *_tiny_train_args(tiny_whisper, max_steps=4), "--lora-r", "8")
-    assert refused.returncode == 2 and "cannot resume" in refused.stderr and "lora_r=16" in refused.stderr
+    refused = run_cli(*args, *_tiny_train_args(tiny_whisper, max_steps=4), "--learning-rate", "1e-3")
+    assert refused.returncode == 2 and "cannot resume" in refused.stderr
+    assert "learning_rate=5e-05 (now 0.001)" in refused.stderr
     assert checkpoint_path.exists()
 
     proc = run_cli(*args, *_tiny_train_args(tiny_whisper, max_steps=4))
@@ -328,7 +338,30 @@ def test_resume_continues_from_the_checkpoint(tiny_whisper, demo_data, tmp_path,
     report = json.loads((out / "report.json").read_text())
     assert report["steps"] == 4 and report["history"]["loss"][:2] == [[1, 111.0], [2, 222.0]]
     assert [s for s, _ in report["history"]["loss"]] == [1, 2, 3, 4]  # steps 3 and 4 only were trained
-    assert (out / "adapter_model.safetensors").is_file() and not checkpoint_path.parent.exists()
+    assert (out / "finetuned_weights.safetensors").is_file() and not checkpoint_path.parent.exists()
+
+
+def test_a_checkpoint_from_before_the_recipe_options_resumes_only_as_lora(tmp_path):
+    """A checkpoint whose options predate --finetune/--adapt was a LoRA run on encoder and decoder: resuming
+    it under today's default (full fine-tuning of the encoder) is refused, with the LoRA recipe it goes on."""
+    import dataclasses
+
+    import torch
+
+    from resonance.train.config import LORA_RECIPE
+    from resonance.train.trainer import CHECKPOINT_KEYS, _load_checkpoint, _resolved
+
+    lora = TrainConfig(data="take1", out=str(tmp_path / "a"), **LORA_RECIPE)
+    made_with = {k: v for k, v in _resolved(lora).items() if k not in LORA_RECIPE}
+    path = tmp_path / "checkpoint.pt"
+    torch.save({**{k: 0 for k in CHECKPOINT_KEYS}, "lora": {}, "config": made_with}, path)
+    with pytest.raises(
+        ResonanceError, match=r"finetune='lora' \(now 'full'\), adapt='both' \(now 'encoder'\)"
+    ):
+        _load_checkpoint(
+            path, dataclasses.replace(lora, finetune="full", adapt="encoder", learning_rate=5e-4)
+        )
+    assert _load_checkpoint(path, lora)["config"] == made_with
 
 
 # --- never lose data, fail clearly (issue #12) -------------------------------------------------------------

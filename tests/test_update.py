@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -28,8 +29,19 @@ def _train(tiny_whisper, data, out, **changes):
 
 @pytest.fixture(scope="module")
 def first_adapter(tiny_whisper, tmp_path_factory) -> Path:
+    """The default recipe: the encoder fully fine-tuned."""
     out = tmp_path_factory.mktemp("adapters") / "p1"
     _train(tiny_whisper, DEMO_DATA / "take1", out, max_steps=2)
+    return out
+
+
+@pytest.fixture(scope="module")
+def lora_adapter(tiny_whisper, tmp_path_factory) -> Path:
+    """The recipe before the study: LoRA on encoder and decoder."""
+    from resonance.train.config import LORA_RECIPE
+
+    out = tmp_path_factory.mktemp("adapters") / "p1-lora"
+    _train(tiny_whisper, DEMO_DATA / "take1", out, max_steps=2, **LORA_RECIPE)
     return out
 
 
@@ -56,35 +68,84 @@ def test_export_puts_every_recorded_phrase_on_the_board(first_adapter):
     assert read_adapter(first_adapter).phrases == report["phrases"]
 
 
-def test_warm_start_begins_from_the_previous_adapter(tiny_whisper, first_adapter, tmp_path):
-    from safetensors.torch import load_file
-
-    previous = load_file(str(first_adapter / "adapter_model.safetensors"))
-    # A learning rate too small to move anything: what is saved is what training started from.
-    warm = _train(
+def _warm_start(tiny_whisper, adapter, out, **changes) -> dict:
+    """One step from ``adapter`` at a learning rate too small to move anything: what is saved is what training
+    started from."""
+    return _train(
         tiny_whisper,
         DEMO_DATA / "take1",
-        tmp_path / "warm",
-        max_steps=1,
-        learning_rate=1e-12,
-        init_adapter=str(first_adapter),
+        out,
+        **{"max_steps": 1, "learning_rate": 1e-12, "init_adapter": str(adapter), **changes},
     )
-    assert warm["steps"] == 1
-    after = load_file(str(tmp_path / "warm" / "adapter_model.safetensors"))
-    assert set(after) == set(previous)
-    assert all(float((after[k] - previous[k]).abs().max()) < 1e-6 for k in previous)
+
+
+def _same_tensors(before: dict, after: dict) -> bool:
+    return set(after) == set(before) and all(float((after[k] - before[k]).abs().max()) < 1e-6 for k in before)
+
+
+def test_warm_start_begins_from_the_previous_adapter(tiny_whisper, first_adapter, tmp_path):
+    from safetensors.torch import load_file
+    from transformers import WhisperForConditionalGeneration
+
+    from resonance.train.adaptation import FULL_WEIGHTS
+
+    previous = load_file(str(first_adapter / FULL_WEIGHTS))
+    assert _warm_start(tiny_whisper, first_adapter, tmp_path / "warm")["steps"] == 1
+    assert _same_tensors(previous, load_file(str(tmp_path / "warm" / FULL_WEIGHTS)))
+    # Trained away from the base: a start from the base model could not have saved these.
+    base = dict(WhisperForConditionalGeneration.from_pretrained(tiny_whisper).named_parameters())
+    assert max(float((previous[k] - base[k].detach()).abs().max()) for k in previous) > 1e-5
+
+    with pytest.raises(ResonanceError, match="holds a full fine-tune, not a LoRA adapter"):
+        _warm_start(tiny_whisper, first_adapter, tmp_path / "other", finetune="lora", adapt="both")
+
+
+def test_warm_start_from_a_lora_adapter(tiny_whisper, lora_adapter, tmp_path):
+    from safetensors.torch import load_file
+
+    from resonance.train.config import LORA_RECIPE
+
+    previous = load_file(str(lora_adapter / "adapter_model.safetensors"))
+    _warm_start(tiny_whisper, lora_adapter, tmp_path / "warm", **LORA_RECIPE)
+    assert _same_tensors(previous, load_file(str(tmp_path / "warm" / "adapter_model.safetensors")))
     # LoRA starts with B = 0: a start from the base model could not have saved these.
     assert any(float(previous[k].abs().max()) > 1e-3 for k in previous if "lora_B" in k)
 
     with pytest.raises(ResonanceError, match="does not fit this recipe"):
-        _train(
-            tiny_whisper,
-            DEMO_DATA / "take1",
-            tmp_path / "other",
-            max_steps=1,
-            lora_r=4,
-            init_adapter=str(first_adapter),
-        )
+        _warm_start(tiny_whisper, lora_adapter, tmp_path / "other", lora_r=4, **LORA_RECIPE)
+    with pytest.raises(ResonanceError, match="is a LoRA adapter, not a full fine-tune"):
+        _warm_start(tiny_whisper, lora_adapter, tmp_path / "full")  # today's default recipe
+
+
+def test_update_of_an_adapter_from_before_the_recipe_options_keeps_its_lora_recipe(
+    tiny_whisper, lora_adapter, tmp_path
+):
+    """An adapter trained before --finetune/--adapt existed (LoRA on encoder and decoder; its
+    train_config.json has neither key) is updated with its own recipe, warm-started from its LoRA weights,
+    not with today's default (which could not even load them)."""
+    from safetensors.torch import load_file
+
+    from resonance.train.trainer import train
+    from resonance.update.update import WARM_EPOCHS, UpdateOptions, training_config
+
+    old = tmp_path / "old"
+    shutil.copytree(lora_adapter, old)
+    made_with = json.loads((old / "train_config.json").read_text(encoding="utf-8"))
+    made_with = {k: v for k, v in made_with.items() if k not in ("finetune", "adapt", "decoder_lora_r")}
+    (old / "train_config.json").write_text(json.dumps(made_with), encoding="utf-8")
+
+    options = UpdateOptions(
+        adapter=old, data=DEMO_DATA / "take1", new=DEMO_DATA / "take2", out=tmp_path / "new", bundle=tmp_path
+    )
+    config = training_config(options, made_with, first_n=None)
+    assert (config.finetune, config.adapt, config.peak_learning_rate) == ("lora", "both", 5e-4)
+    assert config.init_adapter == str(old) and config.epochs == WARM_EPOCHS and config.lora_r == 16
+
+    previous = load_file(str(old / "adapter_model.safetensors"))
+    train(dataclasses.replace(config, max_steps=1, learning_rate=1e-12))
+    assert _same_tensors(previous, load_file(str(tmp_path / "new" / "adapter_model.safetensors")))
+    saved = json.loads((tmp_path / "new" / "train_config.json").read_text(encoding="utf-8"))
+    assert (saved["finetune"], saved["adapt"]) == ("lora", "both")  # written out now: no guessing next time
 
 
 def _collected(tmp_path, n) -> Path:

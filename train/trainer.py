@@ -1,7 +1,8 @@
 """Fine-tune an adapter on one person's recordings. Read top to bottom: this is the whole recipe.
 
-config -> data (+ held-out phrases) -> generic CER -> LoRA (or full fine-tuning) on encoder and/or decoder
--> epochs with validation CER, best epoch kept, early stop -> CER of the adapted model -> adapter folder + report
+config -> data (+ held-out phrases) -> generic CER -> full fine-tuning of the encoder (or LoRA, on encoder
+and/or decoder) -> epochs with validation CER, best epoch kept, early stop -> CER of the adapted model
+-> adapter folder + report
 """
 
 from __future__ import annotations
@@ -151,7 +152,7 @@ def train(
     cer_before, rows_before = score(eval_set, before_hyps)
     log.info("generic model CER on eval: %.3f", cer_before)
 
-    # --- LoRA (or full fine-tuning) of the chosen half, on a model cut to the training window
+    # --- full fine-tuning (or LoRA) of the chosen half, on a model cut to the training window
     shorten_audio_window(model, window)
     feature_extractor = WhisperFeatureExtractor(
         feature_size=model.config.num_mel_bins, chunk_length=int(window)
@@ -395,7 +396,8 @@ def _load_checkpoint(path: Path, config: TrainConfig) -> dict | None:
     if saved is None:  # written before checkpoints recorded their options
         log.warning("checkpoint %s does not record its options: resuming unchecked", path)
         return checkpoint
-    saved = {**_resolved(TrainConfig()), **saved}  # an option added since the checkpoint: its default then
+    # An option added since the checkpoint: its value then (the recipe of its time, else today's default).
+    saved = {**_resolved(TrainConfig()), **TrainConfig.saved_values(saved)}
     current = _resolved(config)
     changed = [
         f"{k}={saved.get(k)!r} (now {current[k]!r})" for k in RESUME_MUST_MATCH if saved.get(k) != current[k]

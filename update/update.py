@@ -35,7 +35,8 @@ UPDATE_FILE = "update.json"  # in the new adapter: its sources, the split, the j
 UPDATE_TEXT = "update.txt"  # the same in words
 WARM, SCRATCH = "warm", "scratch"
 STARTS = (WARM, SCRATCH)
-# Warm start goes on from the current adapter, which already knows OLD: fewer passes suffice.
+# Warm start goes on from the current adapter (its trained encoder, or its LoRA weights: the adapter's own
+# recipe), which already knows OLD: fewer passes suffice.
 # The default is warm because it costs 3 epochs instead of the recipe's 8; a head-to-head measurement of warm
 # against scratch on speaker A is still to be done (README, "Learning from the corrections").
 WARM_EPOCHS = 3.0
@@ -89,7 +90,6 @@ def update(options: UpdateOptions, progress=print) -> UpdateResult:
     from resonance.export.onnx_export import read_adapter
     from resonance.runtime.bundle import load_manifest
     from resonance.runtime.versions import NOT_DEPLOYED, deploy, keep
-    from resonance.train.config import TrainConfig
     from resonance.train.data import Recordings
     from resonance.train.trainer import train
 
@@ -120,30 +120,8 @@ def update(options: UpdateOptions, progress=print) -> UpdateResult:
     )
 
     # --- train: the current adapter's recipe, on everything but the held-out recordings
-    recipe = {
-        k: v for k, v in info.train_config.items() if k in {f.name for f in dataclasses.fields(TrainConfig)}
-    }
-    epochs = options.epochs or (WARM_EPOCHS if options.start == WARM else recipe.get("epochs", 8.0))
-    config = TrainConfig(
-        **{
-            **recipe,
-            "data": str(options.data),
-            "out": str(options.out),
-            # Judged on the held-out new recordings; no phrase is held out of training (val_fraction 0): every
-            # phrase the patient recorded is learnt, and the held-out recordings say when to keep which step.
-            "eval_data": str(options.new),
-            "val_fraction": 0.0,
-            "max_train_samples": first_n,
-            "init_adapter": str(options.adapter) if options.start == WARM else None,
-            "epochs": float(epochs),
-            "max_steps": None,
-            "seed": options.seed,
-            "force": options.force,
-            "resume": False,
-            **({"threads": options.threads} if options.threads else {}),
-            **({"device": options.device} if options.device else {}),
-        }
-    )
+    config = training_config(options, info.train_config, first_n)
+    epochs = config.epochs
     recordings = Recordings(
         old + trained_new,
         held_out,
@@ -193,6 +171,36 @@ def update(options: UpdateOptions, progress=print) -> UpdateResult:
     write_json_atomic(Path(options.out) / UPDATE_FILE, record)
     write_text_atomic(Path(options.out) / UPDATE_TEXT, render_text(result))
     return result
+
+
+def training_config(options: UpdateOptions, made_with: Dict[str, Any], first_n: Optional[int]):
+    """The TrainConfig of the update: the current adapter's own recipe (its train_config.json ``made_with``;
+    an adapter from before --finetune/--adapt is LoRA on encoder and decoder, not today's default), a warm
+    start from it, trained on OLD (its first ``first_n``) + NEW and judged on the held-out new recordings."""
+    from resonance.train.config import TrainConfig
+
+    recipe = TrainConfig.saved_values(made_with)
+    epochs = options.epochs or (WARM_EPOCHS if options.start == WARM else recipe.get("epochs", 8.0))
+    return TrainConfig(
+        **{
+            **recipe,
+            "data": str(options.data),
+            "out": str(options.out),
+            # Judged on the held-out new recordings; no phrase is held out of training (val_fraction 0): every
+            # phrase the patient recorded is learnt, and the held-out recordings say when to keep which step.
+            "eval_data": str(options.new),
+            "val_fraction": 0.0,
+            "max_train_samples": first_n,
+            "init_adapter": str(options.adapter) if options.start == WARM else None,
+            "epochs": float(epochs),
+            "max_steps": None,
+            "seed": options.seed,
+            "force": options.force,
+            "resume": False,
+            **({"threads": options.threads} if options.threads else {}),
+            **({"device": options.device} if options.device else {}),
+        }
+    )
 
 
 def adapter_data(info: Any, adapter: Path) -> Path:
