@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q -c constraints.txt -e ".[$(EXTRAS)]"
 	touch $@
 
-train: $(STAMP)     ## fine-tune a LoRA adapter for one patient
+train: $(STAMP)     ## fine-tune Whisper's encoder for one patient (TRAIN_ARGS="--finetune lora --adapt both": LoRA)
 	$(BIN)/resonance train --data $(DATA) $(if $(EVAL_DATA),--eval-data $(EVAL_DATA)) --out $(ADAPTER) $(if $(BASE_MODEL),--base-model $(BASE_MODEL)) $(TRAIN_ARGS)
 
 export: $(STAMP)    ## merge + export the adapter to an ONNX bundle for the device

@@ -9,8 +9,8 @@ Steps (each a group of the table and a key of ``<out>/report.json``):
 
 1. install: the project's ``[dev]`` extra, and onnxruntime-gpu in place of onnxruntime (idempotent: pip runs
    only for what is missing, then the command restarts itself so the new packages are the ones imported);
-2. train: LoRA on the built-in demo phrases for the same steps on the GPU (bf16 where supported) and on the
-   CPU: final loss and CER side by side, samples/s and their ratio;
+2. train: the default recipe on the built-in demo phrases for the same steps on the GPU (bf16 where supported)
+   and on the CPU: final loss and CER side by side, samples/s and their ratio;
 3. export: the GPU-trained adapter to an fp16 bundle, its parity with PyTorch checked on the CUDA provider;
 4. runtime: that bundle on CUDA with IOBinding and without, and on TensorRT when onnxruntime has it: latency,
    and whether each gives the text CUDA + IOBinding gives;
@@ -144,7 +144,7 @@ def ensure_packages() -> Dict[str, Any]:
 
 
 def train_both(config: GpuCheckConfig, device: str, work: Path) -> List[Dict[str, Any]]:
-    """The same LoRA training (steps, data, seed) on ``device`` and on the CPU."""
+    """The same training (the default recipe, steps, data, seed) on ``device`` and on the CPU."""
     import torch
 
     from resonance.train.config import TrainConfig

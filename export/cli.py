@@ -30,7 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help=f"{OFFLINE_BASE_MODEL}, a local Hugging Face folder or a hub id (default: the adapter's base "
         f"model from its train_config.json, else {DEFAULT_BASE_MODEL})",
     )
-    p.add_argument("--adapter", type=Path, help="LoRA adapter folder made by `resonance train`")
+    p.add_argument(
+        "--adapter", type=Path, help="adapter folder made by `resonance train` (a full fine-tune or LoRA)"
+    )
     p.add_argument("--out", type=Path, required=True, help="bundle folder to create, e.g. bundles/grandpa")
     p.add_argument(
         "--quantize",

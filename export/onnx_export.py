@@ -1,7 +1,8 @@
-"""Base model (+ LoRA adapter) -> a bundle the runtime loads: encoder.onnx, decoder.onnx, tokenizer.json, manifest.
+"""Base model (+ adapter) -> a bundle the runtime loads: encoder.onnx, decoder.onnx, tokenizer.json, manifest.
 
-Steps: load the base Whisper, cut it to the adapter's training window, merge the adapter into the weights
-(Optimum cannot export a PEFT-wrapped model, and a merged model costs nothing extra at inference), export with
+Steps: load the base Whisper, cut it to the adapter's training window, apply the adapter (a full fine-tune's
+trained tensors replace the base's; a LoRA adapter is merged into the weights, as Optimum cannot export a
+PEFT-wrapped model and a merged model costs nothing extra at inference), export with
 Optimum (encoder + decoder with KV cache), quantise each file, write the manifest, then run the runtime on the
 result against PyTorch (parity) before the bundle appears at ``out`` in one rename.
 """

@@ -2,7 +2,7 @@
 
 Layers, each importable on its own:
   resonance.data     check / convert / record a patient's recordings (audio/*.wav + labels.json)
-  resonance.train    import a base Whisper, fine-tune a LoRA adapter per patient, measure CER  (torch)
+  resonance.train    import a base Whisper, fine-tune its encoder (or LoRA) per patient, CER    (torch)
   resonance.export   merge + export to a self-describing ONNX bundle, parity-checked            (torch, optimum)
   resonance.runtime  onnxruntime transcription, Flask API, microphone; never imports torch
 """

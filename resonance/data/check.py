@@ -33,7 +33,7 @@ from resonance.errors import AudioError, ResonanceError
 from resonance.text import normalize_for_cer, to_simplified
 
 TARGET_RATE = 16000
-FEW_UTTERANCES = 30  # below this LoRA has too little to learn from; the guide asks for 50-100
+FEW_UTTERANCES = 30  # below this training has too little to learn from; the guide asks for 50-100
 # Fast English is ~15 characters a second (spaces included), Chinese ~5: 25 flags only labels that cannot
 # belong to their clip (a pasted paragraph), never a fast speaker.
 MAX_CHARS_PER_SECOND = 25
