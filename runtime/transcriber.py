@@ -172,10 +172,12 @@ class Transcriber:
         optimization: str = "all",
         phrase_options: Union[PhraseOptions, Mapping[str, Any], None] = None,
         io_binding: Optional[bool] = None,
+        spin_wait: bool = False,
     ) -> None:
         """``io_binding``: keep the encoder's output and the KV cache where the model runs (onnxruntime's
         IOBinding) instead of copying them to numpy at every step; None = on a GPU provider, where the copies
-        cost most (`resonance gpu-check` times both)."""
+        cost most (`resonance gpu-check` times both). ``spin_wait``: onnxruntime's busy-waiting worker threads
+        (off: they slow the other session and anything else on the CPU; runtime/sessions.py session_options)."""
         self.bundle_dir = Path(bundle_dir)
         self.manifest: Manifest = load_manifest(self.bundle_dir, verify=verify)
         self.board: Board = _board_or_recorded(self.bundle_dir, self.manifest)  # matched by default
@@ -185,10 +187,10 @@ class Transcriber:
         self.phrase_options = PhraseOptions.coerce(phrase_options, fitted)
         files = self.manifest.files
         self.encoder = create_session(
-            self.bundle_dir / files["encoder"]["path"], providers, threads, optimization
+            self.bundle_dir / files["encoder"]["path"], providers, threads, optimization, spin_wait
         )
         self.decoder = create_session(
-            self.bundle_dir / files["decoder"]["path"], providers, threads, optimization
+            self.bundle_dir / files["decoder"]["path"], providers, threads, optimization, spin_wait
         )
         if self.encoder.get_providers() != self.decoder.get_providers():
             log.warning(

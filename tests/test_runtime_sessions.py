@@ -93,6 +93,20 @@ def test_threads_and_optimisation_level(bundle):
         session_options(optimization="max")
 
 
+def test_worker_threads_sleep_unless_spin_wait_is_asked_for(bundle):
+    """onnxruntime's workers busy-wait by default; the runtime's sessions do not (they slowed each other and
+    the rest of the machine: runtime/sessions.py session_options)."""
+    from resonance.runtime.transcriber import Transcriber
+
+    spinning = "session.intra_op.allow_spinning"
+    assert session_options(threads=2).get_session_config_entry(spinning) == "0"
+    assert session_options(threads=2, spin_wait=True).get_session_config_entry(spinning) == "1"
+    for spin_wait, expected in ((False, "0"), (True, "1")):
+        transcriber = Transcriber(bundle, threads=1, spin_wait=spin_wait)
+        for session in (transcriber.encoder, transcriber.decoder):
+            assert session.get_session_options().get_session_config_entry(spinning) == expected
+
+
 def test_unloadable_model_is_a_resonance_error(tmp_path):
     bad = tmp_path / "encoder.onnx"
     bad.write_bytes(b"not an onnx model")
