@@ -355,10 +355,15 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
 
 
 def _token_logprob(logits: np.ndarray, token: int) -> float:
-    """log softmax(logits)[token], in float64 (-inf entries, the filtered tokens, contribute nothing)."""
-    x = np.asarray(logits, dtype=np.float64)
+    """log softmax(logits)[token] (-inf entries, the filtered tokens, contribute nothing).
+
+    The exponentials in float32, summed in float64: numpy's float64 exp takes a slow path over the -inf of
+    the filtered tokens (0.9 ms a step for 51865 logits, a quarter of an int8 decoder step; float32: 0.08 ms)
+    and the result differs by ~1e-7."""
+    x = np.asarray(logits, dtype=np.float32)
     top = x.max()
-    return float(x[token] - top - np.log(np.exp(x - top).sum()))
+    total = np.exp(x - top).sum(dtype=np.float64)
+    return float(x[token]) - float(top) - math.log(total)
 
 
 # -- one window -----------------------------------------------------------------------------------------------------
