@@ -316,9 +316,9 @@ class BeamSearch(SearchStrategy):
         for _ in range(budget):
             candidates: List[Tuple[float, int, int, float]] = []  # (score, beam index, token, its logprob)
             for b, (tokens, token_logprobs) in enumerate(beams):
-                logprobs = _log_softmax(filtered(self.filters, step_logits[b], tokens, np.float64))
+                logprobs = _log_softmax(filtered(self.filters, step_logits[b], tokens, np.float32))
                 score = math.fsum(token_logprobs)
-                for token in np.argsort(logprobs)[::-1][: beam_size + 1]:
+                for token in _top(logprobs, beam_size + 1):
                     if np.isfinite(logprobs[token]):
                         lp = float(logprobs[token])
                         candidates.append((score + lp, b, int(token), lp))
@@ -350,8 +350,18 @@ class BeamSearch(SearchStrategy):
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
+    """float64 log-probabilities of float32 logits (exponentials in float32: see :func:`_token_logprob`)."""
     x = x - x.max()
-    return x - np.log(np.exp(x).sum())
+    return x.astype(np.float64) - math.log(np.exp(x).sum(dtype=np.float64))
+
+
+def _top(values: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` largest values, largest first (a partition, not a sort of the whole vocabulary:
+    3 ms -> 0.3 ms for 51865 logits)."""
+    if k >= values.size:
+        return np.argsort(-values, kind="stable")
+    best = np.argpartition(-values, k)[:k]
+    return best[np.argsort(-values[best], kind="stable")]
 
 
 def _token_logprob(logits: np.ndarray, token: int) -> float:
