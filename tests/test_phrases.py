@@ -265,6 +265,26 @@ def test_fit_calibration_recovers_the_parameters_that_made_the_data():
     assert none_score == pytest.approx(-1.25, rel=0.1)
 
 
+def test_fit_calibration_stays_finite_when_the_scores_separate_the_answers_perfectly():
+    # A model scoring its own training recordings (export's per-patient fit): the right phrase always far
+    # ahead, the left-out phrases' recordings always scoring low. Maximum likelihood has no temperature there
+    # (it runs to 0: P(none) becomes a step); the prior keeps it near the defaults.
+    rng = np.random.default_rng(1)
+    rows = []
+    for _ in range(200):
+        on = np.append(-0.5 - rng.random(), -6.0 - 2 * rng.random(4))  # the right phrase first
+        off = -6.0 - 2 * rng.random(5)  # its phrase is not on the list: "none of these"
+        rows += [(on, 0), (off, len(off))]
+    plain, _ = fit_calibration(rows, prior=0.0)
+    temperature, none_score = fit_calibration(rows)
+    assert plain < temperature / 3  # the divergence the prior is for (it stops where the iterations end)
+    assert 0.2 < temperature < 1.0
+    assert -6.0 < none_score < -0.5  # between the two groups of scores: both are answered right
+    fitted = PhraseOptions(temperature=temperature, none_score=none_score)
+    assert decide(["a", "b"], np.array([-1.2, -7.0]), fitted, 2).best == "a"
+    assert decide(["a", "b"], np.array([-6.5, -7.0]), fitted, 2).rejected
+
+
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
