@@ -18,7 +18,7 @@ import warnings
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from resonance import __version__
 from resonance.constants import (
@@ -72,7 +72,7 @@ def export_bundle(
     quantize: str = "none",
     patient: Optional[str] = None,
     force: bool = False,
-    parity_clips: Optional[Sequence[Path]] = None,
+    parity_clips: Optional[Sequence[Union[Path, Utterance]]] = None,
     parity_tolerance: float = 0.10,
     language: Optional[str] = None,
     dynamic_window: bool = False,
@@ -86,6 +86,7 @@ def export_bundle(
     """Export ``base_model`` (+ ``adapter``) to a bundle at ``out``; returns ``out``.
 
     ``base_model`` None: the adapter's own base model (its train_config.json), else openai/whisper-small.
+    ``parity_clips``: audio files, folders (labelled when they hold a labels.json) or Utterances (labelled).
     ``parity_tolerance``: the largest CER allowed between PyTorch and the runtime for int8/fp16 (fp32 must
     give identical tokens). Raises ParityError (and leaves nothing at ``out``) when the check fails.
     ``dynamic_window``: the encoder also takes shorter inputs (export/dynamic_window.py; off by default).
@@ -122,7 +123,7 @@ def export_bundle(
         out,
         "bundle folder",
         [("adapter folder", adapter), ("base model", local_base)]
-        + [("parity clips", clip) for clip in parity_clips or ()],
+        + [("parity clips", getattr(clip, "audio", clip)) for clip in parity_clips or ()],
     )
     refuse_to_overwrite(out, force, "bundle", own=BUNDLE_FILES)
     info = read_adapter(Path(adapter)) if adapter is not None else AdapterInfo()

@@ -17,10 +17,11 @@ import contextlib
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from resonance.data.labels import Utterance
 from resonance.errors import ResonanceError
 from resonance.progress import progress
 
@@ -60,10 +61,13 @@ class Clip:
     text: Optional[str] = None  # what was said, when the clip comes from a labelled folder
 
 
-def load_clips(paths: Optional[Sequence[Path]], limit: int = MAX_CLIPS) -> Tuple[List[Clip], str]:
+def load_clips(
+    paths: Optional[Sequence[Union[Path, Utterance]]], limit: int = MAX_CLIPS
+) -> Tuple[List[Clip], str]:
     """The clips to check on and where they came from.
 
-    ``paths`` are audio files or folders; a folder in the guide's layout (labels.json) gives labelled clips.
+    ``paths`` are audio files or folders; a folder in the guide's layout (labels.json) gives labelled clips, and
+    so does an :class:`Utterance` (a recording and what was said: `resonance update`'s held-out recordings).
     None or empty: the synthetic clips. At most ``limit`` clips, spread over what was given.
     """
     from resonance.audio import load_audio
@@ -71,8 +75,8 @@ def load_clips(paths: Optional[Sequence[Path]], limit: int = MAX_CLIPS) -> Tuple
     if not paths:
         return [Clip(a) for a in synthetic_clips()], "synthetic"
     found: List[Tuple[Path, Optional[str]]] = []
-    for path in map(Path, paths):
-        found.extend(_clips_in(path))
+    for path in paths:
+        found.extend([(path.audio, path.text)] if isinstance(path, Utterance) else _clips_in(Path(path)))
     if not found:
         raise ResonanceError(
             f"no audio files in {[str(p) for p in paths]}", "pass WAV files or a folder of them"
@@ -81,7 +85,8 @@ def load_clips(paths: Optional[Sequence[Path]], limit: int = MAX_CLIPS) -> Tuple
     chosen = found[::step][:limit]
     clips = [Clip(load_audio(f), text) for f, text in chosen]
     labelled = " labelled" if all(c.text is not None for c in clips) else ""
-    return clips, f"{len(clips)} of {len(found)}{labelled} clips from {', '.join(str(p) for p in paths)}"
+    sources = ", ".join(str(p.audio if isinstance(p, Utterance) else p) for p in paths)
+    return clips, f"{len(clips)} of {len(found)}{labelled} clips from {sources}"
 
 
 def _clips_in(path: Path) -> List[Tuple[Path, Optional[str]]]:
@@ -98,7 +103,7 @@ def _clips_in(path: Path) -> List[Tuple[Path, Optional[str]]]:
 def check_parity(
     model,
     bundle_dir: Path,
-    clips: Optional[Sequence[Path]] = None,
+    clips: Optional[Sequence[Union[Path, Utterance]]] = None,
     tolerance: float = DEFAULT_TOLERANCE,
     max_new_tokens: int = PARITY_MAX_NEW_TOKENS,
     providers: Sequence[str] = ("CPUExecutionProvider",),

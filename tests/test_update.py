@@ -57,6 +57,29 @@ def test_the_judge_counts_fixed_and_broken_and_deploys_only_when_not_worse():
     assert not judged.deploy and judged.broken == ["我想喝水"]
 
 
+def test_the_candidate_is_parity_checked_on_the_held_out_recordings_with_their_labels(monkeypatch, tmp_path):
+    # Unlabelled, int8 had to repeat PyTorch's text on a handful of clips (greedy paths part where a logit flips:
+    # speaker A's loop stopped at round 4 on 2 of 7 clips); labelled, it may not lose accuracy against them.
+    from types import SimpleNamespace
+
+    import resonance.export.onnx_export as onnx_export
+    from resonance.data.labels import load_labels
+    from resonance.export.parity import load_clips
+    from resonance.update.update import UpdateOptions, _export_candidate
+
+    seen = {}
+    monkeypatch.setattr(onnx_export, "export_bundle", lambda *a, **kw: seen.update(kw))
+    held_out = load_labels(DEMO_DATA / "take2")[:3]
+    manifest = SimpleNamespace(precision="int8", quantization={}, audio=SimpleNamespace(dynamic_window=False))
+    options = UpdateOptions(
+        adapter=tmp_path / "a", data=None, new=tmp_path / "new", out=tmp_path / "a2", bundle=tmp_path / "b"
+    )
+    _export_candidate(options, tmp_path / "b", manifest, held_out)
+    clips, described = load_clips(seen["parity_clips"])
+    assert [c.text for c in clips] == [u.text for u in held_out]
+    assert "3 of 3 labelled clips" in described
+
+
 def test_export_puts_every_recorded_phrase_on_the_board(first_adapter):
     report = json.loads((first_adapter / "report.json").read_text(encoding="utf-8"))
     take1 = [e["text"] for e in json.loads((DEMO_DATA / "take1" / "labels.json").read_text(encoding="utf-8"))]
