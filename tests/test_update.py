@@ -149,6 +149,7 @@ def test_update_of_an_adapter_from_before_the_recipe_options_keeps_its_lora_reci
     from safetensors.torch import load_file
 
     from resonance.train.trainer import train
+    from resonance.update.starts import WARM
     from resonance.update.update import WARM_EPOCHS, UpdateOptions, training_config
 
     old = tmp_path / "old"
@@ -158,7 +159,12 @@ def test_update_of_an_adapter_from_before_the_recipe_options_keeps_its_lora_reci
     (old / "train_config.json").write_text(json.dumps(made_with), encoding="utf-8")
 
     options = UpdateOptions(
-        adapter=old, data=DEMO_DATA / "take1", new=DEMO_DATA / "take2", out=tmp_path / "new", bundle=tmp_path
+        adapter=old,
+        data=DEMO_DATA / "take1",
+        new=DEMO_DATA / "take2",
+        out=tmp_path / "new",
+        bundle=tmp_path,
+        start=WARM,
     )
     config = training_config(options, made_with, first_n=None)
     assert (config.finetune, config.adapt, config.peak_learning_rate) == ("lora", "both", 5e-4)
@@ -236,7 +242,7 @@ def test_the_loop_simulation_runs_rounds_and_continues_where_it_stopped(tiny_whi
     table = (tmp_path / "loop" / "loop.md").read_text(encoding="utf-8")
     assert table.count("\n") == 4 and "| 1 |" in table
 
-    # Round 1 ran `resonance update`: 5 new recordings, 4 held out (the minimum), warm start, a judgement.
+    # Round 1 ran `resonance update`: 5 new recordings, 4 held out (the minimum), the default start, a judgement.
     from resonance.update.update import UPDATE_FILE
 
     round_1 = tmp_path / "loop" / "adapters" / "round-1"
@@ -245,9 +251,9 @@ def test_the_loop_simulation_runs_rounds_and_continues_where_it_stopped(tiny_whi
         len(record["held_out_new"]) == 2 and len(record["trained_new"]) == 3
     )  # never more than half held out
     assert not set(record["held_out_new"]) & set(record["trained_new"])
-    assert record["start"] == "warm" and record["judgement"]["deploy"] == second["deployed"]
+    assert record["start"] == "scratch" and record["judgement"]["deploy"] == second["deployed"]
     made_with = json.loads((round_1 / "train_config.json").read_text(encoding="utf-8"))
-    assert made_with["init_adapter"].endswith("round-0") and made_with["max_train_samples"] == 4
+    assert made_with["init_adapter"] is None and made_with["max_train_samples"] == 4  # from the base model
     served = tmp_path / "loop" / "bundles" / "speaker"
     kinds = [v.kind for v in versions(served)]
     update_text = (round_1 / "update.txt").read_text(encoding="utf-8")

@@ -112,7 +112,7 @@ class TrainConfig:
     init_adapter: str | None = _option(
         None,
         help="start from this adapter's trained weights instead of from the base model (a warm start, as "
-        "`resonance update` does); it must have been trained with the same recipe (--finetune, --adapt, LoRA)",
+        "`resonance update --start warm` does); it must have been trained with the same recipe (--finetune, --adapt, LoRA)",
     )
     # --- optimisation
     learning_rate: float | None = _option(

@@ -10,12 +10,13 @@ from pathlib import Path
 
 from resonance.cli_common import add_command
 from resonance.constants import OFFLINE_BASE_MODEL
+from resonance.update.starts import DEFAULT_START, SCRATCH, STARTS, WARM
 
 UPDATE_EXAMPLES = """\
   resonance update --adapter adapters/grandpa --new collected/grandpa \\
       --bundle bundles/grandpa --out adapters/grandpa-2      # --data: the adapter's own, by default
   resonance update ... --judge-only          # train and judge, keep the served bundle whatever the result
-  resonance update ... --start scratch       # train from the base model instead of the current adapter
+  resonance update ... --start warm          # go on from the current adapter: a third of the time, less accurate
   resonance rollback --bundle bundles/grandpa   # put the previous bundle back
 --new is the folder `resonance serve --collect DIR` fills for the patient (DIR/<patient>, the standard
 audio/*.wav + labels.json). The served bundle is replaced only when the new model is not worse on new
@@ -26,7 +27,7 @@ recordings held out of training; a running server picks it up at its next reload
 LOOP_EXAMPLES = """\
   resonance eval loop --first ../shared/data/speaker-a/take1 --second ../shared/data/speaker-a/take2 \\
       --out runs/loop                     # 30 recordings, then 4 rounds of 20 corrections (whisper-base)
-  resonance eval loop ... --start scratch --out runs/loop-scratch   # the other way to train each update
+  resonance eval loop ... --start warm --out runs/loop-warm   # the other way to train each update
 writes loop.json and loop.md (the table) under --out after every round; run it again to continue;
 --remeasure measures the finished rounds again (after a change of the phrase-board rules).
 """
@@ -80,10 +81,11 @@ def _register_update(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path, help="the new adapter folder (must not exist)")
     p.add_argument(
         "--start",
-        choices=("warm", "scratch"),
-        default="warm",
-        help="warm: go on from the current adapter, 3 epochs (default: a third of the training time); "
-        "scratch: train from the base model",
+        choices=STARTS,
+        default=DEFAULT_START,
+        help=f"{SCRATCH}: train from the base model on old + new recordings, the recipe's epochs; {WARM}: go on "
+        f"from the current adapter, 3 epochs (a third of the time, less accurate on speaker A: README); "
+        f"default {DEFAULT_START}",
     )
     p.add_argument(
         "--epochs",
@@ -129,7 +131,12 @@ def register_eval(eval_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--initial", type=int, default=30, help="recordings of round 0 (default 30)")
     p.add_argument("--per-round", type=int, default=20, help="corrections per round (default 20)")
     p.add_argument("--rounds", type=int, default=4, help="update rounds (default 4)")
-    p.add_argument("--start", choices=("warm", "scratch"), default="warm", help="how each update trains")
+    p.add_argument(
+        "--start",
+        choices=STARTS,
+        default=DEFAULT_START,
+        help=f"how each update trains (default {DEFAULT_START})",
+    )
     p.add_argument(
         "--quantize",
         choices=("none", "int8", "fp16"),

@@ -28,7 +28,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from resonance.data.labels import Utterance, load_labels
 from resonance.errors import ResonanceError
 from resonance.fsutil import write_json_atomic, write_text_atomic
-from resonance.update.update import WARM
+from resonance.update.starts import DEFAULT_START
 
 log = logging.getLogger("resonance.update")
 
@@ -44,7 +44,7 @@ class LoopOptions:
     initial: int = 30
     per_round: int = 20
     rounds: int = 4
-    start: str = WARM  # how each update trains (update.STARTS)
+    start: str = DEFAULT_START  # how each update trains (update/starts.py)
     quantize: str = "int8"  # the served bundles' precision
     seed: int = 0
     threads: Optional[int] = None

@@ -2,7 +2,7 @@
 
     current adapter + its recordings (OLD) + recordings collected since (NEW, `serve --collect DIR`)
       -> NEW split: most to train on, a few held out (what the patient says now, heard by neither model)
-      -> train on OLD + NEW's training part (warm start from the current adapter, or from the base model)
+      -> train on OLD + NEW's training part (from the base model, or warm from the current adapter)
       -> export a candidate bundle like the served one (precision, int8 preset), into the models folder
       -> judge: the served bundle and the candidate transcribe the held-out recordings (the runtime, as served)
       -> not worse: deploy it (runtime/versions.py: atomic swap, the old bundle kept for `rollback`);
@@ -28,17 +28,15 @@ from resonance.data.labels import Utterance, load_labels
 from resonance.errors import ResonanceError
 from resonance.fsutil import refuse_to_overwrite, write_json_atomic, write_text_atomic
 from resonance.update.judge import Judgement, judge_bundles
+from resonance.update.starts import DEFAULT_START, STARTS, WARM
 
 log = logging.getLogger("resonance.update")
 
 UPDATE_FILE = "update.json"  # in the new adapter: its sources, the split, the judgement
 UPDATE_TEXT = "update.txt"  # the same in words
-WARM, SCRATCH = "warm", "scratch"
-STARTS = (WARM, SCRATCH)
 # Warm start goes on from the current adapter (its trained encoder, or its LoRA weights: the adapter's own
-# recipe), which already knows OLD: fewer passes suffice.
-# The default is warm because it costs 3 epochs instead of the recipe's 8; a head-to-head measurement of warm
-# against scratch on speaker A is still to be done (README, "Learning from the corrections").
+# recipe), which already knows OLD: fewer passes suffice. Scratch (the default, update/starts.py) trains the
+# recipe's full length from the base model.
 WARM_EPOCHS = 3.0
 MIN_NEW = 5  # fewer new recordings than this: nothing worth an update, and nothing to judge on
 MIN_HELD_OUT = 4  # the fewest recordings the candidate is judged on
@@ -51,7 +49,7 @@ class UpdateOptions:
     new: Path  # recordings collected since: DIR/<patient> of `serve --collect DIR` (standard format)
     out: Path  # the new adapter (never an existing folder without force)
     bundle: Path  # the served bundle: <models>/<patient>
-    start: str = WARM  # warm: from the current adapter's weights; scratch: from the base model
+    start: str = DEFAULT_START  # warm: from the current adapter's weights; scratch: from the base model
     epochs: Optional[float] = None  # None: WARM_EPOCHS warm, the adapter's own recipe from scratch
     held_out: float = 0.25  # share of the new recordings held out to judge on (at least MIN_HELD_OUT)
     seed: int = 0
