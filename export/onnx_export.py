@@ -119,11 +119,13 @@ def export_bundle(
     # Before minutes of work, not after: the bundle may not be (or hold, or lie in) what export reads -- with
     # --force that would delete the adapter -- and --force replaces only a bundle (manifest.json).
     local_base = base_model if base_model and Path(base_model).exists() else None
+    from resonance.export.parity import source_path
+
     refuse_overlap(
         out,
         "bundle folder",
         [("adapter folder", adapter), ("base model", local_base)]
-        + [("parity clips", getattr(clip, "audio", clip)) for clip in parity_clips or ()],
+        + [("parity clips", source_path(clip)) for clip in parity_clips or ()],
     )
     refuse_to_overwrite(out, force, "bundle", own=BUNDLE_FILES)
     info = read_adapter(Path(adapter)) if adapter is not None else AdapterInfo()

@@ -61,6 +61,11 @@ class Clip:
     text: Optional[str] = None  # what was said, when the clip comes from a labelled folder
 
 
+def source_path(source: Union[Path, Utterance]) -> Path:
+    """The file or folder a parity-clip source names (an :class:`Utterance`: its recording)."""
+    return Path(source.audio) if isinstance(source, Utterance) else Path(source)
+
+
 def load_clips(
     paths: Optional[Sequence[Union[Path, Utterance]]], limit: int = MAX_CLIPS
 ) -> Tuple[List[Clip], str]:
@@ -79,13 +84,13 @@ def load_clips(
         found.extend([(path.audio, path.text)] if isinstance(path, Utterance) else _clips_in(Path(path)))
     if not found:
         raise ResonanceError(
-            f"no audio files in {[str(p) for p in paths]}", "pass WAV files or a folder of them"
+            f"no audio files in {[str(source_path(p)) for p in paths]}", "pass WAV files or a folder of them"
         )
     step = max(1, len(found) // limit)
     chosen = found[::step][:limit]
     clips = [Clip(load_audio(f), text) for f, text in chosen]
     labelled = " labelled" if all(c.text is not None for c in clips) else ""
-    sources = ", ".join(str(p.audio if isinstance(p, Utterance) else p) for p in paths)
+    sources = ", ".join(str(source_path(p)) for p in paths)
     return clips, f"{len(clips)} of {len(found)}{labelled} clips from {sources}"
 
 

@@ -173,12 +173,14 @@ def update(options: UpdateOptions, progress=print) -> UpdateResult:
 
 def training_config(options: UpdateOptions, made_with: Dict[str, Any], first_n: Optional[int]):
     """The TrainConfig of the update: the current adapter's own recipe (its train_config.json ``made_with``;
-    an adapter from before --finetune/--adapt is LoRA on encoder and decoder, not today's default), a warm
-    start from it, trained on OLD (its first ``first_n``) + NEW and judged on the held-out new recordings."""
+    an adapter from before --finetune/--adapt is LoRA on encoder and decoder, not today's default), started from
+    the base model (scratch, the recipe's epochs) or from the adapter (warm, WARM_EPOCHS), trained on OLD (its
+    first ``first_n``) + NEW and judged on the held-out new recordings."""
     from resonance.train.config import TrainConfig
 
     recipe = TrainConfig.saved_values(made_with)
-    epochs = options.epochs or (WARM_EPOCHS if options.start == WARM else recipe.get("epochs", 8.0))
+    # Scratch without --epochs keeps the recipe's own length (its saved epochs, else TrainConfig's default).
+    epochs = options.epochs or (WARM_EPOCHS if options.start == WARM else None)
     return TrainConfig(
         **{
             **recipe,
@@ -190,7 +192,7 @@ def training_config(options: UpdateOptions, made_with: Dict[str, Any], first_n: 
             "val_fraction": 0.0,
             "max_train_samples": first_n,
             "init_adapter": str(options.adapter) if options.start == WARM else None,
-            "epochs": float(epochs),
+            **({"epochs": float(epochs)} if epochs else {}),
             "max_steps": None,
             "seed": options.seed,
             "force": options.force,
