@@ -45,7 +45,7 @@ def lora_adapter(tiny_whisper, tmp_path_factory) -> Path:
     return out
 
 
-def test_the_judge_counts_fixed_and_broken_and_deploys_only_when_not_worse():
+def test_the_judge_counts_fixed_and_broken_and_deploys_unless_there_is_evidence_of_a_loss():
     refs = ["我想喝水", "帮我开灯", "谢谢"]
     judged = judge_texts(refs, ["我想喝水", "帮我", "谢"], ["我想喝水", "帮我开灯", "谢谢"])
     assert [r["change"] for r in judged.rows] == [RIGHT, FIXED, FIXED]
@@ -53,8 +53,28 @@ def test_the_judge_counts_fixed_and_broken_and_deploys_only_when_not_worse():
     judged = judge_texts(refs, ["我想喝水", "帮我开灯", "谢"], ["我想喝", "帮我开灯", "谢谢"])
     assert [r["change"] for r in judged.rows] == [BROKEN, RIGHT, FIXED]
     assert judged.deploy  # one error each way: not worse, so the model that learnt more is deployed
+    # A served model that hears all of them right: one slipped character on one recording is not a loss.
     judged = judge_texts(refs, ["我想喝水", "帮我开灯", "谢谢"], ["我想喝", "帮我开灯", "谢谢"])
-    assert not judged.deploy and judged.broken == ["我想喝水"]
+    assert judged.deploy and judged.broken == ["我想喝水"] and "slip" in judged.reason
+    # Two recordings worse and none better is a pattern: kept aside.
+    judged = judge_texts(refs, ["我想喝水", "帮我开灯", "谢谢"], ["我想喝", "帮我开", "谢谢"])
+    assert not judged.deploy and judged.broken == ["我想喝水", "帮我开灯"]
+    assert "2 more held-out recordings" in judged.reason
+    # ... unless it is better on another one: worse on one more than better, more errors in all, deployed.
+    refs4 = [*refs, "我要上厕所"]
+    judged = judge_texts(refs4, [*refs, "我要上厕"], ["我想", "帮我", "谢谢", "我要上厕所"])
+    assert judged.deploy and "slip" in judged.reason and judged.fixed == ["我要上厕所"]
+    assert not judge_texts([], [], []).deploy  # nothing to judge on: nothing deployed
+
+
+def test_a_significant_loss_blocks_even_when_it_is_spread_evenly():
+    from resonance.train.significance import WORSE
+
+    # Eight phrases, each one character worse on the candidate, each better on none: significant.
+    refs = ["我想喝水", "帮我开灯", "谢谢你", "我要上厕所", "我饿了", "我想睡觉", "好冷啊", "不要走"]
+    judged = judge_texts(refs, refs, [r[:-1] for r in refs])
+    assert judged.comparison.result == WORSE and not judged.deploy
+    assert judged.reason.startswith("significantly worse")
 
 
 def test_the_candidate_is_parity_checked_on_the_held_out_recordings_with_their_labels(monkeypatch, tmp_path):

@@ -19,9 +19,10 @@ UPDATE_EXAMPLES = """\
   resonance update ... --start warm          # go on from the current adapter: a third of the time, less accurate
   resonance rollback --bundle bundles/grandpa   # put the previous bundle back
 --new is the folder `resonance serve --collect DIR` fills for the patient (DIR/<patient>, the standard
-audio/*.wav + labels.json). The served bundle is replaced only when the new model is not worse on new
-recordings held out of training; a running server picks it up at its next reload. Exit 0: deployed,
-3: not deployed (kept aside under <models>/.history/<patient>/).
+audio/*.wav + labels.json). The served bundle is replaced unless the new model is worse on new recordings
+held out of training (significantly, or on two more of them than it is better on; a lone slip is not); a
+running server picks it up at its next reload. Exit 0: deployed, 3: not deployed (kept aside under
+<models>/.history/<patient>/).
 """
 
 LOOP_EXAMPLES = """\

@@ -5,7 +5,7 @@ Two takes of the same phrases by one speaker (FIRST, SECOND; phrase i in both):
 * round 0: train on the first ``initial`` recordings of FIRST, export, serve.
 * round r: the caregiver confirms or corrects ``per_round`` more utterances, phrases the patient had not used
   yet, said as in SECOND; they land in a collection folder in the standard format, as `serve --collect` writes
-  them, and ``resonance update`` runs on it (train, judge on held-out new recordings, deploy if not worse).
+  them, and ``resonance update`` runs on it (train, judge on held-out new recordings, deploy unless worse: update/judge.py).
 * after every round the *served* bundle (and the candidate, when it was not deployed) is measured on
   recordings that no model trained on: phrases used so far on the take the model did not hear (SECOND for
   the initial phrases, FIRST for the collected ones), never-heard phrases on SECOND; free-text character

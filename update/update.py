@@ -5,8 +5,8 @@
       -> train on OLD + NEW's training part (from the base model, or warm from the current adapter)
       -> export a candidate bundle like the served one (precision, int8 preset), into the models folder
       -> judge: the served bundle and the candidate transcribe the held-out recordings (the runtime, as served)
-      -> not worse: deploy it (runtime/versions.py: atomic swap, the old bundle kept for `rollback`);
-         worse: keep it aside as not-deployed, the served bundle stays
+      -> no evidence it is worse (update/judge.py): deploy it (runtime/versions.py: atomic swap, the old bundle
+         kept for `rollback`); worse: keep it aside as not-deployed, the served bundle stays
       -> per phrase: what the update fixed and what it broke (update.json + update.txt in the new adapter)
 
 The new adapter records which NEW recordings it trained on, so the next update holds out only recordings no
@@ -280,6 +280,7 @@ def render_text(result: UpdateResult) -> str:
             if result.deployed
             else "NOT deployed: the new model was worse on the held-out recordings; the served model stays."
         ),
+        f"why: {j.reason}",
         f"held-out new recordings: {result.n_held_out} ({c.n_phrases} phrases); character accuracy "
         f"served {100 * c.accuracy_a:.1f} % -> new {100 * c.accuracy_b:.1f} % "
         f"({100 * c.change:+.1f} points, 95 % interval {100 * c.low:+.1f} to {100 * c.high:+.1f}: {c.result})",
