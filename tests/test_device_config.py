@@ -130,12 +130,13 @@ def test_bad_files_name_the_key_and_the_file(tmp_path, changes, drop, key):
 
 def test_a_file_lists_only_what_differs_and_the_rest_is_the_defaults(tmp_path):
     path = tmp_path / "my-box.yaml"
-    path.write_text("port: 9000\ndecoding:\n  beam_size: 4\n", encoding="utf-8")
+    path.write_text("port: 9000\ndecoding:\n  beam_size: 1\n", encoding="utf-8")
     config = load_device_config(path)
     assert config.name == "my-box"  # no name: the file's
-    assert config.port == 9000 and config.decoding == DecodingOptions(beam_size=4)
+    assert config.port == 9000 and config.decoding == DecodingOptions(beam_size=1)
     defaults = DeviceConfig(name="my-box")
-    assert config.replace(port=defaults.port, decoding={"beam_size": 1}) == defaults
+    assert defaults.decoding.beam_size == DecodingOptions().beam_size == 4  # beam search unless a file says
+    assert config.replace(port=defaults.port, decoding={"beam_size": 4}) == defaults
     assert config.max_audio_seconds == 30.0 and isinstance(config.max_upload_mb, float)  # typed as declared
 
 
@@ -181,7 +182,7 @@ def test_overrides_are_validated_like_the_file():
     with pytest.raises(ResonanceError, match="host"):
         config.replace(host="not an address")
     assert dataclasses.replace(config, port=1) != config  # frozen dataclass semantics hold
-    assert config.replace(decoding={"beam_size": 4}).decoding.beam_size == 4  # --beam-size
+    assert config.replace(decoding={"beam_size": 2}).decoding.beam_size == 2  # --beam-size
     with pytest.raises(ResonanceError, match="beam_size"):
         config.replace(decoding={"beam_size": 0})
 

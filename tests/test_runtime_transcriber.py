@@ -269,12 +269,16 @@ def test_beam_search_reports_the_winners_log_probability(tiny_bundle):
 
 
 def test_beam_search_is_optional_and_bounded(tiny_bundle):
-    """beam_size 1 is the greedy path; more beams decode within the same token budget."""
+    """4 beams by default, beam_size 1 is the greedy path; beams decode within the same token budget."""
     from resonance.runtime.decoding import DecodingOptions
 
     audio = tone(1.5)
-    greedy = Transcriber(tiny_bundle).transcribe(audio)
-    assert Transcriber(tiny_bundle, options={"beam_size": 1}).transcribe(audio).tokens == greedy.tokens
+    default = Transcriber(tiny_bundle)
+    assert default.options.beam_size == 4
+    four = Transcriber(tiny_bundle, options={"beam_size": 4}).transcribe(audio)
+    assert default.transcribe(audio).tokens == four.tokens
+    greedy = Transcriber(tiny_bundle, options={"beam_size": 1})
+    assert greedy.options.beam_size == 1 and isinstance(greedy.transcribe(audio).text, str)
     beam = Transcriber(tiny_bundle, options={"beam_size": 3, "max_new_tokens": 6, "tokens_per_second": None})
     result = beam.transcribe(audio)
     assert isinstance(result.text, str) and len(result.tokens) <= 6
@@ -308,7 +312,8 @@ class _ScriptedDecoder:
 
 
 def _scripted(bundle: Path, text: str = "", **options) -> Transcriber:
-    transcriber = Transcriber(bundle, options=options)
+    # The script says one token per decoder run: the greedy path (a beam step runs all beams at once).
+    transcriber = Transcriber(bundle, options={"beam_size": 1, **options})
     eot = transcriber.manifest.tokens.eot
     script = transcriber.tokenizer.encode(text) if text else []
     transcriber.decoder = _ScriptedDecoder(transcriber.decoder, script, eot)
