@@ -3,7 +3,7 @@
 ``load_device_config("pc-cpu")`` reads the packaged file ``resonance/device_configs/pc-cpu.yaml``;
 ``load_device_config("my-box.yaml")`` reads a file of the same schema. A file lists only what differs from
 the defaults below (an ordinary PC, CPU only), and decoding choices apart from the hardware, in a
-``decoding:`` section of :class:`~resonance.runtime.decoding.DecodingOptions` fields (e.g. ``beam_size: 4``).
+``decoding:`` section of :class:`~resonance.runtime.decoding.DecodingOptions` fields (e.g. ``beam_size: 1``).
 Unknown, mistyped or out-of-range keys are a ResonanceError naming the key and the file, so a typo never
 silently falls back to a default.
 

@@ -240,4 +240,4 @@ def test_the_readme_example_config_loads(tmp_path):
     path.write_text(example, encoding="utf-8")
     config = load_device_config(path)
     assert (config.name, config.max_concurrent_requests, config.port) == ("my-box", 1, 9000)
-    assert config.decoding.beam_size == 4
+    assert config.decoding.beam_size == 1  # greedy: the default is 4 beams
