@@ -73,9 +73,12 @@ def copy_bundle(bundle: Path, models: Path, patient: str) -> Path:
 
 
 def write_config(path: Path, **changes) -> Path:
-    """A device config file: pc-cpu with ``changes`` (fp32 and 1 thread suit the tiny test bundle)."""
+    """A device config file: pc-cpu with ``changes`` (fp32 and 1 thread suit the tiny test bundle; greedy too:
+    a random model decodes to its token budget, and 4 beams of it only slow the server tests down, while beam
+    search, the default, has tests of its own in test_runtime_transcriber.py and test_export.py)."""
     data = yaml.safe_load((PACKAGED_CONFIGS / "pc-cpu.yaml").read_text(encoding="utf-8"))
     data.update({"name": "test", "precision": "fp32", "intra_op_threads": 1, "host": "127.0.0.1"})
+    data["decoding"] = {"beam_size": 1}
     data.update(changes)
     path.write_text(yaml.safe_dump(data), encoding="utf-8")
     return path

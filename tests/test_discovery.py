@@ -95,7 +95,15 @@ def test_a_stopped_server_says_goodbye(tmp_path, tiny_bundle, run_cli, loopback_
     srv = Server(models, write_config(tmp_path / "t.yaml"), "--announce")
     url = srv.base + "/"
     try:
-        assert any(f["url"] == url for f in discover_cli(run_cli, "--json")[1])
+        # Registering probes the name first (~1-2 s): browse once the server says it is announced, and on a
+        # loaded machine once more (a 2 s browse can end before a slow resolve answers).
+        deadline = time.monotonic() + 30
+        while "Announced by mDNS" not in srv.output and time.monotonic() < deadline:
+            time.sleep(0.2)
+        found = discover_cli(run_cli, "--json")[1]
+        if not any(f["url"] == url for f in found):
+            found = discover_cli(run_cli, "--json")[1]
+        assert any(f["url"] == url for f in found), found
     finally:
         srv.stop()
     _, found = discover_cli(run_cli, "--json")
