@@ -234,12 +234,11 @@ def time_runtime(config: GpuCheckConfig, bundle: Path, device: str) -> List[Dict
 
     from resonance.audio import load_audio
     from resonance.bench.run import choose_clips
-    from resonance.runtime.decoding import DecodingOptions
+    from resonance.runtime.decoding import GREEDY
     from resonance.runtime.device_config import load_device_config
     from resonance.runtime.device_sessions import provider_specs
     from resonance.runtime.transcriber import Transcriber
 
-    greedy = DecodingOptions(beam_size=1)
     clips = choose_clips(_data(config)[1], config.clips)
     audios = [load_audio(c.path) for c in clips]
     variants = runtime_variants(device, onnxruntime.get_available_providers())
@@ -250,7 +249,7 @@ def time_runtime(config: GpuCheckConfig, bundle: Path, device: str) -> List[Dict
         if TENSORRT_EP in providers:
             providers = provider_specs(trt_config, bundle)
         # Greedy, as the PyTorch path it is timed against (the served default is 4 beams).
-        transcriber = Transcriber(bundle, providers, config.threads, greedy, io_binding=io_binding)
+        transcriber = Transcriber(bundle, providers, config.threads, GREEDY, io_binding=io_binding)
         for audio in audios[: config.warmup]:
             transcriber.transcribe(audio)
         loaded.append((label, transcriber, {"latencies_ms": [], "texts": []}))

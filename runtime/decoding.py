@@ -17,7 +17,7 @@ eot) is masked at the first generated step so the model cannot return nothing.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -94,9 +94,11 @@ class DecodingOptions:
         return max(1, min(self.max_new_tokens, scaled))
 
 
+# Greedy search with the guards: how the runtime is timed against engines that decode greedily (bench, gpu-check).
+GREEDY = DecodingOptions(beam_size=1)
 # Options that make the runtime decode exactly like PyTorch `generate` (greedy, no guards): parity checks.
-PLAIN = DecodingOptions(
-    tokens_per_second=None, no_speech_threshold=None, silence_peak_dbfs=None, repetition_count=0, beam_size=1
+PLAIN = replace(
+    GREEDY, tokens_per_second=None, no_speech_threshold=None, silence_peak_dbfs=None, repetition_count=0
 )
 
 

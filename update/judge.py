@@ -42,7 +42,7 @@ class Judgement:
     comparison: Comparison  # A = the served bundle, B = the candidate
     rows: List[Dict[str, Any]]  # per recording: audio, reference, current, new, errors of each, change
     deploy: bool  # no evidence that the candidate is worse (the module's rule)
-    reason: str = ""  # why, in words a caregiver can read
+    reason: str  # why, in words a caregiver can read
 
     @property
     def fixed(self) -> List[str]:

@@ -42,18 +42,17 @@ def phrase_board(known: Sequence[str], size: int) -> Tuple[str, ...]:
 
 
 def load(job: Dict[str, Any]) -> Tuple[Transcribe, str]:
+    from dataclasses import replace
+
     import onnxruntime
 
-    from resonance.runtime.decoding import DecodingOptions
+    from resonance.runtime.decoding import GREEDY, PLAIN
     from resonance.runtime.transcriber import Transcriber
 
     steps = job["fixed_steps"]
-    # Random weights: no guard may stop decoding early, so every engine decodes the same number of tokens.
-    fixed = dict(tokens_per_second=None, no_speech_threshold=None, silence_peak_dbfs=None, repetition_count=0)
     # Greedy, as every other engine in the table decodes (the served default is 4 beams: runtime/decoding.py).
-    options = (
-        DecodingOptions(max_new_tokens=steps, beam_size=1, **fixed) if steps else DecodingOptions(beam_size=1)
-    )
+    # Random weights: no guard may stop decoding early, so every engine decodes the same number of tokens.
+    options = replace(PLAIN, max_new_tokens=steps) if steps else GREEDY
     # on "cuda" the Transcriber keeps the KV cache on the GPU (IOBinding) by itself
     cpu = ("CPUExecutionProvider",)
     providers = ("CUDAExecutionProvider", *cpu) if device(job) == "cuda" else cpu
