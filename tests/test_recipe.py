@@ -24,7 +24,9 @@ def no_decoding(monkeypatch):
     look at the weights, not at transcripts."""
     from resonance.train import trainer
 
-    monkeypatch.setattr(trainer, "_transcribe", lambda model, fe, tok, examples, *rest: [""] * len(examples))
+    monkeypatch.setattr(
+        trainer, "_transcribe", lambda model, fe, tok, examples, *rest, **options: [""] * len(examples)
+    )
 
 
 def _lora_ranks(model) -> dict:

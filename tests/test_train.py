@@ -444,3 +444,36 @@ def test_learning_curve_never_writes_into_the_data_or_a_users_folder(demo_data, 
     assert tree(demo_data) == before and sorted(p.name for p in (tmp_path / "mine").iterdir()) == [
         "notes.txt"
     ]
+
+
+def test_eval_beams_decode_the_before_and_after_measurement_and_validation_stays_greedy(
+    tiny_whisper, demo_data, tmp_path, monkeypatch
+):
+    """--eval-beams 4 measures the generic and the personal model as the device decodes (4 beams); the
+    validation passes that pick the epoch stay greedy (cheap, and only compared with each other)."""
+    from resonance.train import trainer
+
+    decoded, real = [], trainer.transcribe_batch
+
+    def recording(model, fe, tokenizer, examples, *args, num_beams=1, **kwargs):
+        decoded.append((len(examples), num_beams))
+        return real(model, fe, tokenizer, examples, *args, num_beams=num_beams, **kwargs)
+
+    monkeypatch.setattr(trainer, "transcribe_batch", recording)
+    config = TrainConfig(
+        data=str(demo_data),
+        out=str(tmp_path / "a"),
+        base_model=str(tiny_whisper),
+        max_steps=1,
+        batch_size=4,
+        window_seconds=5.0,
+        threads=2,
+        eval_beams=4,
+    )
+    report = trainer.train(config)
+    n_eval = report["n_eval"]  # no --eval-data: the validation phrases are also the eval set
+    assert decoded[0] == (n_eval, 4) and decoded[-1] == (n_eval, 4)  # generic before, personal after
+    assert all(beams == 1 for _, beams in decoded[1:-1]) and len(decoded) == 3  # the validation pass
+    assert report["settings"]["eval_beams"] == 4
+    with pytest.raises(ResonanceError, match="eval_beams"):
+        TrainConfig(data="d", out="o", eval_beams=0)

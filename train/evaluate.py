@@ -46,8 +46,9 @@ def transcribe_batch(
     language: str,
     task: str,
     batch_size: int = 16,
+    num_beams: int = 1,
 ) -> list[str]:
-    """Greedy PyTorch decoding, the reference the ONNX runtime is checked against."""
+    """PyTorch decoding: greedy (the reference the ONNX runtime is checked against), or beam search."""
     import torch
 
     from resonance.train.data import collate
@@ -67,7 +68,7 @@ def transcribe_batch(
                 task=task,
                 max_new_tokens=max_new_tokens(longest),
                 do_sample=False,
-                num_beams=1,
+                num_beams=num_beams,
             )
         texts.extend(tokenizer.batch_decode(ids, skip_special_tokens=True))
     return [t.strip() for t in texts]

@@ -49,6 +49,9 @@ VARIANTS: dict[str, dict] = {
     "distill-2": {**LORA_BOTH, "distill_weight": 2.0},
     # on top of the default
     "full-encoder-augment": {**FULL_ENCODER, "augment": True},
+    # a longer window: the frozen decoder was trained on 30 s of encoder output, the default cuts it to 5 s
+    "full-encoder-window-10": {**FULL_ENCODER, "window_seconds": 10.0},
+    "full-encoder-window-30": {**FULL_ENCODER, "window_seconds": 30.0},
 }
 
 

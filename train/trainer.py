@@ -46,6 +46,7 @@ REPORTED_SETTINGS = (
     "batch_size",
     "epochs",
     "seed",
+    "eval_beams",
 )
 EVAL_IS_VALIDATION = "validation split (also used to pick the step: optimistic)"
 # Options that a checkpoint's weights, data split and optimiser state depend on: resuming with other values
@@ -140,13 +141,16 @@ def train(
     cache_key = (
         config.base_model,
         config.language,
+        config.eval_beams,
         tuple(e.rel for e in eval_set),
         tuple(e.text for e in eval_set),
     )
     if generic_cache is not None and cache_key in generic_cache:
         before_hyps = generic_cache[cache_key]
     else:
-        before_hyps = _transcribe(model, full_fe, tokenizer, eval_set, FULL_WINDOW, config)
+        before_hyps = _transcribe(
+            model, full_fe, tokenizer, eval_set, FULL_WINDOW, config, beams=config.eval_beams
+        )
         if generic_cache is not None:
             generic_cache[cache_key] = before_hyps
     cer_before, rows_before = score(eval_set, before_hyps)
@@ -290,7 +294,9 @@ def train(
     # --- keep the best epoch, measure the adapted model on the eval data
     if best["state"] is not None:
         adaptation.load_trained_state(model, best["state"], config)
-    after_hyps = _transcribe(model, feature_extractor, tokenizer, eval_set, window, config)
+    after_hyps = _transcribe(
+        model, feature_extractor, tokenizer, eval_set, window, config, beams=config.eval_beams
+    )
     cer_after, rows_after = score(eval_set, after_hyps)
     log.info("adapted model CER on eval: %.3f (generic %.3f)", cer_after, cer_before)
 
@@ -428,12 +434,19 @@ def selection_margin(configured: float | None, lowest_cer: float, n_chars: int) 
 
 
 def _transcribe(
-    model, feature_extractor, tokenizer, examples: list[Example], window: float, config
+    model, feature_extractor, tokenizer, examples: list[Example], window: float, config, beams: int = 1
 ) -> list[str]:
     if not examples:
         return []
     return transcribe_batch(
-        model, feature_extractor, tokenizer, examples, window, config.language, config.task
+        model,
+        feature_extractor,
+        tokenizer,
+        examples,
+        window,
+        config.language,
+        config.task,
+        num_beams=beams,
     )
 
 
