@@ -477,3 +477,21 @@ def test_eval_beams_decode_the_before_and_after_measurement_and_validation_stays
     assert report["settings"]["eval_beams"] == 4
     with pytest.raises(ResonanceError, match="eval_beams"):
         TrainConfig(data="d", out="o", eval_beams=0)
+
+
+def test_label_smoothing_at_zero_is_whispers_own_loss_and_above_zero_spreads_it(tiny_whisper):
+    import torch
+    from transformers import WhisperForConditionalGeneration
+
+    from resonance.train.trainer import smoothed_loss
+
+    model = WhisperForConditionalGeneration.from_pretrained(tiny_whisper).eval()
+    features = torch.randn(1, model.config.num_mel_bins, 3000)
+    decoder_input = torch.tensor([[model.config.decoder_start_token_id, 50, 60, 70]])
+    labels = torch.tensor([[-100, 60, 70, model.config.eos_token_id]])  # the prefix is masked
+    with torch.no_grad():
+        output = model(input_features=features, decoder_input_ids=decoder_input, labels=labels)
+    plain = smoothed_loss(output.logits, labels, TrainConfig(data="d", out="o"))
+    smoothed = smoothed_loss(output.logits, labels, TrainConfig(data="d", out="o", label_smoothing=0.1))
+    torch.testing.assert_close(plain, output.loss)
+    assert not torch.isclose(smoothed, plain)

@@ -141,6 +141,9 @@ class TrainConfig:
     )
     evals_per_epoch: float = _option(1.0, help="validation evaluations per epoch (> 0)")
     augment: bool = _option(False, help="speed/gain/noise perturbation + SpecAugment")
+    label_smoothing: float = _option(
+        0.0, help="share of each target token's probability spread over the vocabulary, in [0, 1) (0 = off)"
+    )
     # The device decodes with 4 beams by default (runtime/decoding.py); greedy here is the conservative,
     # faster measure (speaker A, 50 recordings: 90.0 / 78.3 % seen / unseen greedy, 93.5 / 79.4 % with 4).
     eval_beams: int = _option(
@@ -243,7 +246,7 @@ _RANGES: tuple[tuple[tuple[str, ...], Callable[[Any], bool], str], ...] = (
         "must be >= 1 (or unset; --adapt encoder freezes it)",
     ),
     (("weight_decay", "patience", "distill_weight"), lambda v: v >= 0, "must be >= 0"),
-    (("lora_dropout", "warmup_fraction"), lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    (("lora_dropout", "warmup_fraction", "label_smoothing"), lambda v: 0 <= v < 1, "must be in [0, 1)"),
     (("val_fraction",), lambda v: 0 <= v < 0.5, "must be in [0, 0.5)"),
     (("selection_tolerance",), lambda v: v is None or 0 <= v < 1, "must be a CER difference in [0, 1)"),
 )

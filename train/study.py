@@ -52,6 +52,9 @@ VARIANTS: dict[str, dict] = {
     # a longer window: the frozen decoder was trained on 30 s of encoder output, the default cuts it to 5 s
     "full-encoder-window-10": {**FULL_ENCODER, "window_seconds": 10.0},
     "full-encoder-window-30": {**FULL_ENCODER, "window_seconds": 30.0},
+    "full-encoder-smooth-0.1": {**FULL_ENCODER, "label_smoothing": 0.1},
+    "full-encoder-12-epochs": {**FULL_ENCODER, "epochs": 12.0},
+    "full-encoder-batch-4": {**FULL_ENCODER, "batch_size": 4},
 }
 
 

@@ -69,6 +69,7 @@ RESUME_MUST_MATCH = (
     "target_modules",
     "learning_rate",
     "distill_weight",
+    "label_smoothing",
     "weight_decay",
     "init_adapter",
 )
@@ -233,7 +234,11 @@ def train(
                 output = model(
                     input_features=features.to(device), decoder_input_ids=decoder_input, labels=labels
                 )
-                loss = output.loss
+                loss = (
+                    output.loss
+                    if not config.label_smoothing
+                    else smoothed_loss(output.logits, labels, config)
+                )
                 if teacher is not None:
                     generic = teacher.logits(decoder_input, output.encoder_last_hidden_state)
                     loss = loss + config.distill_weight * kl_to_teacher(output.logits, generic, labels)
@@ -447,6 +452,18 @@ def _transcribe(
         config.language,
         config.task,
         num_beams=beams,
+    )
+
+
+def smoothed_loss(logits, labels, config):
+    """Cross-entropy over the trained token positions with ``config.label_smoothing`` (what output.loss is at 0)."""
+    import torch.nn.functional as F
+
+    return F.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]),
+        labels.reshape(-1),
+        ignore_index=-100,
+        label_smoothing=config.label_smoothing,
     )
 
 
