@@ -148,8 +148,9 @@ class TrainConfig:
     # faster measure (speaker A, 50 recordings: 90.0 / 78.3 % seen / unseen greedy, 93.5 / 79.4 % with 4).
     eval_beams: int = _option(
         1,
-        help="beams for the before/after measurement on the eval data: 1 = greedy (faster, a little "
-        "below what the device gets), 4 = the device's default decoding; validation stays greedy",
+        help="beams for measuring the personal model on the eval data: 1 = greedy (faster, a little "
+        "below what the device gets), 4 = the device's default decoding; the generic model and validation "
+        "stay greedy",
     )
     # --- runtime
     device: str = _option("auto", help="auto | cpu | cuda | cuda:N")
