@@ -38,9 +38,9 @@ def loopback_multicast():
 
 
 # Class-scoped, so it has stopped before test_a_stopped_server_says_goodbye starts its own: both are
-# "Resonance on <this host>", and zeroconf renames the second only if the first answers its probes within
-# ~0.5 s, which a loaded CI machine does not promise (then one name had two servers, and the browse resolved
-# the other one).
+# "Resonance on <this host>", and zeroconf renames the second only if the first answers one of its 3 probes
+# (500 ms apart) in time, which a loaded CI machine does not promise (then one name had two servers, and the
+# browse resolved the other one).
 @pytest.fixture(scope="class")
 def server(tmp_path_factory, tiny_bundle, loopback_multicast):
     root = tmp_path_factory.mktemp("announced")
