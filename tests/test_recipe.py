@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 
 from resonance.errors import ResonanceError
-from resonance.train.config import FULL_LEARNING_RATE, LORA_LEARNING_RATE, LORA_RECIPE, TrainConfig
+from resonance.train.config import (
+    BEFORE_KEEP,
+    FULL_LEARNING_RATE,
+    LORA_LEARNING_RATE,
+    LORA_RECIPE,
+    TrainConfig,
+)
 
 
 def _tiny_config(tiny_whisper, data, out, **options) -> TrainConfig:
@@ -101,8 +107,8 @@ def test_variant_options_are_checked():
 
 
 def test_the_default_recipe_is_the_studys_winner_as_eval_curve_runs_it():
-    """`resonance eval curve` with no recipe option trains exactly what the study's full-encoder-5e-5 runs
-    trained (README, "Recipe study"): the study's rows are the default's rows."""
+    """`resonance eval curve` with no recipe option trains exactly what the study's full-encoder-keep-last
+    runs trained (README, "Recipe study"): the study's rows are the default's rows."""
     from resonance.cli import build_parser
     from resonance.train.cli import CURVE_REQUIRED, _config_from_args
     from resonance.train.study import VARIANTS, variant_config
@@ -114,15 +120,19 @@ def test_the_default_recipe_is_the_studys_winner_as_eval_curve_runs_it():
     )
     args = build_parser().parse_args([*command.split(), "--seeds", "3"])
     curve = _resolved(_config_from_args(args, CURVE_REQUIRED))
-    study = _resolved(variant_config("full-encoder-5e-5", **where))
+    study = _resolved(variant_config("full-encoder-keep-last", **where))
     assert curve == study and curve["finetune"] == "full" and curve["adapt"] == "encoder"
-    assert curve["learning_rate"] == 5e-5
+    assert curve["learning_rate"] == 5e-5 and curve["keep"] == "last"
+    # The study's earlier winner differs from today's default in the kept step only.
+    before = _resolved(variant_config("full-encoder-5e-5", **where))
+    assert {k: v for k, v in before.items() if curve[k] != v} == {"keep": "best"}
     # The old default stays one flag away, and the study's name for it says what it is.
     lora = _resolved(variant_config("lora-both", **where))
     assert {k: v for k, v in lora.items() if curve[k] != v} == {
         "finetune": "lora",
         "adapt": "both",
         "learning_rate": LORA_LEARNING_RATE,
+        "keep": "best",
     }
     assert "default" not in VARIANTS  # a name that changes meaning when the default does
 
@@ -135,13 +145,17 @@ def test_saved_options_from_before_the_recipe_options_mean_the_lora_recipe():
     assert values == {
         "finetune": "lora",
         "adapt": "both",
+        "keep": "best",
         "lora_r": 16,
         "learning_rate": 5e-4,
         "data": "take1",
     }
     assert TrainConfig(**values).peak_learning_rate == 5e-4
-    assert TrainConfig.saved_values({}) == LORA_RECIPE
-    recent = {"finetune": "full", "adapt": "encoder", "learning_rate": 5e-5}
+    assert TrainConfig.saved_values({}) == {**LORA_RECIPE, **BEFORE_KEEP}
+    # Before --keep existed the best validation step was kept (and training stopped early), whatever the recipe.
+    before_keep = {"finetune": "full", "adapt": "encoder", "learning_rate": 5e-5}
+    assert TrainConfig.saved_values(before_keep) == {**before_keep, "keep": "best"}
+    recent = {**before_keep, "keep": "last"}
     assert TrainConfig.saved_values(recent) == recent  # what a file says wins
 
 
@@ -367,3 +381,36 @@ def test_curve_runs_each_size_and_seed_once_and_keeps_finished_runs(tmp_path, mo
     assert rows[0] is kept and [(r["size"], r["seed"]) for r in rows] == [(30, 5), (30, 6), (50, 5), (50, 6)]
     assert json.loads((tmp_path / "curve.json").read_text())[0]["marker"] is True
     assert (tmp_path / "curve.md").is_file() and (tmp_path / "curve.png").is_file()
+
+
+@pytest.mark.parametrize("keep, steps, kept_step", [("last", 8, 8), ("best", 6, 2)])
+def test_keep_last_trains_every_step_and_keep_best_stops_early(
+    tiny_whisper, demo_data, tmp_path, monkeypatch, keep, steps, kept_step
+):
+    """Validation is right at its first evaluation (step 2) and wrong after. --keep best (the rule before the
+    recipe study) keeps step 2 and stops after --patience 2 evaluations without improvement; --keep last, the
+    default, trains all 8 steps and keeps them: a few validation phrases are too noisy to pick a step."""
+    from resonance.train import trainer
+
+    decodes = []
+
+    def validation_right_only_at_step_2(model, fe, tok, examples, *rest, **options):
+        decodes.append(len(examples))
+        first_validation = len(decodes) == 2  # decode 1 is the generic model's, before training
+        return [e.text for e in examples] if first_validation else [""] * len(examples)
+
+    monkeypatch.setattr(trainer, "_transcribe", validation_right_only_at_step_2)
+    out = tmp_path / keep
+    config = _tiny_config(tiny_whisper, demo_data, out, max_steps=8, evals_per_epoch=3.0, patience=2)
+    assert TrainConfig().keep == "last"
+    report = trainer.train(dataclasses.replace(config, keep=keep))
+    assert report["keep"] == keep and report["steps"] == steps and report["best_step"] == kept_step
+    assert [s for s, _ in report["history"]["val"]] == list(range(2, steps + 1, 2))
+    # Validation picked the step only with --keep best: only then is measuring on it optimistic.
+    assert ("optimistic" in report["eval_source"]) == (keep == "best")
+    text = (out / "report.txt").read_text(encoding="utf-8")
+    assert ("optimistic" in text) == (keep == "best")
+    if keep == "last":
+        assert f"kept the weights after the last step ({steps}) (validation CER there 1.000)" in text
+    else:
+        assert f"kept the weights of step 2 of {steps} (validation CER 0.000)" in text

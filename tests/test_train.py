@@ -198,7 +198,7 @@ def test_yaml_config_values_take_their_options_types(tiny_whisper, demo_data, tm
     # YAML reads 5e-4 as a string and q_proj,v_proj as one string; data and out come only from the file.
     config.write_text(
         f"data: {demo_data}\nout: {out}\nfinetune: lora\nadapt: both\nlearning_rate: 5e-4\n"
-        "target_modules: q_proj,v_proj\naugment: 'no'\npatience: '2'\nmax_train_samples: null\n",
+        "target_modules: q_proj,v_proj\naugment: 'no'\nkeep: best\npatience: '2'\nmax_train_samples: null\n",
         encoding="utf-8",
     )
     proc = run_cli("train", "--config", config, *_tiny_train_args(tiny_whisper))
@@ -217,7 +217,8 @@ def test_yaml_config_values_take_their_options_types(tiny_whisper, demo_data, tm
         "v_proj",
     }
 
-    # Without --eval-data the report says its accuracy comes from the validation split, i.e. is optimistic.
+    # Without --eval-data, and validation picking the step (keep: best), the report says its accuracy comes
+    # from the validation split, i.e. is optimistic.
     report = json.loads((out / "report.json").read_text())
     assert report["eval_is_validation"] is True and "optimistic" in report["eval_source"]
     text = (out / "report.txt").read_text()

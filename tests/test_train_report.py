@@ -266,6 +266,11 @@ def test_report_shows_hypotheses_in_simplified_but_keeps_them_raw_in_json(tmp_pa
     assert any("optimistic" in w for w in written["warnings"])
     assert any("偏乐观" in a["zh"] for a in written["advice"])
     assert not any("optimistic" in w for w in write_report(tmp_path, _report())["warnings"])
+    # --keep last (the default): validation only measured, it picked nothing, so its number is fair.
+    fair = write_report(tmp_path, _report(utterances=rows, eval_is_validation=True, keep="last"))
+    assert not any("optimistic" in w for w in fair["warnings"])
+    assert any("held out of training" in w for w in fair["warnings"])
+    assert any("没有参与训练" in a["zh"] for a in fair["advice"])
 
 
 def test_overfitting_warning_only_when_an_earlier_step_was_kept():

@@ -177,7 +177,7 @@ def advice(report: dict) -> list[Advice]:
                 "Few distinct phrases: the model may only learn these. Vary the phrases.",
             )
         )
-    if report.get("eval_is_validation"):
+    if report.get("eval_is_validation") and _kept_best(report):
         found.append(
             Advice(
                 "检验用的句子也参与了挑选模型，所以上面的结果偏乐观：把句子再录一遍用来检验更公平。",
@@ -187,7 +187,19 @@ def advice(report: dict) -> list[Advice]:
                 "personalised accuracy above is optimistic. Pass a second take as --eval-data for a fair measure.",
             )
         )
-    rose = overfitting_warning(
+    elif report.get("eval_is_validation"):
+        found.append(
+            Advice(
+                "检验用的句子没有参与训练：上面是模型对没录过的句子的表现，录过的句子通常认得更准。"
+                "把句子再录一遍用来检验，结果更全面。",
+                "The phrases used to check were left out of training: the result above is for phrases it never "
+                "heard from you; the recorded ones usually do better. Record the phrases once more to check with.",
+                "The evaluation recordings are the validation phrases, held out of training: unseen phrases "
+                "only, so the measure is fair but harsh. Pass a second take as --eval-data to measure the "
+                "recorded phrases too.",
+            )
+        )
+    rose = _kept_best(report) and overfitting_warning(
         report["history"].get("val", []), report["best_step"], report.get("selection_margin") or 0.0
     )
     if rose:
@@ -384,12 +396,24 @@ def technical_lines(report: dict) -> list[str]:
     return lines
 
 
+def _kept_best(report: dict) -> bool:
+    """Whether validation picked the kept step (--keep best; reports made before --keep existed all did)."""
+    return report.get("keep", "best") == "best"
+
+
 def kept_step_line(report: dict) -> str:
     """Which step's weights the adapter holds, and why (never "kept 0": without validation it is the last)."""
     if not report["history"].get("val"):
         return (
             f"no validation phrases (--val-fraction 0): the weights after the last step ({report['steps']}) "
             "were kept"
+        )
+    if not _kept_best(report):
+        last = report.get("best_val_cer")
+        last_text = "" if last is None else f" (validation CER there {last:.3f})"
+        return (
+            f"kept the weights after the last step ({report['steps']}){last_text}: every epoch is trained "
+            "(--keep last)"
         )
     margin = report.get("selection_margin")
     rule = "the lowest" if margin is None else f"the latest within {margin:.3f} of the lowest"

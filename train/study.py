@@ -24,8 +24,9 @@ from resonance.train.config import TrainConfig
 # name -> the options that make the variant, each spelt out in full (finetune, adapt, learning rate) so that a
 # name means the same recipe whatever TrainConfig's defaults are. The study's winner, full-encoder-5e-5, is
 # today's default; lora-both is the default before the study (it was called "default" then).
-LORA_BOTH = {"finetune": "lora", "adapt": "both"}  # LoRA r 16 on encoder and decoder, lr 5e-4
-FULL_ENCODER = {"finetune": "full", "adapt": "encoder", "learning_rate": 5e-5}
+# The rows before --keep existed kept the best validation step, with early stopping.
+LORA_BOTH = {"finetune": "lora", "adapt": "both", "keep": "best"}  # LoRA r 16 on encoder and decoder, lr 5e-4
+FULL_ENCODER = {"finetune": "full", "adapt": "encoder", "learning_rate": 5e-5, "keep": "best"}
 VARIANTS: dict[str, dict] = {
     "lora-both": LORA_BOTH,
     # where to adapt
@@ -55,6 +56,10 @@ VARIANTS: dict[str, dict] = {
     "full-encoder-smooth-0.1": {**FULL_ENCODER, "label_smoothing": 0.1},
     "full-encoder-12-epochs": {**FULL_ENCODER, "epochs": 12.0},
     "full-encoder-batch-4": {**FULL_ENCODER, "batch_size": 4},
+    # which weights are kept: every epoch trained and the last kept, validation only measuring
+    "full-encoder-keep-last": {**FULL_ENCODER, "keep": "last"},
+    # ... and no phrase held out for validation when the eval data measures the model anyway
+    "full-encoder-keep-last-all": {**FULL_ENCODER, "keep": "last", "val_fraction": 0.0},
 }
 
 

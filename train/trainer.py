@@ -1,8 +1,8 @@
 """Fine-tune an adapter on one person's recordings. Read top to bottom: this is the whole recipe.
 
 config -> data (+ held-out phrases) -> generic CER -> full fine-tuning of the encoder (or LoRA, on encoder
-and/or decoder) -> epochs with validation CER, best epoch kept, early stop -> CER of the adapted model
--> adapter folder + report
+and/or decoder) -> epochs with validation CER, the last kept (--keep best: the best, early stop) -> CER of
+the adapted model -> adapter folder + report
 """
 
 from __future__ import annotations
@@ -48,7 +48,8 @@ REPORTED_SETTINGS = (
     "seed",
     "eval_beams",
 )
-EVAL_IS_VALIDATION = "validation split (also used to pick the step: optimistic)"
+EVAL_IS_VALIDATION = "validation split (phrases held out of training)"
+EVAL_IS_SELECTING_VALIDATION = "validation split (also used to pick the step: optimistic)"
 # Options that a checkpoint's weights, data split and optimiser state depend on: resuming with other values
 # would silently mix two runs (peft loads LoRA weights non-strictly; the restored optimiser keeps its own
 # learning rate). Steps, epochs, patience, eval data and the machine may change.
@@ -260,17 +261,8 @@ def train(
                     val_set, _transcribe(model, feature_extractor, tokenizer, val_set, window, config)
                 )
                 history["val"].append([step, val_cer])
-                lowest = min(v for _, v in history["val"])
-                margin = selection_margin(config.selection_tolerance, lowest, val_chars)
-                if val_cer <= lowest + margin:  # the best so far, or a later one as good within the noise
-                    best = {
-                        "cer": val_cer,
-                        "step": step,
-                        "state": adaptation.trained_state(model, config),
-                    }
-                    bad_evals = 0
-                else:
-                    bad_evals += 1
+                if config.keep == "best":
+                    best, bad_evals = _track_best(best, bad_evals, history["val"], val_chars, model, config)
                 # Written under a temporary name and renamed: a run killed mid-write keeps the previous one.
                 with atomic_file(checkpoint_path) as tmp_checkpoint:
                     torch.save(
@@ -286,7 +278,7 @@ def train(
                         },
                         tmp_checkpoint,
                     )
-                if config.patience and bad_evals >= config.patience:
+                if config.keep == "best" and config.patience and bad_evals >= config.patience:
                     log.info(
                         "validation CER has not improved for %d evaluations: stopping at step %d",
                         bad_evals,
@@ -296,8 +288,11 @@ def train(
     progress.close()
     train_seconds = time.perf_counter() - started
 
-    # --- keep the best epoch, measure the adapted model on the eval data
-    if best["state"] is not None:
+    # --- keep the last weights (or, with --keep best, the best evaluation's), measure them on the eval data
+    if config.keep == "last":
+        last_val = history["val"][-1][1] if history["val"] else None
+        best = {"cer": last_val, "step": step, "state": None}
+    elif best["state"] is not None:
         adaptation.load_trained_state(model, best["state"], config)
     after_hyps = _transcribe(
         model, feature_extractor, tokenizer, eval_set, window, config, beams=config.eval_beams
@@ -309,7 +304,8 @@ def train(
         "cer_before": cer_before,
         "cer_after": cer_after,
         "improved": cer_after < cer_before,
-        "eval_source": recordings.eval_source or EVAL_IS_VALIDATION,
+        "eval_source": recordings.eval_source
+        or (EVAL_IS_SELECTING_VALIDATION if config.keep == "best" else EVAL_IS_VALIDATION),
         "eval_is_validation": not recordings.eval,
         "n_train": len(train_set),
         "n_validation": len(val_set),
@@ -319,13 +315,14 @@ def train(
         "phrases": recordings.recorded_phrases(),
         "window_seconds": window,
         "steps": step,
+        "keep": config.keep,
         "best_step": best["step"],
-        "best_val_cer": None if best["state"] is None else best["cer"],
+        "best_val_cer": best["cer"] if history["val"] else None,
         "selection_margin": (
             round(
                 selection_margin(config.selection_tolerance, min(v for _, v in history["val"]), val_chars), 4
             )
-            if history["val"]
+            if history["val"] and config.keep == "best"
             else None
         ),
         "train_seconds": round(train_seconds, 1),
@@ -424,6 +421,16 @@ def _load_checkpoint(path: Path, config: TrainConfig) -> dict | None:
 def _resolved(config: TrainConfig) -> dict:
     """The options as used: the learning rate's default depends on --finetune, so it is written out."""
     return {**config.to_json(), "learning_rate": config.peak_learning_rate}
+
+
+def _track_best(best: dict, bad_evals: int, val_history: list, val_chars: int, model, config: TrainConfig):
+    """--keep best: the latest evaluation is the new best if it is within the noise margin of the lowest
+    validation CER so far; otherwise one more evaluation without improvement."""
+    step, val_cer = val_history[-1]
+    lowest = min(v for _, v in val_history)
+    if val_cer <= lowest + selection_margin(config.selection_tolerance, lowest, val_chars):
+        return {"cer": val_cer, "step": step, "state": adaptation.trained_state(model, config)}, 0
+    return best, bad_evals + 1
 
 
 def selection_margin(configured: float | None, lowest_cer: float, n_chars: int) -> float:

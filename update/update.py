@@ -187,7 +187,7 @@ def training_config(options: UpdateOptions, made_with: Dict[str, Any], first_n: 
             "data": str(options.data),
             "out": str(options.out),
             # Judged on the held-out new recordings; no phrase is held out of training (val_fraction 0): every
-            # phrase the patient recorded is learnt, and the held-out recordings say when to keep which step.
+            # phrase the patient recorded is learnt, the last step is kept, and the held-out recordings judge it.
             "eval_data": str(options.new),
             "val_fraction": 0.0,
             "max_train_samples": first_n,
