@@ -60,6 +60,7 @@ VARIANTS: dict[str, dict] = {
     "full-encoder-keep-last": {**FULL_ENCODER, "keep": "last"},
     # ... and no phrase held out for validation when the eval data measures the model anyway
     "full-encoder-keep-last-all": {**FULL_ENCODER, "keep": "last", "val_fraction": 0.0},
+    "lora-both-keep-last": {**LORA_BOTH, "keep": "last"},
 }
 
 

@@ -254,7 +254,11 @@ def train(
             samples_seen += len(batch)
             history["loss"].append([step, loss.item()])
             progress.update(1)
-            progress.set_postfix(loss=f"{loss.item():.3f}", best_val_cer=_fmt(best["cer"]))
+            if config.keep == "best":
+                progress.set_postfix(loss=f"{loss.item():.3f}", best_val_cer=_fmt(best["cer"]))
+            else:
+                last_val = history["val"][-1][1] if history["val"] else math.inf
+                progress.set_postfix(loss=f"{loss.item():.3f}", val_cer=_fmt(last_val))
 
             if val_set and (step % eval_every == 0 or step == max_steps):
                 val_cer, _ = score(
