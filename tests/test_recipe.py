@@ -405,6 +405,8 @@ def test_keep_last_trains_every_step_and_keep_best_stops_early(
     assert TrainConfig().keep == "last"
     report = trainer.train(dataclasses.replace(config, keep=keep))
     assert report["keep"] == keep and report["steps"] == steps and report["best_step"] == kept_step
+    # The technician's settings say the rule and the learning rate used (not "None" for a default).
+    assert report["settings"]["keep"] == keep and report["settings"]["learning_rate"] == FULL_LEARNING_RATE
     assert [s for s, _ in report["history"]["val"]] == list(range(2, steps + 1, 2))
     # Validation picked the step only with --keep best: only then is measuring on it optimistic.
     assert ("optimistic" in report["eval_source"]) == (keep == "best")

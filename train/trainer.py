@@ -47,6 +47,7 @@ REPORTED_SETTINGS = (
     "epochs",
     "seed",
     "eval_beams",
+    "keep",
 )
 EVAL_IS_VALIDATION = "validation split (phrases held out of training)"
 EVAL_IS_SELECTING_VALIDATION = "validation split (also used to pick the step: optimistic)"
@@ -340,7 +341,7 @@ def train(
         ],
         "data_seconds": round(sum(e.seconds for e in train_set), 1),
         "settings": {  # the ones a technician asks about first; train_config.json has every option
-            **{k: getattr(config, k) for k in REPORTED_SETTINGS},
+            **{k: v for k, v in _resolved(config).items() if k in REPORTED_SETTINGS},
             "window_seconds": window,
         },
     }
