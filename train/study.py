@@ -22,9 +22,10 @@ from resonance.fsutil import write_json_atomic, write_text_atomic
 from resonance.train.config import TrainConfig
 
 # name -> the options that make the variant, each spelt out in full (finetune, adapt, learning rate) so that a
-# name means the same recipe whatever TrainConfig's defaults are. The study's winner, full-encoder-5e-5, is
-# today's default; lora-both is the default before the study (it was called "default" then).
-# The rows before --keep existed kept the best validation step, with early stopping.
+# name means the same recipe whatever TrainConfig's defaults are. The study's winner, full-encoder-5e-5, with
+# the last epoch kept (full-encoder-keep-last) is today's default; lora-both is the default before the study
+# (it was called "default" then). The rows before --keep existed kept the best validation step, with early
+# stopping, so the variants they name say so.
 LORA_BOTH = {"finetune": "lora", "adapt": "both", "keep": "best"}  # LoRA r 16 on encoder and decoder, lr 5e-4
 FULL_ENCODER = {"finetune": "full", "adapt": "encoder", "learning_rate": 5e-5, "keep": "best"}
 VARIANTS: dict[str, dict] = {
