@@ -34,11 +34,24 @@ class Recordings:
 
     @classmethod
     def of(cls, config: TrainConfig) -> Recordings:
-        """``config.data`` (its first ``max_train_samples``) and ``config.eval_data``, labels checked."""
-        train = load_labels(config.data)[: config.max_train_samples]
+        """``config.data`` (``max_train_samples`` of it, see ``--pick``) and ``config.eval_data``, labels checked."""
+        train = training_subset(load_labels(config.data), config.max_train_samples, config.pick)
         if not config.eval_data:
             return cls(train)
         return cls(train, load_labels(config.eval_data), config.eval_data)
+
+
+def training_subset(utterances: list[Utterance], count: int | None, pick: str = "first") -> list[Utterance]:
+    """The ``count`` recordings a run trains on (all when None): the first as listed, or with pick "sounds" the
+    ones that hold the most different syllables (train/coverage.py), kept in their listed order."""
+    if count is None or count >= len(utterances):
+        return list(utterances)
+    if pick == "first":
+        return utterances[:count]
+    from resonance.train.coverage import order_by_sounds
+
+    chosen = {id(u) for u in order_by_sounds(utterances, text=lambda u: u.text)[:count]}
+    return [u for u in utterances if id(u) in chosen]
 
 
 @dataclass

@@ -62,6 +62,8 @@ VARIANTS: dict[str, dict] = {
     # ... and no phrase held out for validation when the eval data measures the model anyway
     "full-encoder-keep-last-all": {**FULL_ENCODER, "keep": "last", "val_fraction": 0.0},
     "lora-both-keep-last": {**LORA_BOTH, "keep": "last"},
+    # more steps for small takes: 30 recordings give 32 steps in 8 epochs, 100 give 96
+    "full-encoder-keep-last-16-epochs": {**FULL_ENCODER, "keep": "last", "epochs": 16.0},
 }
 
 

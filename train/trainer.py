@@ -57,6 +57,7 @@ EVAL_IS_SELECTING_VALIDATION = "validation split (also used to pick the step: op
 RESUME_MUST_MATCH = (
     "data",
     "max_train_samples",
+    "pick",
     "val_fraction",
     "seed",
     "base_model",

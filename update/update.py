@@ -98,10 +98,12 @@ def update(options: UpdateOptions, progress=print) -> UpdateResult:
     refuse_to_overwrite(options.out, options.force, "adapter")
     data = Path(options.data) if options.data else adapter_data(info, Path(options.adapter))
     options = dataclasses.replace(options, data=data)
-    # OLD as the current adapter saw it: a learning-curve run may have used only its first N recordings.
+    # OLD as the current adapter saw it: a learning-curve run may have used only N of its recordings.
+    from resonance.train.data import training_subset
+
     same_data = str(Path(info.train_config.get("data", "")).resolve()) == str(data.resolve())
     first_n = info.train_config.get("max_train_samples") if same_data else None
-    old = load_labels(data)[:first_n]
+    old = training_subset(load_labels(data), first_n, info.train_config.get("pick", "first"))
     new = load_labels(options.new)
     heard_before = set(previously_trained(Path(options.adapter)))
     fresh = [u for u in new if _key(u) not in heard_before and _key(u) not in {_key(o) for o in old}]
