@@ -120,6 +120,11 @@ class TrainConfig:
         help="weight of a KL term that keeps the trained decoder's next-token distribution near the "
         "generic decoder's on the same audio (0 = off; needs a trained decoder)",
     )
+    phone_ctc_weight: float = _option(
+        0.0,
+        help="weight of an auxiliary CTC loss that asks the encoder for each recording's Mandarin initials and "
+        "finals (train/phones.py; 0 = off; needs a trained encoder)",
+    )
     init_adapter: str | None = _option(
         None,
         help="start from this adapter's trained weights instead of from the base model (a warm start, as "
@@ -206,6 +211,8 @@ class TrainConfig:
         if self.distill_weight > 0 and self.adapt == "encoder":
             # The generic decoder is the teacher: with the decoder frozen, student and teacher are one model.
             self._bad("distill_weight", "needs a trained decoder (--adapt decoder or both)")
+        if self.phone_ctc_weight > 0 and self.adapt == "decoder":
+            self._bad("phone_ctc_weight", "shapes the encoder: use it with --adapt encoder or both")
         if not self.target_modules:
             self._bad("target_modules", "name at least one module, e.g. q_proj,v_proj")
         if not self.eval_data and self.val_fraction == 0:
@@ -272,7 +279,7 @@ _RANGES: tuple[tuple[tuple[str, ...], Callable[[Any], bool], str], ...] = (
         lambda v: v is None or v >= 1,
         "must be >= 1 (or unset; --adapt encoder freezes it)",
     ),
-    (("weight_decay", "patience", "distill_weight"), lambda v: v >= 0, "must be >= 0"),
+    (("weight_decay", "patience", "distill_weight", "phone_ctc_weight"), lambda v: v >= 0, "must be >= 0"),
     (("lora_dropout", "warmup_fraction", "label_smoothing"), lambda v: 0 <= v < 1, "must be in [0, 1)"),
     (("val_fraction",), lambda v: 0 <= v < 0.5, "must be in [0, 0.5)"),
     (("selection_tolerance",), lambda v: v is None or 0 <= v < 1, "must be a CER difference in [0, 1)"),

@@ -32,6 +32,19 @@ def _pinyin():
     return lambda text: lazy_pinyin(text, style=Style.NORMAL, errors="ignore")
 
 
+def pinyin_parts(text: str) -> List[str]:
+    """The initials and finals (toneless) of the Chinese characters in ``text``, in order: 我想 -> w o x iang."""
+    han = "".join(_HAN.findall(text))
+    if not han:
+        return []
+    _pinyin()  # the clear error when pypinyin is missing
+    from pypinyin import Style, lazy_pinyin
+
+    initials = lazy_pinyin(han, style=Style.INITIALS, strict=False, errors="ignore")
+    finals = lazy_pinyin(han, style=Style.FINALS, strict=False, errors="ignore")
+    return [part for pair in zip(initials, finals) for part in pair if part]
+
+
 def sounds(text: str) -> Set[str]:
     """The syllables of ``text``: toneless pinyin for Chinese characters, lower-cased words for the rest."""
     han = "".join(_HAN.findall(text))

@@ -30,6 +30,7 @@ from resonance.train.config import ADAPTER_FILES, TRAIN_CONFIG_FILE, WINDOW_CHOI
 from resonance.train.data import Augmenter, Example, Recordings, collate, load_examples, split_examples
 from resonance.train.distill import GenericDecoderTeacher, kl_to_teacher
 from resonance.train.evaluate import as_rows, score, transcribe_batch
+from resonance.train.phones import PHONE_HEAD_LEARNING_RATE, PhoneCTC
 from resonance.train.window import choose_window, shorten_audio_window
 
 log = logging.getLogger("resonance.train")
@@ -72,6 +73,7 @@ RESUME_MUST_MATCH = (
     "target_modules",
     "learning_rate",
     "distill_weight",
+    "phone_ctc_weight",
     "label_smoothing",
     "weight_decay",
     "init_adapter",
@@ -191,8 +193,19 @@ def train(
     steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
     max_steps = config.max_steps or max(1, round(config.epochs * steps_per_epoch))
     eval_every = max(1, round(steps_per_epoch / config.evals_per_epoch))
+    # The auxiliary head is new and random: it learns at its own, larger rate (train/phones.py).
+    phone_head = (
+        PhoneCTC(model.config.d_model, [e.text for e in train_set], device)
+        if config.phone_ctc_weight > 0
+        else None
+    )
     optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad],
+        [{"params": [p for p in model.parameters() if p.requires_grad]}]
+        + (
+            [{"params": list(phone_head.proj.parameters()), "lr": PHONE_HEAD_LEARNING_RATE}]
+            if phone_head
+            else []
+        ),
         lr=config.peak_learning_rate,
         weight_decay=config.weight_decay,
     )
@@ -213,6 +226,8 @@ def train(
         scheduler.load_state_dict(checkpoint["scheduler"])
         step, history, best = checkpoint["step"], checkpoint["history"], checkpoint["best"]
         bad_evals = checkpoint["bad_evals"]
+        if phone_head is not None and checkpoint.get("phone_head"):
+            phone_head.proj.load_state_dict(checkpoint["phone_head"])
         log.info("resumed from step %d of %d", step, max_steps)
 
     # --- the loop
@@ -245,6 +260,10 @@ def train(
                 if teacher is not None:
                     generic = teacher.logits(decoder_input, output.encoder_last_hidden_state)
                     loss = loss + config.distill_weight * kl_to_teacher(output.logits, generic, labels)
+                if phone_head is not None:
+                    loss = loss + config.phone_ctc_weight * phone_head.loss(
+                        output.encoder_last_hidden_state, [e.text for e in batch], [e.seconds for e in batch]
+                    )
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
@@ -281,6 +300,7 @@ def train(
                             "best": best,
                             "bad_evals": bad_evals,
                             "config": _resolved(config),
+                            "phone_head": phone_head.proj.state_dict() if phone_head is not None else None,
                         },
                         tmp_checkpoint,
                     )
