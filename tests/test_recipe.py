@@ -416,3 +416,49 @@ def test_keep_last_trains_every_step_and_keep_best_stops_early(
         assert f"kept the weights after the last step ({steps}) (validation CER there 1.000)" in text
     else:
         assert f"kept the weights of step 2 of {steps} (validation CER 0.000)" in text
+
+
+def test_average_epochs_keeps_the_mean_of_the_last_epoch_ends(
+    tiny_whisper, demo_data, tmp_path, monkeypatch, no_decoding
+):
+    """--average-epochs 2: the adapter holds the mean of the weights at the end of the last two epochs (the
+    final weights among them), not the final weights alone; it is refused with --keep best or below 1."""
+    import math
+
+    import torch
+    from safetensors.torch import load_file
+
+    from resonance.train import trainer
+    from resonance.train.adaptation import FULL_WEIGHTS
+
+    averaged_at, added = [], []
+    real_due, real_add = trainer.EpochAverage.due, trainer.EpochAverage.add
+
+    def due(self, step):
+        if real_due(self, step):
+            averaged_at.append(step)
+            return True
+        return False
+
+    def add(self, state):
+        added.append({k: v.clone() for k, v in state.items()})
+        real_add(self, state)
+
+    monkeypatch.setattr(trainer.EpochAverage, "due", due)
+    monkeypatch.setattr(trainer.EpochAverage, "add", add)
+    out = tmp_path / "avg"
+    config = _tiny_config(
+        tiny_whisper, demo_data, out, finetune="full", adapt="encoder", learning_rate=1e-2, max_steps=None
+    )
+    report = trainer.train(dataclasses.replace(config, epochs=3.0, average_epochs=2))
+    per_epoch = math.ceil(report["n_train"] / config.batch_size)
+    assert report["steps"] == 3 * per_epoch and averaged_at == [2 * per_epoch, 3 * per_epoch]
+    saved = load_file(str(out / FULL_WEIGHTS))
+    final = added[-1]
+    assert all(torch.allclose(saved[k], (added[0][k] + final[k]) / 2, atol=1e-6) for k in saved)
+    assert any(not torch.equal(saved[k], final[k]) for k in saved)  # not the final weights alone
+    assert json.loads((out / "train_config.json").read_text())["average_epochs"] == 2
+
+    for bad in (dict(average_epochs=2, keep="best"), dict(average_epochs=0)):
+        with pytest.raises(ResonanceError, match="average_epochs"):
+            TrainConfig(data="d", out="o", **bad)

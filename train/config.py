@@ -153,6 +153,13 @@ class TrainConfig:
         "step with the best validation CER (see --selection-tolerance) and stop early after --patience "
         "evaluations without improvement (the rule before the recipe study)",
     )
+    # Checkpoint averaging (as ESPnet and fairseq average their last checkpoints): the mean of the weights at
+    # several epoch ends, a cheaper cousin of averaging whole runs ("model soup", README "Recipe study").
+    average_epochs: int = _option(
+        1,
+        help="with --keep last: keep the mean of the weights at the end of the last N epochs instead of the "
+        "final weights alone (1 = the final weights)",
+    )
     patience: int = _option(
         3, help="with --keep best: evaluations without improvement before stopping early (0 = never)"
     )
@@ -213,6 +220,8 @@ class TrainConfig:
             self._bad("distill_weight", "needs a trained decoder (--adapt decoder or both)")
         if self.phone_ctc_weight > 0 and self.adapt == "decoder":
             self._bad("phone_ctc_weight", "shapes the encoder: use it with --adapt encoder or both")
+        if self.average_epochs > 1 and self.keep != "last":
+            self._bad("average_epochs", "averages the last epochs' weights: use it with --keep last")
         if not self.target_modules:
             self._bad("target_modules", "name at least one module, e.g. q_proj,v_proj")
         if not self.eval_data and self.val_fraction == 0:
@@ -270,7 +279,11 @@ class TrainConfig:
 
 # The numeric options' ranges: (options, test each value must pass, what the error says).
 _RANGES: tuple[tuple[tuple[str, ...], Callable[[Any], bool], str], ...] = (
-    (("lora_r", "lora_alpha", "batch_size", "eval_beams"), lambda v: v >= 1, "must be >= 1"),
+    (
+        ("lora_r", "lora_alpha", "batch_size", "eval_beams", "average_epochs"),
+        lambda v: v >= 1,
+        "must be >= 1",
+    ),
     (("max_steps", "max_train_samples", "threads"), lambda v: v is None or v >= 1, "must be >= 1 (or unset)"),
     (("epochs", "evals_per_epoch"), lambda v: v > 0, "must be > 0"),
     (("learning_rate",), lambda v: v is None or v > 0, "must be > 0 (or unset)"),

@@ -64,6 +64,8 @@ VARIANTS: dict[str, dict] = {
     "lora-both-keep-last": {**LORA_BOTH, "keep": "last"},
     # more steps for small takes: 30 recordings give 32 steps in 8 epochs, 100 give 96
     "full-encoder-keep-last-16-epochs": {**FULL_ENCODER, "keep": "last", "epochs": 16.0},
+    # the mean of the weights at the end of the last 4 of 8 epochs (checkpoint averaging)
+    "full-encoder-average-4": {**FULL_ENCODER, "keep": "last", "average_epochs": 4},
 }
 
 

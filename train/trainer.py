@@ -49,6 +49,7 @@ REPORTED_SETTINGS = (
     "seed",
     "eval_beams",
     "keep",
+    "average_epochs",
 )
 EVAL_IS_VALIDATION = "validation split (phrases held out of training)"
 EVAL_IS_SELECTING_VALIDATION = "validation split (also used to pick the step: optimistic)"
@@ -74,6 +75,7 @@ RESUME_MUST_MATCH = (
     "learning_rate",
     "distill_weight",
     "phone_ctc_weight",
+    "average_epochs",
     "label_smoothing",
     "weight_decay",
     "init_adapter",
@@ -219,6 +221,9 @@ def train(
     history: dict[str, list] = {"loss": [], "val": []}
     best = {"cer": math.inf, "step": 0, "state": None}
     step, bad_evals = 0, 0
+    average = (
+        EpochAverage(config.average_epochs, steps_per_epoch, max_steps) if config.average_epochs > 1 else None
+    )
     if checkpoint is not None:
         weights = checkpoint["weights"] if "weights" in checkpoint else checkpoint["lora"]  # older: LoRA only
         adaptation.load_trained_state(model, weights, config)
@@ -228,6 +233,8 @@ def train(
         bad_evals = checkpoint["bad_evals"]
         if phone_head is not None and checkpoint.get("phone_head"):
             phone_head.proj.load_state_dict(checkpoint["phone_head"])
+        if average is not None and checkpoint.get("average"):
+            average.total, average.count = checkpoint["average"]["total"], checkpoint["average"]["count"]
         log.info("resumed from step %d of %d", step, max_steps)
 
     # --- the loop
@@ -272,6 +279,8 @@ def train(
             scaler.update()
             scheduler.step()
             step += 1
+            if average is not None and average.due(step):
+                average.add(adaptation.trained_state(model, config))
             samples_seen += len(batch)
             history["loss"].append([step, loss.item()])
             progress.update(1)
@@ -301,6 +310,11 @@ def train(
                             "bad_evals": bad_evals,
                             "config": _resolved(config),
                             "phone_head": phone_head.proj.state_dict() if phone_head is not None else None,
+                            "average": (
+                                {"total": average.total, "count": average.count}
+                                if average is not None
+                                else None
+                            ),
                         },
                         tmp_checkpoint,
                     )
@@ -318,6 +332,9 @@ def train(
     if config.keep == "last":
         last_val = history["val"][-1][1] if history["val"] else None
         best = {"cer": last_val, "step": step, "state": None}
+        if average is not None and average.count:
+            log.info("keeping the mean of the weights at the end of the last %d epoch(s)", average.count)
+            adaptation.load_trained_state(model, average.mean(), config)
     elif best["state"] is not None:
         adaptation.load_trained_state(model, best["state"], config)
     after_hyps = _transcribe(
@@ -498,6 +515,29 @@ def smoothed_loss(logits, labels, config):
         ignore_index=-100,
         label_smoothing=config.label_smoothing,
     )
+
+
+class EpochAverage:
+    """The running mean of the trained tensors at the end of each of the last ``epochs`` epochs (checkpoint
+    averaging): the weights of one run at several points, which smooths the last steps' noise for free."""
+
+    def __init__(self, epochs: int, steps_per_epoch: int, max_steps: int) -> None:
+        self.first_step = max_steps - epochs * steps_per_epoch  # averaging starts after this step
+        self.steps_per_epoch, self.max_steps = steps_per_epoch, max_steps
+        self.total: dict | None = None
+        self.count = 0
+
+    def due(self, step: int) -> bool:
+        epoch_end = step % self.steps_per_epoch == 0 or step == self.max_steps
+        return epoch_end and step > self.first_step
+
+    def add(self, state: dict) -> None:
+        state = {k: v.float() for k, v in state.items()}
+        self.total = state if self.total is None else {k: self.total[k] + v for k, v in state.items()}
+        self.count += 1
+
+    def mean(self) -> dict:
+        return {k: v / self.count for k, v in self.total.items()}
 
 
 def _warmup_then_linear_decay(warmup: int, total: int):
