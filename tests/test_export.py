@@ -499,8 +499,34 @@ def test_cli_refuses_existing_out(run_cli, base_bundle, tiny_whisper):
 # the real whisper-base
 
 
+@pytest.fixture(scope="module")
+def _onnx_exports(tmp_path_factory) -> dict:
+    return {"folder": tmp_path_factory.mktemp("onnx-exports")}
+
+
+@pytest.fixture
+def reused_onnx_export(_onnx_exports, monkeypatch):
+    """Optimum's ONNX export of one model, made once for this file: the tests below export whisper-base three
+    times (fp32, int8 refused, int8), and its tracing is the slow step. Each export still quantises, checks
+    parity and writes its bundle from the same ONNX files the first one traced."""
+    from resonance.export import onnx_export
+
+    real = onnx_export.export_onnx
+
+    def export_once(model, raw, dynamic_window=False):
+        key = f"{model.config._name_or_path}|{model.config.max_source_positions}|{dynamic_window}"
+        if key not in _onnx_exports:
+            real(model, raw, dynamic_window)
+            _onnx_exports[key] = shutil.copytree(raw, _onnx_exports["folder"] / str(len(_onnx_exports)))
+        else:
+            shutil.copytree(_onnx_exports[key], raw, dirs_exist_ok=True)
+        return raw / "encoder_model.onnx", raw / "decoder_model_merged.onnx"
+
+    monkeypatch.setattr(onnx_export, "export_onnx", export_once)
+
+
 @pytest.mark.slow
-def test_whisper_base_runtime_matches_pytorch(whisper_base, tmp_path):
+def test_whisper_base_runtime_matches_pytorch(whisper_base, tmp_path, reused_onnx_export):
     import torch
     from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
@@ -527,7 +553,7 @@ def test_whisper_base_runtime_matches_pytorch(whisper_base, tmp_path):
 
 
 @pytest.mark.slow
-def test_whisper_base_int8_within_tolerance(whisper_base, tmp_path):
+def test_whisper_base_int8_within_tolerance(whisper_base, tmp_path, reused_onnx_export):
     """The *generic* model on the demo's dysarthric clips: with per-channel weights (the default preset) its
     greedy path falls apart (measured: +54 points of CER), which the parity check refuses with what to try;
     one scale per matrix passes. (A personal model is the other way round: README, Speed.)"""
