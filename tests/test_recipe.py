@@ -458,6 +458,11 @@ def test_average_epochs_keeps_the_mean_of_the_last_epoch_ends(
     assert all(torch.allclose(saved[k], (added[0][k] + final[k]) / 2, atol=1e-6) for k in saved)
     assert any(not torch.equal(saved[k], final[k]) for k in saved)  # not the final weights alone
     assert json.loads((out / "train_config.json").read_text())["average_epochs"] == 2
+    report_text = (out / "report.txt").read_text(encoding="utf-8")
+    assert (
+        f"kept the mean of the weights at the end of the last 2 epochs, up to the last step ({report['steps']})"
+        in (report_text)
+    )
 
     for bad in (dict(average_epochs=2, keep="best"), dict(average_epochs=0)):
         with pytest.raises(ResonanceError, match="average_epochs"):

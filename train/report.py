@@ -403,6 +403,12 @@ def _kept_best(report: dict) -> bool:
 
 def kept_step_line(report: dict) -> str:
     """Which step's weights the adapter holds, and why (never "kept 0": without validation it is the last)."""
+    averaged = (report.get("settings") or {}).get("average_epochs", 1)
+    if averaged > 1:
+        return (
+            f"kept the mean of the weights at the end of the last {averaged} epochs, up to the last step "
+            f"({report['steps']}) (--average-epochs {averaged})"
+        )
     if not report["history"].get("val"):
         return (
             f"no validation phrases (--val-fraction 0): the weights after the last step ({report['steps']}) "
