@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "  open https://<LAN-IP>:8000/ on the phone (trust http://<LAN-IP>:8080/ca.crt once first)\n",
         _run_serve,
     )
-    _add_config_option(p)
+    add_config_option(p)
     p.add_argument(
         "--models", required=True, help="folder with one bundle folder per patient (folder = patient id)"
     )
@@ -190,7 +190,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         _run_install_service,
     )
     p.add_argument("--models", default="bundles", help="folder of patient bundles (default ./bundles)")
-    _add_config_option(p, beam=False)
+    add_config_option(p, beam=False)
     p.add_argument("--user", help="account the server runs as (default: you; under sudo, the sudo user)")
     p.add_argument(
         "--unit-dir", default="/etc/systemd/system", help="where the unit goes (default %(default)s)"
@@ -226,7 +226,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         _run_transcribe,
     )
     p.add_argument("--bundle", required=True, help="a bundle folder made by `resonance export`")
-    _add_config_option(p)
+    add_config_option(p)
     p.add_argument(
         "files",
         nargs="+",
@@ -250,7 +250,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         _run_listen,
     )
     p.add_argument("--bundle", required=True, help="a bundle folder made by `resonance export`")
-    _add_config_option(p)
+    add_config_option(p)
     p.add_argument("--device", help="input device number or name (default: the system's default microphone)")
     p.add_argument(
         "--end-silence",
@@ -465,11 +465,14 @@ def _add_mode_option(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_config_option(p: argparse.ArgumentParser, beam: bool = True) -> None:
+def add_config_option(p: argparse.ArgumentParser, beam: bool = True, purpose: str = "") -> None:
+    """--config (and --beam-size): how every command that decodes runs the bundle (serve, transcribe, listen,
+    and update's judge, which must hear the held-out recordings as the device will)."""
     p.add_argument(
         "--config",
         default="pc-cpu",
-        help="device config: pc-cpu, pc-cuda, jetson-orin-nano, jetson-agx-orin, or a YAML path (default pc-cpu)",
+        help=f"device config{purpose}: pc-cpu, pc-cuda, jetson-orin-nano, jetson-agx-orin, or a YAML path "
+        "(default pc-cpu)",
     )
     if beam:
         p.add_argument(
@@ -482,7 +485,7 @@ def _add_config_option(p: argparse.ArgumentParser, beam: bool = True) -> None:
         )
 
 
-def _device_config(args: argparse.Namespace, **changes: Any):
+def device_config_from_args(args: argparse.Namespace, **changes: Any):
     """The --config device config with the command line's overrides, re-validated like the YAML values."""
     from resonance.runtime.device_config import load_device_config
 
@@ -519,7 +522,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     from resonance.runtime.server.auth import token_note
     from resonance.runtime.server.https import choose_certificate, plain_http_port
 
-    config = _device_config(args, host=args.host)
+    config = device_config_from_args(args, host=args.host)
     if args.port is not None and not 0 <= args.port <= 65535:
         raise ResonanceError(f"--port {args.port} is out of range", "use 1-65535, or 0 for any free port")
     if args.retain_max_mb is not None and not args.retain_max_mb > 0:
@@ -693,7 +696,7 @@ def _run_transcribe(args: argparse.Namespace) -> int:
     from resonance.runtime.transcriber import Transcriber
 
     files = audio_files(args.files)  # before the model loads: a wrong folder is said at once
-    transcriber = Transcriber.for_device(args.bundle, _device_config(args))
+    transcriber = Transcriber.for_device(args.bundle, device_config_from_args(args))
     failures = 0
     for file in files:
         try:
@@ -752,7 +755,7 @@ def _run_listen(args: argparse.Namespace) -> int:
     from resonance.runtime.vad import VAD_KINDS, VadOptions
 
     device = int(args.device) if args.device and args.device.isdigit() else args.device
-    config = _device_config(args)
+    config = device_config_from_args(args)
     options = VadOptions(end_silence_s=args.end_silence)
     sinks = ResultSinks(args.post, speech_command(args.speak) if args.speak else None)
     listen(

@@ -8,11 +8,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-from helpers import DEMO_DATA
+from helpers import DEMO_DATA, write_config
 
 from resonance.errors import ResonanceError
 from resonance.runtime.board import RECORDED, read_board
 from resonance.runtime.bundle import load_manifest
+from resonance.runtime.decoding import DecodingOptions
 from resonance.runtime.versions import NOT_DEPLOYED, REPLACED, versions
 from resonance.update.judge import BROKEN, FIXED, RIGHT, judge_texts
 
@@ -109,6 +110,48 @@ def test_export_puts_every_recorded_phrase_on_the_board(first_adapter):
     from resonance.export.onnx_export import read_adapter
 
     assert read_adapter(first_adapter).phrases == report["phrases"]
+
+
+def test_the_judge_decodes_as_the_device_serving_the_bundle(monkeypatch, tmp_path, tiny_bundle):
+    """A device whose config decodes greedily must be judged greedily, not with the runtime's default 4 beams:
+    `update --config` (and `--beam-size`) reach the Transcribers the judge makes."""
+    from resonance.cli import main
+    from resonance.data.labels import load_labels
+    from resonance.runtime import transcriber as transcriber_module
+    from resonance.update import update as update_module
+    from resonance.update.judge import judge_bundles
+
+    class Stop(Exception):
+        pass
+
+    def capture(options, progress=print):
+        seen.append(options.decoding.beam_size)
+        raise Stop
+
+    seen: list = []
+    monkeypatch.setattr(update_module, "update", capture)
+    greedy_box = write_config(tmp_path / "box.yaml")  # decoding: {beam_size: 1}
+    common = ["update", "--adapter", "a", "--new", "n", "--bundle", "b", "--out", "o"]
+    for extra in ([], ["--config", str(greedy_box)], ["--config", str(greedy_box), "--beam-size", "3"]):
+        with pytest.raises(Stop):
+            main([*common, *extra])
+    assert seen == [4, 1, 3]  # pc-cpu's default, the box's greedy, the command line's choice
+
+    made = []
+
+    class Recorded(transcriber_module.Transcriber):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self.options.beam_size)
+
+    monkeypatch.setattr(transcriber_module, "Transcriber", Recorded)
+    held_out = load_labels(DEMO_DATA / "take2")[:2]
+    judged = judge_bundles(
+        tiny_bundle, tiny_bundle, held_out, threads=1, decoding=DecodingOptions(beam_size=1)
+    )
+    assert made == [1, 1] and judged.deploy  # the same bundle twice: no loss
+    judge_bundles(tiny_bundle, tiny_bundle, held_out[:1], threads=1)
+    assert made[2:] == [DecodingOptions().beam_size] * 2  # no config: the runtime's default
 
 
 def _warm_start(tiny_whisper, adapter, out, **changes) -> dict:

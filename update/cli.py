@@ -10,6 +10,7 @@ from pathlib import Path
 
 from resonance.cli_common import add_command
 from resonance.constants import OFFLINE_BASE_MODEL
+from resonance.runtime.cli import add_config_option, device_config_from_args
 from resonance.update.starts import DEFAULT_START, SCRATCH, STARTS, WARM
 
 UPDATE_EXAMPLES = """\
@@ -17,6 +18,7 @@ UPDATE_EXAMPLES = """\
       --bundle bundles/grandpa --out adapters/grandpa-2      # --data: the adapter's own, by default
   resonance update ... --judge-only          # train and judge, keep the served bundle whatever the result
   resonance update ... --start warm          # go on from the current adapter: a third of the time, less accurate
+  resonance update ... --config my-box.yaml  # judge as the serving device decodes (greedy there: --beam-size 1)
   resonance rollback --bundle bundles/grandpa   # put the previous bundle back
 --new is the folder `resonance serve --collect DIR` fills for the patient (DIR/<patient>, the standard
 audio/*.wav + labels.json). The served bundle is replaced unless the new model is worse on new recordings
@@ -107,6 +109,7 @@ def _register_update(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--device", help="torch device for training: auto, cpu, cuda (default: the adapter's recipe)"
     )
+    add_config_option(p, purpose=" of the device serving the bundle (the judge decodes as it does)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
@@ -190,6 +193,7 @@ def _run_update(args: argparse.Namespace) -> int:
             deploy=not args.judge_only,
             threads=args.threads,
             device=args.device,
+            decoding=device_config_from_args(args).decoding,
         )
     )
     print(json.dumps(as_json(result), ensure_ascii=False, indent=2) if args.json else result.summary())

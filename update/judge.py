@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from resonance.data.labels import Utterance
+from resonance.runtime.decoding import DecodingOptions
 from resonance.train.significance import WORSE as SIGNIFICANTLY_WORSE
 from resonance.train.significance import Comparison, char_errors, compare, phrase_errors
 
@@ -129,13 +130,18 @@ def decide(comparison: Comparison, rows: Sequence[Dict[str, Any]]) -> Tuple[bool
 
 
 def judge_bundles(
-    served: Path, candidate: Path, recordings: Sequence[Utterance], threads: Optional[int] = None
+    served: Path,
+    candidate: Path,
+    recordings: Sequence[Utterance],
+    threads: Optional[int] = None,
+    decoding: Optional[DecodingOptions] = None,
 ) -> Judgement:
-    """Transcribe ``recordings`` with both bundles (free text, the runtime) and judge."""
+    """Transcribe ``recordings`` with both bundles (free text, the runtime, decoding as ``decoding`` says:
+    the device's beams; None = the runtime's default) and judge."""
     from resonance.runtime.transcriber import Transcriber
 
     texts: List[List[str]] = []
     for bundle in (served, candidate):
-        transcriber = Transcriber(bundle, threads=threads)
+        transcriber = Transcriber(bundle, threads=threads, options=decoding)
         texts.append([transcriber.transcribe(u.audio, mode="free").text for u in recordings])
     return judge_texts([u.text for u in recordings], texts[0], texts[1], [u.rel for u in recordings])

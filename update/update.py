@@ -27,6 +27,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from resonance.data.labels import Utterance, load_labels
 from resonance.errors import ResonanceError
 from resonance.fsutil import refuse_to_overwrite, write_json_atomic, write_text_atomic
+from resonance.runtime.decoding import DecodingOptions
 from resonance.update.judge import Judgement, judge_bundles
 from resonance.update.starts import DEFAULT_START, STARTS, WARM
 
@@ -56,6 +57,9 @@ class UpdateOptions:
     deploy: bool = True  # False: judge only, keep the candidate aside
     threads: Optional[int] = None
     device: Optional[str] = None  # torch device for training (default: the adapter's recipe's, usually auto)
+    # How the device decodes the served bundle (its config's decoding: section, e.g. greedy on a slow box): the
+    # judge hears the held-out recordings the same way. None: the runtime's default (runtime/decoding.py).
+    decoding: Optional[DecodingOptions] = None
     force: bool = False  # replace an existing --out adapter
 
     def __post_init__(self) -> None:
@@ -136,7 +140,7 @@ def update(options: UpdateOptions, progress=print) -> UpdateResult:
 
     # --- judge on the held-out recordings, as the device runs both bundles
     progress(f"judging the new model against the served one on {len(held_out)} held-out recordings")
-    judgement = judge_bundles(served, candidate, held_out, threads=options.threads)
+    judgement = judge_bundles(served, candidate, held_out, options.threads, options.decoding)
     deployed = judgement.deploy and options.deploy
     if deployed:
         kept, now_at = deploy(served, candidate), served
@@ -166,6 +170,7 @@ def update(options: UpdateOptions, progress=print) -> UpdateResult:
         "candidate_at": str(now_at),
         "previous_kept_at": str(kept) if kept else None,
         "judgement": judgement.to_json(),
+        "judge_beam_size": (options.decoding or DecodingOptions()).beam_size,  # as the device decodes
         "seconds": round(time.perf_counter() - started, 1),
     }
     write_json_atomic(Path(options.out) / UPDATE_FILE, record)
