@@ -35,6 +35,7 @@ export: $(STAMP)    ## merge + export the adapter to an ONNX bundle for the devi
 	$(BIN)/resonance export $(if $(BASE_MODEL),--base-model $(BASE_MODEL)) --adapter $(ADAPTER) --out $(BUNDLE) --quantize $(QUANTIZE)
 
 serve: $(STAMP)     ## serve every bundle in $(MODELS) on the LAN (https), e.g. SERVE_ARGS="--auth --collect corrections"
+	@test -d "$(MODELS)" || { echo "make serve: no models folder '$(MODELS)'. Run 'make train' and 'make export' first (they write $(BUNDLE)), or name the folder that holds one bundle per patient: make serve MODELS=path/to/bundles" >&2; exit 2; }
 	$(BIN)/resonance serve --config $(CONFIG) --models $(MODELS) $(SERVE_ARGS)
 
 demo: $(STAMP)      ## the whole chain on the built-in clips, offline

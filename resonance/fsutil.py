@@ -213,12 +213,16 @@ def _real(path: Path) -> Path:
 # --- replacing an output -----------------------------------------------------------------------------------
 
 
-def refuse_to_overwrite(path: PathLike, force: bool, what: str, own: Sequence[str] = ()) -> None:
+def refuse_to_overwrite(
+    path: PathLike, force: bool, what: str, own: Sequence[str] = (), force_flag: Optional[str] = "--force"
+) -> None:
     """Stop before touching an existing output unless the user said --force, and even then unless it is ours.
 
     ``own``: file names of which at least one marks a folder as this command's earlier output (an adapter's
     train_config.json, a bundle's manifest.json). With ``own`` given, ``--force`` replaces only such a
     folder, never an arbitrary folder of the user's (their recordings, a project) nor a file.
+    ``force_flag``: the option the hint may offer (None: the command has none, e.g. `update`, which never
+    replaces an adapter).
     """
     path = Path(path)
     if not path.exists() and not path.is_symlink():
@@ -226,9 +230,13 @@ def refuse_to_overwrite(path: PathLike, force: bool, what: str, own: Sequence[st
     if path.is_dir() and not any(path.iterdir()):
         return  # an empty folder: nothing to lose
     if not force:
+        ours = not own or (path.is_dir() and not path.is_symlink() and any((path / m).is_file() for m in own))
+        kind = "folder" if path.is_dir() and not path.is_symlink() else "file"
+        named = f"{what} '{path}'" if ours else f"'{path}' (a {kind}, not {_a(what)})"
+        # Offer --force only where it would work: it never replaces a folder that is not ours.
+        offer = f", or pass {force_flag} to replace it" if force_flag and ours else " (nothing was changed)"
         raise ResonanceError(
-            f"{what} '{path}' already exists; refusing to overwrite it.",
-            "choose another output path, or pass --force to replace it",
+            f"{named} already exists; refusing to overwrite it.", f"choose another output path{offer}"
         )
     if not own:
         return

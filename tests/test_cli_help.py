@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import argparse
 import re
+import shutil
+import subprocess
+from pathlib import Path
 from typing import Iterator
+
+import pytest
 
 from resonance.cli import build_parser
 
@@ -66,3 +71,17 @@ def test_train_help_has_no_empty_defaults():
     parser = {path: p for path, p, _ in _commands(build_parser())}["resonance train"]
     text = " ".join(parser.format_help().split())  # argparse wraps lines anywhere
     assert "(default: )" not in text and "(default: None)" not in text
+
+
+def test_make_serve_without_a_models_folder_says_how_to_name_one(tmp_path):
+    """`make serve` on a fresh clone has no bundles/: the hint speaks make (MODELS=...), not only the CLI."""
+    if not shutil.which("make"):
+        pytest.skip("make is not installed")
+    root = Path(__file__).resolve().parents[1]
+    missing = tmp_path / "no-bundles"
+    # STAMP= : no install step; the check runs before the CLI would.
+    proc = subprocess.run(
+        ["make", "-s", "serve", f"MODELS={missing}", "STAMP="], cwd=root, capture_output=True, text=True
+    )
+    assert proc.returncode == 2
+    assert f"no models folder '{missing}'" in proc.stderr and "make serve MODELS=" in proc.stderr

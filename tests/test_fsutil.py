@@ -75,8 +75,10 @@ def test_refuse_overlap_allows_siblings_and_skips_missing_inputs(tmp_path, datas
 
 
 def test_force_replaces_only_a_folder_the_command_made(tmp_path, dataset):
-    with pytest.raises(ResonanceError, match="already exists"):
+    with pytest.raises(ResonanceError, match="already exists") as refused:
         refuse_to_overwrite(dataset, False, "adapter", own=("train_config.json",))
+    # The user's data folder is not called an adapter, and --force, which would be refused, is not offered.
+    assert "(a folder, not an adapter)" in refused.value.message and "--force" not in refused.value.hint
     with pytest.raises(ResonanceError, match=r"not an adapter made by resonance.*train_config\.json"):
         refuse_to_overwrite(dataset, True, "adapter", own=("train_config.json",))
     file = tmp_path / "notes.txt"
@@ -87,6 +89,12 @@ def test_force_replaces_only_a_folder_the_command_made(tmp_path, dataset):
     adapter.mkdir()
     (adapter / "train_config.json").write_text("{}", encoding="utf-8")
     refuse_to_overwrite(adapter, True, "adapter", own=("train_config.json",))  # ours: may be replaced
+    with pytest.raises(ResonanceError) as refused:
+        refuse_to_overwrite(adapter, False, "adapter", own=("train_config.json",))
+    assert refused.value.message.startswith("adapter '") and "pass --force" in refused.value.hint
+    with pytest.raises(ResonanceError) as refused:  # a command without --force (update) never offers it
+        refuse_to_overwrite(adapter, False, "adapter", own=("train_config.json",), force_flag=None)
+    assert "--force" not in refused.value.hint
     (tmp_path / "empty").mkdir()
     refuse_to_overwrite(tmp_path / "empty", False, "adapter", own=("train_config.json",))
 

@@ -68,6 +68,24 @@ def test_the_judge_counts_fixed_and_broken_and_deploys_unless_there_is_evidence_
     assert not judge_texts([], [], []).deploy  # nothing to judge on: nothing deployed
 
 
+def test_update_txt_counts_every_change_with_the_words_of_its_table():
+    """The summary counted a "closer" recording as "still wrong" while the table beside it said "closer"."""
+    from pathlib import Path
+
+    from resonance.update.judge import CHANGES
+    from resonance.update.update import UpdateResult, render_text
+
+    refs = ["我想喝水", "帮我开灯", "谢谢", "我饿了"]
+    judged = judge_texts(
+        refs, ["我想喝水", "帮我", "谢", "我给我来"], ["我想喝水", "帮我开灯", "谢", "我问了"]
+    )
+    text = render_text(UpdateResult(Path("a"), Path("b"), True, None, judged, 10, 5, 4, 90.0))
+    assert "fixed 1, broken 0, closer 1, further 0, right 1, same 1" in text
+    table = [line for line in text.splitlines() if line.count(" | ") == 3 and "served model" not in line]
+    assert sorted(line.rsplit(" | ", 1)[1] for line in table) == ["closer", "fixed", "right", "same"]
+    assert all(f"{change}: {meaning}" in text for change, meaning in CHANGES.items())  # each word explained
+
+
 def test_a_significant_loss_blocks_even_when_it_is_spread_evenly():
     from resonance.train.significance import WORSE
 
@@ -270,8 +288,9 @@ def test_update_refuses_before_any_training(first_adapter, tiny_bundle, tmp_path
         update(options)  # nothing worth an update, and nothing to judge on
     (tmp_path / "p1-2").mkdir()
     (tmp_path / "p1-2" / "adapter_config.json").write_text("{}")
-    with pytest.raises(ResonanceError, match="already exists"):
+    with pytest.raises(ResonanceError, match="already exists") as refused:
         update(options)  # an adapter of the user's is never overwritten
+    assert "--force" not in refused.value.hint  # update has no --force to offer
     with pytest.raises(ResonanceError, match="--held-out"):
         UpdateOptions(first_adapter, DEMO_DATA, DEMO_DATA, tmp_path, served, held_out=1.0)
 

@@ -33,6 +33,15 @@ BETTER = "closer"  # both wrong, the new one with fewer character errors
 WORSE = "further"  # both wrong, the new one with more
 RIGHT = "right"  # both right
 SAME = "same"  # both wrong, as many errors
+# Each change in words, in the order the summary counts them (update.txt explains them from here).
+CHANGES = {
+    FIXED: "wrong before, right now",
+    BROKEN: "right before, wrong now",
+    BETTER: "wrong both times, fewer character errors now",
+    WORSE: "wrong both times, more character errors now",
+    RIGHT: "right both times",
+    SAME: "wrong both times, as many character errors",
+}
 GAINS = (FIXED, BETTER)
 LOSSES = (BROKEN, WORSE)
 NET_LOSSES_THAT_BLOCK = 2  # worse on this many more held-out recordings than better: not a slip
@@ -53,13 +62,9 @@ class Judgement:
     def broken(self) -> List[str]:
         return [r["reference"] for r in self.rows if r["change"] == BROKEN]
 
-    @property
-    def still_right(self) -> int:
-        return sum(r["change"] == RIGHT for r in self.rows)
-
-    @property
-    def still_wrong(self) -> int:
-        return sum(r["change"] in (BETTER, WORSE, SAME) for r in self.rows)
+    def counts(self) -> Dict[str, int]:
+        """How many held-out recordings each change of :data:`CHANGES` has, in its order."""
+        return {change: sum(r["change"] == change for r in self.rows) for change in CHANGES}
 
     def to_json(self) -> Dict[str, Any]:
         return {

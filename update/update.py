@@ -28,7 +28,7 @@ from resonance.data.labels import Utterance, load_labels
 from resonance.errors import ResonanceError
 from resonance.fsutil import refuse_to_overwrite, write_json_atomic, write_text_atomic
 from resonance.runtime.decoding import DecodingOptions
-from resonance.update.judge import Judgement, judge_bundles
+from resonance.update.judge import CHANGES, Judgement, judge_bundles
 from resonance.update.starts import DEFAULT_START, STARTS, WARM
 
 log = logging.getLogger("resonance.update")
@@ -92,6 +92,7 @@ def update(options: UpdateOptions, progress=print) -> UpdateResult:
     from resonance.export.onnx_export import read_adapter
     from resonance.runtime.bundle import load_manifest
     from resonance.runtime.versions import NOT_DEPLOYED, deploy, keep
+    from resonance.train.config import ADAPTER_FILES
     from resonance.train.data import Recordings
     from resonance.train.trainer import train
 
@@ -99,7 +100,8 @@ def update(options: UpdateOptions, progress=print) -> UpdateResult:
     served = Path(options.bundle)
     manifest = load_manifest(served, verify=False)  # the served bundle, before hours of work
     info = read_adapter(Path(options.adapter))
-    refuse_to_overwrite(options.out, options.force, "adapter")
+    # No --force on `update`: a new adapter never replaces one (the hint says to choose another --out).
+    refuse_to_overwrite(options.out, options.force, "adapter", own=ADAPTER_FILES, force_flag=None)
     data = Path(options.data) if options.data else adapter_data(info, Path(options.adapter))
     options = dataclasses.replace(options, data=data)
     # OLD as the current adapter saw it: a learning-curve run may have used only N of its recordings.
@@ -291,11 +293,12 @@ def render_text(result: UpdateResult) -> str:
         f"held-out new recordings: {result.n_held_out} ({c.n_phrases} phrases); character accuracy "
         f"served {100 * c.accuracy_a:.1f} % -> new {100 * c.accuracy_b:.1f} % "
         f"({100 * c.change:+.1f} points, 95 % interval {100 * c.low:+.1f} to {100 * c.high:+.1f}: {c.result})",
-        f"fixed {len(j.fixed)}, broken {len(j.broken)}, still right {j.still_right}, still wrong {j.still_wrong}",
+        ", ".join(f"{change} {n}" for change, n in j.counts().items()),
         f"trained on {result.n_train} recordings ({result.n_new_trained} new), {result.train_seconds:.0f} s",
         f"new adapter: {result.adapter}; candidate bundle: {result.candidate}",
         "",
         "per held-out recording: phrase | served model | new model | change",
+        "  (" + "; ".join(f"{change}: {meaning}" for change, meaning in CHANGES.items()) + ")",
     ]
     for row in j.rows:
         lines.append(f"  {row['reference']} | {row['current']} | {row['new']} | {row['change']}")
