@@ -11,7 +11,7 @@ import soundfile as sf
 from helpers import tone
 
 from resonance.data.check import check_dataset, format_report, inspect_dataset, wav_data_shortfall
-from resonance.data.labels import Utterance, load_labels, save_labels
+from resonance.data.labels import LABELS_FROM_NAMES, Utterance, load_labels, save_labels
 from resonance.errors import ResonanceError
 
 PHRASES = [
@@ -289,6 +289,62 @@ def test_table_aligns_chinese_file_names(make_dataset):
     assert text.splitlines()[-1].endswith(
         "2 utterances, 0.0 minutes of audio, 0 errors, 1 warning — ready for training"
     )
+
+
+def test_summary_counts_only_usable_recordings(make_dataset):
+    """A missing or unreadable file is no utterance to train on (it was counted: "3 utterances")."""
+    root = make_dataset(clean_entries(3))
+    (root / "audio/000_我想喝水0.wav").unlink()
+    (root / "audio/001_我饿了1.wav").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(500))
+    report = inspect_dataset(root)
+    assert (report.utterances, report.usable, report.unusable) == (3, 1, 2)
+    assert report.total_seconds == pytest.approx(1.0)
+    assert (
+        format_report(report)
+        .splitlines()[-1]
+        .endswith(
+            "1 usable utterance (2 unusable), 0.0 minutes of audio, 2 errors, 1 warning — fix the errors before training"
+        )
+    )
+    summary = report.to_json()
+    assert (summary["utterances"], summary["usable_utterances"], summary["unusable_utterances"]) == (3, 1, 2)
+
+
+def test_recordings_missing_from_labels_are_one_warning(make_dataset):
+    """labels.json `[]` beside 30 recordings: one error and one warning, not 30 three-line warnings."""
+    root = make_dataset(clean_entries(30))
+    (root / "labels.json").write_text("[]", encoding="utf-8")
+    report = inspect_dataset(root)
+    assert [(p.severity, p.code) for p in report.problems] == [
+        ("error", "no-utterances"),
+        ("warning", "unlabelled-audio"),
+    ]
+    warning = report.problems[1]
+    assert warning.item == "audio/"
+    assert warning.message.startswith(
+        "30 audio files not listed in labels.json (training will not use them): "
+    )
+    assert (
+        "audio/000_我想喝水0.wav, audio/001_我饿了1.wav, audio/002_我想吃饭2.wav … and 27 more"
+        in warning.message
+    )
+    assert warning.fix.endswith(LABELS_FROM_NAMES)  # the one text the missing-labels.json error gives too
+    assert len(format_report(report, width=120).splitlines()) < 12
+
+
+def test_check_does_not_send_the_user_to_check(make_dataset):
+    """Other commands end a labels.json error with "`resonance data check DIR` lists every problem"; the
+    table of that very command does not."""
+    root = make_dataset(clean_entries(1))
+    (root / "labels.json").write_text('[{"audio": 5, "text": "x"}]', encoding="utf-8")
+    with pytest.raises(ResonanceError) as info:
+        load_labels(root)
+    assert "resonance data check DIR" in info.value.hint
+    (problem,) = [p for p in check_dataset(root) if p.severity == "error"]
+    assert problem.fix.startswith("labels.json must be a list") and "data check" not in problem.fix
+    (root / "labels.json").write_text("[{]", encoding="utf-8")
+    (problem,) = check_dataset(root)
+    assert problem.fix.startswith("fix the JSON there") and "data check" not in problem.fix
 
 
 # --- the real command ------------------------------------------------------------------------------------

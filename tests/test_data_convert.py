@@ -154,6 +154,50 @@ def test_a_bad_file_stops_everything_and_names_the_file(mixed_source, tmp_path, 
     assert tree_digest(mixed_source) == before
 
 
+def test_every_bad_file_is_named_in_one_error_and_nothing_is_written(mixed_source, tmp_path, run_cli):
+    """One run names them all (it stopped at the first: a rerun per bad file), and still writes nothing."""
+    (mixed_source / "audio/01_立体声.wav").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(500))
+    (mixed_source / "audio/04_无损.flac").write_bytes(b"")
+    whole = (mixed_source / "audio/03_浮点.wav").read_bytes()
+    (mixed_source / "audio/03_浮点.wav").write_bytes(whole[: len(whole) // 2])
+    before = tree_digest(mixed_source)
+    proc = run_cli("data", "convert", mixed_source, tmp_path / "dst")
+    assert proc.returncode == 2
+    error = proc.stderr[proc.stderr.index("error: ") :]
+    assert error.startswith("error: 3 of 7 recordings could not be converted, so nothing was written:\n")
+    assert "  audio/01_立体声.wav: could not decode it: not a recognised audio format" in error
+    assert "  audio/03_浮点.wav: truncated: the file is shorter than its header says" in error
+    assert "  audio/04_无损.flac: the file is empty (0 bytes)" in error
+    assert "what to do: replace each with a good copy" in error and "labels.json entries" in error
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]  # no DST, no temporary folder
+    assert tree_digest(mixed_source) == before
+
+
+def test_a_long_list_of_bad_files_is_cut_short(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    sf.write(src / "000_好.wav", tone(), 16000)
+    for i in range(1, 24):
+        (src / f"{i:03d}_空.wav").write_bytes(b"")
+    with pytest.raises(ResonanceError) as info:
+        convert_dataset(src, tmp_path / "dst")
+    lines = info.value.message.splitlines()
+    assert lines[0] == "23 of 24 recordings could not be converted, so nothing was written:"
+    assert lines[1] == "  001_空.wav: the file is empty (0 bytes)" and lines[20].startswith("  020_空.wav")
+    assert lines[21:] == ["  … and 3 more"]
+    assert "labels.json" not in info.value.hint  # no labels.json in SRC: no entries to remove
+    assert not (tmp_path / "dst").exists()
+
+
+def test_help_says_what_force_replaces(run_cli):
+    text = " ".join(run_cli("data", "convert", "--help", check=True).stdout.split())
+    assert (
+        "--force replace DST if it is an earlier conversion (made by `data convert`: it has convert.json)"
+        in text
+    )
+    assert "no file was added to it since; any other folder is refused, --force or not" in text
+
+
 def test_truncated_or_empty_files_are_refused(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
@@ -175,7 +219,12 @@ def test_refuses_to_overwrite_without_force(mixed_source, tmp_path, run_cli):
     (dst / "precious.txt").write_text("keep me", encoding="utf-8")
     proc = run_cli("data", "convert", mixed_source, dst)
     assert proc.returncode == 2
-    assert "already exists" in proc.stderr and "--force" in proc.stderr
+    # Not a folder convert made (no convert.json): --force would be refused too, so it is not offered.
+    assert (
+        "already exists" in proc.stderr
+        and "not an output folder" in proc.stderr
+        and "--force" not in proc.stderr
+    )
     assert (dst / "precious.txt").read_text(encoding="utf-8") == "keep me"
     assert sorted(p.name for p in dst.iterdir()) == ["precious.txt"]
 

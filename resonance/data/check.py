@@ -22,11 +22,13 @@ from resonance.data.labels import (
     AUDIO_DIR,
     AUDIO_EXTENSIONS,
     LABELS_FILE,
+    LABELS_FROM_NAMES,
     Utterance,
     parse_labels,
     read_labels_json,
     referenced_paths,
     shorten,
+    without_check_pointer,
 )
 from resonance.data.quality import level_findings, measure
 from resonance.errors import AudioError, ResonanceError
@@ -40,6 +42,10 @@ MAX_CHARS_PER_SECOND = 25
 _SEVERITY_ORDER = {"error": 0, "warning": 1}
 _NAME_WITH_TEXT = re.compile(r"^\d+[_\- ](.+?)(?:[_\- ]\d+)?$")  # 001_我想喝水 (a trailing _2 = take number)
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
+# File names the one "not listed in labels.json" warning quotes before "… and N more".
+_SHOW_UNLABELLED = 3
+# The findings of a file no audio was read from: it adds nothing to the minutes, and is no usable utterance.
+_UNREAD_CODES = frozenset({"missing-file", "unreadable", "not-wav"})
 
 
 @dataclass(frozen=True)
@@ -56,7 +62,13 @@ class CheckReport:
     data_dir: Path
     problems: List[Problem] = field(default_factory=list)
     utterances: int = 0  # valid entries in labels.json
+    unusable: int = 0  # of those, entries whose audio file is missing or cannot be read as WAV
     total_seconds: float = 0.0  # audio that could be read, each file once
+
+    @property
+    def usable(self) -> int:
+        """Entries training can read: the count the summary gives."""
+        return self.utterances - self.unusable
 
     @property
     def errors(self) -> List[Problem]:
@@ -70,6 +82,8 @@ class CheckReport:
         return {
             "data_dir": str(self.data_dir),
             "utterances": self.utterances,
+            "usable_utterances": self.usable,
+            "unusable_utterances": self.unusable,
             "total_seconds": round(self.total_seconds, 2),
             "errors": len(self.errors),
             "warnings": len(self.warnings),
@@ -91,10 +105,11 @@ def inspect_dataset(data_dir: Union[str, Path]) -> CheckReport:
     except ResonanceError as exc:
         if not data_dir.is_dir():
             raise
-        report.problems.append(Problem("error", LABELS_FILE, "labels-unreadable", exc.message, exc.hint))
+        fix = without_check_pointer(exc.hint)  # this is that command: no "run data check" in its own table
+        report.problems.append(Problem("error", LABELS_FILE, "labels-unreadable", exc.message, fix))
         return report
     utterances, issues = parse_labels(data_dir, raw)
-    problems = [Problem("error", i.item, i.code, i.message, i.fix) for i in issues]
+    problems = [Problem("error", i.item, i.code, i.message, without_check_pointer(i.fix)) for i in issues]
     if not isinstance(raw, list):  # nothing else can be checked against it
         report.problems = problems
         return report
@@ -104,9 +119,10 @@ def inspect_dataset(data_dir: Union[str, Path]) -> CheckReport:
     problems += _duplicate_reference_problems(utterances)
     problems += _duplicate_text_problems(utterances)
     problems += _traditional_problems(utterances, data_dir)
-    file_problems, seconds = _file_problems(data_dir, utterances)
+    file_problems, seconds, unread = _file_problems(data_dir, utterances)
     problems += file_problems
     report.total_seconds = seconds
+    report.unusable = sum(u.audio in unread for u in utterances)
     problems += _unlabelled_problems(data_dir, referenced_paths(data_dir, raw))
     report.problems = sorted(problems, key=lambda p: _SEVERITY_ORDER.get(p.severity, 9))
     return report
@@ -242,9 +258,11 @@ def _duplicate_text_problems(utterances: List[Utterance]) -> List[Problem]:
     return problems
 
 
-def _file_problems(data_dir: Path, utterances: List[Utterance]) -> Tuple[List[Problem], float]:
+def _file_problems(data_dir: Path, utterances: List[Utterance]) -> Tuple[List[Problem], float, Set[Path]]:
+    """Every file's problems, the seconds of audio read, and the files that could not be read at all."""
     problems: List[Problem] = []
     total = 0.0
+    unread: Set[Path] = set()
     seen: Dict[Path, str] = {}  # checked file -> its rel, so a file listed twice is checked once
     by_hash: Dict[str, str] = {}
     for utterance in utterances:
@@ -254,6 +272,8 @@ def _file_problems(data_dir: Path, utterances: List[Utterance]) -> Tuple[List[Pr
         findings, seconds, digest = _inspect_file(data_dir, utterance)
         problems += findings
         total += seconds
+        if any(p.code in _UNREAD_CODES for p in findings):
+            unread.add(utterance.audio)
         if digest is not None:
             if digest in by_hash:
                 problems.append(
@@ -267,7 +287,7 @@ def _file_problems(data_dir: Path, utterances: List[Utterance]) -> Tuple[List[Pr
                 )
             else:
                 by_hash[digest] = utterance.rel
-    return problems, total
+    return problems, total, unread
 
 
 def _inspect_file(data_dir: Path, utterance: Utterance) -> Tuple[List[Problem], float, Optional[str]]:
@@ -423,25 +443,41 @@ def _name_mismatch(utterance: Utterance) -> List[Problem]:
 
 
 def _unlabelled_problems(data_dir: Path, referenced: Set[Path]) -> List[Problem]:
+    """One warning for every audio file labels.json does not list: an empty labels.json beside 126 recordings
+    is one line to act on, not 126."""
+    stray = _unlabelled_files(data_dir, referenced)
+    if not stray:
+        return []
+    if len(stray) == 1:
+        item, message = stray[0], "audio file not listed in labels.json (training will not use it)"
+        fix = f"add an entry with its text to labels.json, or move the file out of {AUDIO_DIR}/"
+    else:
+        shown = ", ".join(stray[:_SHOW_UNLABELLED])
+        more = f" … and {len(stray) - _SHOW_UNLABELLED} more" if len(stray) > _SHOW_UNLABELLED else ""
+        item = f"{AUDIO_DIR}/"
+        message = (
+            f"{len(stray)} audio files not listed in labels.json (training will not use them): {shown}{more}"
+        )
+        fix = f"add an entry with its text for each to labels.json, or move them out of {AUDIO_DIR}/"
+    if not referenced:  # labels.json lists nothing (`[]`): making it from the file names is the quick way
+        fix += f"; {LABELS_FROM_NAMES}"
+    return [Problem("warning", item, "unlabelled-audio", message, fix)]
+
+
+def _unlabelled_files(data_dir: Path, referenced: Set[Path]) -> List[str]:
+    """The audio files under audio/ that labels.json does not mention, as paths relative to ``data_dir``."""
     audio_dir = data_dir / AUDIO_DIR
     if not audio_dir.is_dir():
         return []
     root = data_dir.resolve()
-    problems = []
+    stray = []
     for path in sorted(audio_dir.rglob("*")):
         if path.name.startswith(".") or path.suffix.lower() not in AUDIO_EXTENSIONS or not path.is_file():
             continue
-        if root / path.relative_to(data_dir).as_posix() not in referenced:
-            problems.append(
-                Problem(
-                    "warning",
-                    path.relative_to(data_dir).as_posix(),
-                    "unlabelled-audio",
-                    "audio file not listed in labels.json (training will not use it)",
-                    "add an entry with its text to labels.json, or move the file out of audio/",
-                )
-            )
-    return problems
+        rel = path.relative_to(data_dir).as_posix()
+        if root / rel not in referenced:
+            stray.append(rel)
+    return stray
 
 
 # --- output for people -----------------------------------------------------------------------------------
@@ -461,8 +497,14 @@ def format_report(report: CheckReport, width: Optional[int] = None) -> str:
 def summary_line(report: CheckReport) -> str:
     errors, warnings = len(report.errors), len(report.warnings)
     verdict = "fix the errors before training" if errors else "ready for training"
+    # Only what training can read counts: a missing file is not an utterance to train on.
+    count = (
+        f"{report.usable} usable utterance{'s' * (report.usable != 1)} ({report.unusable} unusable)"
+        if report.unusable
+        else f"{report.utterances} utterance{'s' * (report.utterances != 1)}"
+    )
     return (
-        f"{report.data_dir}: {report.utterances} utterances, {report.total_seconds / 60:.1f} minutes of audio, "
+        f"{report.data_dir}: {count}, {report.total_seconds / 60:.1f} minutes of audio, "
         f"{errors} error{'s' * (errors != 1)}, {warnings} warning{'s' * (warnings != 1)} — {verdict}"
     )
 

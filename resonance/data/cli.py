@@ -50,8 +50,16 @@ def register(data_sub: argparse._SubParsersAction) -> None:
         run_convert,
     )
     convert.add_argument("src", metavar="SRC", help="folder with the recordings (never modified)")
-    convert.add_argument("dst", metavar="DST", help="new folder to write (must not exist or be empty)")
-    convert.add_argument("--force", action="store_true", help="replace DST if it already holds files")
+    convert.add_argument(
+        "dst", metavar="DST", help="new folder to write (must not exist or be empty, unless --force)"
+    )
+    # What refuse_to_overwrite(own=convert.json) and _refuse_added_files allow: a person's recordings never.
+    convert.add_argument(
+        "--force",
+        action="store_true",
+        help="replace DST if it is an earlier conversion (made by `data convert`: it has convert.json) and "
+        "no file was added to it since; any other folder is refused, --force or not",
+    )
 
     record = add_command(
         data_sub,

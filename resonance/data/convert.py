@@ -1,7 +1,8 @@
 """`resonance data convert SRC DST`: any recordings -> the guide's layout (16 kHz mono 16-bit WAV + labels.json).
 
-SRC is only read. DST is built in a temporary folder and renamed into place at the end, so a bad file
-stops the conversion with nothing written, never a half-converted dataset.
+SRC is only read. DST is built in a temporary folder and renamed into place at the end. Every file is tried
+first, so one error names every bad file; if any failed, the temporary folder is removed and nothing is written,
+never a half-converted dataset.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Tuple, Union
+from typing import Dict, List, Set, Tuple, Union
 
 import numpy as np
 
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 WHAT = "output folder"
 CONVERT_RECORD = "convert.json"  # written into DST: what it was converted from, and the files convert wrote
 _NUMBER_PREFIX = re.compile(r"^\d+[_\-. ]*")  # "001_我想喝水" -> "我想喝水"
+_SHOW_FAILED = 20  # how many unconvertible files one error lists before "… and N more"
 
 
 @dataclass(frozen=True)
@@ -73,14 +75,10 @@ def convert_dataset(
         jobs, skipped = _jobs_from_labels(src), _unlabelled(src)
     else:
         jobs, skipped = _jobs_from_names(src), []
-    written: Dict[str, Path] = {}
     with atomic_directory(dst, force=force, what=WHAT, own=(CONVERT_RECORD,)) as tmp:
         (tmp / AUDIO_DIR).mkdir()
-        loop = progress(jobs, "converting", unit="recording") if show_progress else jobs
-        for job in loop:
-            if job.name not in written:
-                convert_file(job.source, tmp / AUDIO_DIR / job.name, job.rel)
-                written[job.name] = job.source
+        # Raising here removes tmp: a failed file leaves nothing written (but is named with all the others).
+        written = _convert_all(jobs, tmp / AUDIO_DIR, show_progress, has_labels)
         save_labels(tmp, [{"audio": f"{AUDIO_DIR}/{job.name}", "text": job.text} for job in jobs])
         # What this folder was made from, and which files convert wrote: `--force` replaces it only while it
         # holds nothing else (a dataset is a person's recordings; new takes may be recorded into it).
@@ -94,6 +92,43 @@ def convert_dataset(
             },
         )
     return ConvertResult(dst, len(written), len(jobs), not has_labels, skipped)
+
+
+def _convert_all(jobs: List[_Job], out_dir: Path, show_progress: bool, has_labels: bool) -> Dict[str, Path]:
+    """Convert every job into ``out_dir`` (output name -> source); one error naming every file that failed."""
+    written: Dict[str, Path] = {}
+    failures: List[_Undecodable] = []
+    tried: Set[str] = set()  # a file listed twice in labels.json is converted (or reported) once
+    loop = progress(jobs, "converting", unit="recording") if show_progress else jobs
+    for job in loop:
+        if job.name in tried:
+            continue
+        tried.add(job.name)
+        try:
+            convert_file(job.source, out_dir / job.name, job.rel)
+        except _Undecodable as exc:  # keep going: the user fixes every bad file in one round
+            failures.append(exc)
+            continue
+        written[job.name] = job.source
+    if failures:
+        raise _failures_error(failures, len(tried), has_labels)
+    return written
+
+
+def _failures_error(failures: List[_Undecodable], total: int, has_labels: bool) -> ResonanceError:
+    """One file: its own error (its hint is the most precise). More: every file and why, in one error."""
+    if len(failures) == 1:
+        return ResonanceError(failures[0].message, failures[0].hint)
+    lines = [f"  {f.rel}: {f.reason}" for f in failures[:_SHOW_FAILED]]
+    if len(failures) > _SHOW_FAILED:
+        lines.append(f"  … and {len(failures) - _SHOW_FAILED} more")
+    entries = " and their labels.json entries" if has_labels else ""
+    return ResonanceError(
+        f"{len(failures)} of {total} recordings could not be converted, so nothing was written:\n"
+        + "\n".join(lines),
+        f"replace each with a good copy (copy it again, or re-record it), or remove them{entries}; then run "
+        "the command again",
+    )
 
 
 def _refuse_added_files(dst: Path) -> None:
@@ -120,38 +155,68 @@ def _refuse_added_files(dst: Path) -> None:
         )
 
 
+class _Undecodable(ResonanceError):
+    """One source file that cannot be converted: which, why, and what to do (convert_dataset lists them all)."""
+
+    def __init__(self, rel: str, message: str, reason: str, hint: str) -> None:
+        super().__init__(message, hint)
+        self.rel, self.reason = rel, reason
+
+
 def convert_file(source: Path, out: Path, rel: str = "") -> None:
     """Decode ``source`` (any rate, channels, depth, format) and write 16 kHz mono 16-bit WAV to ``out``."""
     import soundfile as sf
 
-    from resonance.audio import load_audio
-
-    name = rel or str(source)
-    if source.stat().st_size == 0:
-        raise ResonanceError(
-            f"could not convert '{name}': the file is empty (0 bytes)",
-            "copy it again or re-record it, or remove it (and its labels.json entry), then run the command again",
-        )
-    if wav_data_shortfall(source) is not None:  # decodes fine, but the end of the phrase is missing
-        raise ResonanceError(
-            f"'{name}' is truncated: the file is shorter than its header says",
-            "copy the file again from the recorder, or re-record it, then run the command again",
-        )
-    try:
-        samples = load_audio(source)
-    except AudioError as exc:
-        raise ResonanceError(
-            f"could not convert '{name}': {exc.message}",
-            "replace or remove that file and run the command again (nothing was written)",
-        ) from exc
-    if samples.size == 0:
-        raise ResonanceError(
-            f"could not convert '{name}': it holds no audio",
-            "re-record it, or remove it (and its labels.json entry) and run the command again",
-        )
+    samples = _read_source(source, rel or str(source))
     # Resampling can overshoot a full-scale signal slightly; clip rather than wrap around in int16.
     sf.write(str(out), np.clip(samples, -1.0, 1.0), SAMPLE_RATE, subtype="PCM_16")
-    log.debug("converted %s -> %s", name, out)
+    log.debug("converted %s -> %s", rel or source, out)
+
+
+def _read_source(source: Path, name: str) -> np.ndarray:
+    """The samples of ``source`` at 16 kHz mono, or _Undecodable saying why not (``name``: as messages say it)."""
+    from resonance.audio import load_audio
+
+    try:
+        if source.stat().st_size == 0:
+            raise _Undecodable(
+                name,
+                f"could not convert '{name}': the file is empty (0 bytes)",
+                "the file is empty (0 bytes)",
+                "copy it again or re-record it, or remove it (and its labels.json entry), then run the command "
+                "again",
+            )
+        if wav_data_shortfall(source) is not None:  # decodes fine, but the end of the phrase is missing
+            raise _Undecodable(
+                name,
+                f"'{name}' is truncated: the file is shorter than its header says",
+                "truncated: the file is shorter than its header says",
+                "copy the file again from the recorder, or re-record it, then run the command again",
+            )
+        samples = load_audio(source)
+    except AudioError as exc:
+        reason = exc.message.replace(f"'{source}'", "it")  # its name already leads the line
+        raise _Undecodable(
+            name,
+            f"could not convert '{name}': {exc.message}",
+            reason,
+            "replace or remove that file and run the command again (nothing was written)",
+        ) from exc
+    except OSError as exc:  # unreadable (permissions, a dead link): a file to fix like any other
+        raise _Undecodable(
+            name,
+            f"could not read '{name}': {exc.strerror or exc}",
+            f"could not read it: {exc.strerror or exc}",
+            "make the file readable, or remove it (and its labels.json entry), then run the command again",
+        ) from exc
+    if samples.size == 0:
+        raise _Undecodable(
+            name,
+            f"could not convert '{name}': it holds no audio",
+            "it holds no audio",
+            "re-record it, or remove it (and its labels.json entry) and run the command again",
+        )
+    return samples
 
 
 def _check_paths(src: Path, dst: Path) -> None:

@@ -26,9 +26,15 @@ AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".
 _SHOW_MISSING = 5  # how many missing files an error lists before "… and N more"
 _SHOWN_CHARS = 60  # how much of a label or path a message quotes: a 5,000-character label is not repeated
 
+# Ends hints of errors other commands raise; `data check` itself, which does list them, drops it (see below).
+CHECK_LISTS_ALL = "; `resonance data check DIR` lists every problem"
 LABELS_HINT = (
     'labels.json must be a list like [{"audio": "audio/001_我想喝水.wav", "text": "我想喝水"}, ...] '
-    "with paths relative to the data folder; `resonance data check DIR` lists every problem"
+    "with paths relative to the data folder" + CHECK_LISTS_ALL
+)
+# Recordings named NNN_<text> but no labels.json: what makes one (the only place that says so).
+LABELS_FROM_NAMES = (
+    "`resonance data convert SRC DST` makes labels.json from file names (NNN_text.wav) when SRC has none"
 )
 
 
@@ -71,10 +77,14 @@ def load_labels(data_dir: Union[str, Path], check_files: bool = True) -> List[Ut
             more = f" … and {len(missing) - _SHOW_MISSING} more" if len(missing) > _SHOW_MISSING else ""
             raise ResonanceError(
                 f"{len(missing)} audio file(s) listed in {data_dir / LABELS_FILE} do not exist: {shown}{more}",
-                "fix the paths in labels.json or copy the files into the data folder; "
-                "`resonance data check DIR` lists every problem",
+                "fix the paths in labels.json or copy the files into the data folder" + CHECK_LISTS_ALL,
             )
     return utterances
+
+
+def without_check_pointer(hint: str) -> str:
+    """``hint`` as `data check` shows it: not sending the user back to the command they just ran."""
+    return hint[: -len(CHECK_LISTS_ALL)] if hint.endswith(CHECK_LISTS_ALL) else hint
 
 
 def read_labels_json(data_dir: Union[str, Path]) -> Any:
@@ -252,8 +262,7 @@ def _read_json(path: Path) -> Any:
     if not path.is_file():
         raise ResonanceError(
             f"{path} not found",
-            "put a labels.json next to audio/ (see the guide), or make one from file names: "
-            "resonance data convert SRC DST",
+            "put a labels.json next to audio/ (see the guide); " + LABELS_FROM_NAMES,
         )
     # fsutil.read_json_file: not UTF-8, not JSON or nested too deeply is one error, never a traceback.
     return read_json_file(
