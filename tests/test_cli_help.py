@@ -85,3 +85,21 @@ def test_make_serve_without_a_models_folder_says_how_to_name_one(tmp_path):
     )
     assert proc.returncode == 2
     assert f"no models folder '{missing}'" in proc.stderr and "make serve MODELS=" in proc.stderr
+
+
+def test_output_into_a_closed_pipe_ends_quietly(tmp_path):
+    """`resonance data check DIR | head -1` printed a BrokenPipeError traceback once head had its line."""
+    from helpers import DEMO_DATA
+
+    from resonance.runtime.service import resonance_command
+
+    proc = subprocess.Popen(
+        [*resonance_command(), "data", "check", str(DEMO_DATA / "take1")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    proc.stdout.close()  # the reader is gone before the command writes its report
+    stderr = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141, stderr
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr
