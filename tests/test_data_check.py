@@ -472,3 +472,13 @@ def test_traditional_labels_are_named_and_converted_on_request(make_dataset, run
     (root / "labels.json").write_text(json.dumps([{**labels[0]}, labels[1]], ensure_ascii=False), "utf-8")
     refused = run_cli("data", "check", root, "--to-simplified")  # a second original is never overwritten
     assert refused.returncode == 2 and "labels.traditional.json already exists" in refused.stderr
+
+
+def test_to_simplified_on_labels_that_are_not_a_list_says_how_to_fix_them(tmp_path):
+    """It said "see the report" and stopped before any report was printed."""
+    from resonance.data.check import convert_labels_to_simplified
+
+    (tmp_path / "labels.json").write_text('{"audio": "audio/1.wav", "text": "我想喝水"}', encoding="utf-8")
+    with pytest.raises(ResonanceError, match="not a list of entries, so nothing was converted") as refused:
+        convert_labels_to_simplified(tmp_path)
+    assert '[{"audio": ' in refused.value.hint and "see the report" not in refused.value.hint

@@ -172,7 +172,9 @@ def convert_labels_to_simplified(data_dir: Union[str, Path]) -> int:
     raw = read_labels_json(data_dir)
     if not isinstance(raw, list):
         raise ResonanceError(
-            f"{data_dir / LABELS_FILE} is not a list of entries", "fix it first: see the report"
+            f"{data_dir / LABELS_FILE} is not a list of entries, so nothing was converted",
+            f'make it a list like [{{"audio": "audio/001_我想喝水.wav", "text": "我想喝水"}}] (`resonance data check '
+            f"{data_dir}` without --to-simplified shows every problem), then run this again",
         )
     changed = 0
     converted = []
