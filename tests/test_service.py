@@ -15,7 +15,7 @@ from typing import List
 import pytest
 from helpers import Server, write_config
 
-from resonance.runtime.service import systemd_quote
+from resonance.runtime.service import ServiceOptions, private_tmp_warnings, systemd_quote
 
 USER = getpass.getuser()
 
@@ -154,6 +154,36 @@ def test_mistakes_are_caught_now_not_at_boot(run_cli, unit_dir, tmp_path):
     assert list(unit_dir.iterdir()) == []
     with pytest.raises(Exception, match="line break"):
         systemd_quote("/srv/a\nb")
+
+
+def test_paths_under_tmp_are_warned_about_private_tmp(run_cli, unit_dir):
+    """PrivateTmp=yes hides the host's /tmp from the service: a unit naming one would never find its models."""
+    proc = install(run_cli, unit_dir, "--models", "/tmp/x/models", "--collect", "/var/tmp/kept", "--dry-run")
+    assert proc.returncode == 0, proc.stderr  # a warning, not a refusal: the unit is still printed
+    assert "PrivateTmp=yes" in proc.stdout
+    assert "--models /tmp/x/models is under /tmp, which the service cannot see" in proc.stderr
+    assert "--collect /var/tmp/kept is under /var/tmp" in proc.stderr
+    assert "move it to a lasting folder" in proc.stderr
+    lasting = install(run_cli, unit_dir, "--models", "/srv/resonance/bundles", "--dry-run")
+    assert lasting.returncode == 0 and "PrivateTmp" not in lasting.stderr
+
+
+def test_a_resonance_installed_under_tmp_is_warned_about():
+    options = ServiceOptions(
+        models=Path("/srv/bundles"),
+        config="/tmp/my-box.yaml",
+        user=USER,
+        home=Path("/home/care"),
+        command=["/tmp/venv/bin/resonance"],
+    )
+    warnings = private_tmp_warnings(options)
+    assert [w.split(" is under ")[0] for w in warnings] == [
+        "the resonance program /tmp/venv/bin/resonance",
+        "--config /tmp/my-box.yaml",
+    ]
+    assert "install resonance in a lasting place" in warnings[0]
+    tmpfoo = ServiceOptions(Path("/tmpfoo/bundles"), "pc-cpu", USER, Path("/home/care"), command=["/opt/r"])
+    assert private_tmp_warnings(tmpfoo) == []  # a name that only starts like /tmp
 
 
 def test_missing_models_folder_is_a_note_not_an_error(run_cli, unit_dir, tmp_path):

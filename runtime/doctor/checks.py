@@ -488,6 +488,7 @@ def check_memory_and_disk(machine: Any, ctx: Context) -> List[Finding]:
 def check_bundles(machine: Any, ctx: Context) -> List[Finding]:
     """Load every bundle of --models as the server would; their memory against what is available."""
     from resonance.errors import ResonanceError
+    from resonance.runtime.bundle import describe_model, export_command, is_adapter
     from resonance.runtime.device_sessions import precision_advice
 
     if ctx.models is None:
@@ -508,7 +509,7 @@ def check_bundles(machine: Any, ctx: Context) -> List[Finding]:
         size = sum(int(entry.get("bytes", 0)) for entry in manifest.files.values())
         grown = f", +{bundle.rss_mb:.0f} MB of memory" if bundle.rss_mb is not None else ""
         message = (
-            f"{bundle.patient}: {manifest.base_model} {kind}, {size / MiB:.0f} MB, "
+            f"{bundle.patient}: {describe_model(manifest)}, {kind}, {size / MiB:.0f} MB, "
             f"loads on {', '.join(short(p) for p in bundle.providers)}{grown}"
         )
         data = {
@@ -524,7 +525,17 @@ def check_bundles(machine: Any, ctx: Context) -> List[Finding]:
         findings.append(
             Finding("bundles", FAIL, f"{folder}: the server would skip it: {why}", data={"folder": folder})
         )
-    if not result.loaded and not result.failed:
+    # An adapter passed as --models: what `resonance serve` would say too (ModelRegistry.no_patient_error).
+    if not result.loaded and is_adapter(ctx.models):
+        findings.append(
+            Finding(
+                "bundles",
+                FAIL,
+                f"'{ctx.models}' is an adapter (made by `resonance train`), not a folder of bundles",
+                f"export it first: {export_command(ctx.models)}, then pass --models bundles",
+            )
+        )
+    elif not result.loaded and not result.failed:
         findings.append(
             Finding(
                 "bundles",

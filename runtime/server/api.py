@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import time
-from pathlib import PurePosixPath
 from typing import Any, Dict, List
 
 from flask import Blueprint, Response, g, jsonify, request
 
 from resonance import __version__
+from resonance.runtime.bundle import base_model_name, looks_like_path
 from resonance.runtime.models import BundleEntry
 from resonance.runtime.phrases import MODES, NO_PHRASES
 from resonance.runtime.server.auth import authorized
@@ -116,11 +116,6 @@ def describe(entry: BundleEntry, loaded: bool) -> Dict[str, Any]:
     }
 
 
-def looks_like_path(text: str) -> bool:
-    """An absolute or home-relative path of this (or the export) machine, e.g. /home/care/models/x."""
-    return text.startswith(("/", "~", "./", "../")) or "\\" in text or (len(text) > 2 and text[1:3] == ":\\")
-
-
 def public_model_name(name: str) -> str:
     """A base model as clients may see it: a hub id or ``pypi:`` name as is, a local folder by its name."""
-    return PurePosixPath(name.replace("\\", "/")).name if looks_like_path(name) else name
+    return base_model_name(name) if looks_like_path(name) else name

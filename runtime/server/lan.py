@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 from resonance import __version__
+from resonance.runtime.bundle import describe_model
 from resonance.runtime.device_config import DeviceConfig
 from resonance.runtime.models import ModelRegistry
 from resonance.runtime.server.context import ServerSettings
@@ -116,7 +117,8 @@ def banner(
             else "loads on first use"
         )
         lines.append(
-            f"  patient {entry.patient}: {manifest.base_model}, {manifest.precision}, {manifest.language} {where}"
+            f"  patient {entry.patient}: {describe_model(manifest)}, {manifest.precision}, {manifest.language} "
+            f"{where}"
         )
     if len(loaded) < len(registry.patients):
         lines.append(

@@ -8,7 +8,6 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, List, Optional, Tuple
 
-from resonance.errors import ResonanceError
 from resonance.runtime.device_config import DeviceConfig
 from resonance.runtime.models import ModelRegistry
 from resonance.runtime.server.app import create_app
@@ -83,13 +82,7 @@ def serve(
         os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
         registry = ModelRegistry(models_dir, device_config, poll_interval_s=settings.reload_interval_s)
         if not registry.patients:
-            problems = (
-                "; ".join(f"{k}: {v}" for k, v in registry.failed.items()) or "it has no bundle folders"
-            )
-            raise ResonanceError(
-                f"no usable bundle in {models_dir} ({problems})",
-                "export one with `resonance export --out <models>/<patient>` and copy the whole folder here",
-            )
+            raise registry.no_patient_error()
         app = create_app(registry, device_config, settings)
         context = app.extensions[EXTENSION]
         hosts = HostPolicy.for_server(settings.allowed_hosts, device_config.host)
