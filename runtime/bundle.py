@@ -48,16 +48,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from resonance.constants import HOP_LENGTH, N_FFT, PRECISIONS, SAMPLE_RATE
+from resonance.constants import HOP_LENGTH, N_FFT, PRECISIONS, SAMPLE_RATE, TRAIN_CONFIG_FILE
 from resonance.errors import ResonanceError
 from resonance.runtime.schema import check_types
 
 FORMAT = "resonance-bundle"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-# What `resonance train` writes beside every adapter (train/config.py TRAIN_CONFIG_FILE, matched by name: the
-# runtime never imports train/): how a wrong --bundle or --models is recognised as an adapter.
-ADAPTER_CONFIG = "train_config.json"
 
 
 class BundleError(ResonanceError):
@@ -304,7 +301,7 @@ def not_a_bundle(folder: Path) -> BundleError:
 
 
 def is_adapter(folder: Path) -> bool:
-    return (Path(folder) / ADAPTER_CONFIG).is_file()
+    return (Path(folder) / TRAIN_CONFIG_FILE).is_file()
 
 
 def export_command(adapter: Path, out: str = "bundles/<patient>") -> str:

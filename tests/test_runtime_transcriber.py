@@ -404,13 +404,6 @@ def test_a_wrong_bundle_folder_says_what_it_is(tmp_path, kind, said, hint):
         assert str(folder / "anna") in info.value.hint
 
 
-def test_the_adapter_marker_is_the_file_train_writes():
-    from resonance.runtime.bundle import ADAPTER_CONFIG
-    from resonance.train.config import TRAIN_CONFIG_FILE
-
-    assert ADAPTER_CONFIG == TRAIN_CONFIG_FILE  # matched by name: the runtime never imports train/
-
-
 @pytest.mark.parametrize(
     "base_model, name",
     [

@@ -11,11 +11,10 @@ from dataclasses import Field, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
-from resonance.constants import DEFAULT_BASE_MODEL, OFFLINE_BASE_MODEL
+from resonance.constants import DEFAULT_BASE_MODEL, OFFLINE_BASE_MODEL, TRAIN_CONFIG_FILE
 from resonance.errors import ResonanceError
 from resonance.fsutil import read_json_file
 
-TRAIN_CONFIG_FILE = "train_config.json"  # every option an adapter was made with, beside it
 ADAPTER_FILES = (TRAIN_CONFIG_FILE,)  # only `resonance train` writes it: what marks a folder as an adapter
 WINDOW_CHOICES = (5.0, 10.0, 15.0, 30.0)  # encoder windows a model can be trained for (seconds)
 ALL_PROJECTIONS = (
