@@ -165,7 +165,8 @@ def test_paths_under_tmp_are_warned_about_private_tmp(run_cli, unit_dir):
     assert "--collect /var/tmp/kept is under /var/tmp" in proc.stderr
     assert "move it to a lasting folder" in proc.stderr
     lasting = install(run_cli, unit_dir, "--models", "/srv/resonance/bundles", "--dry-run")
-    assert lasting.returncode == 0 and "PrivateTmp" not in lasting.stderr
+    # Only the folders are asked about here: the program itself may run from /tmp (a CI clone of the repo).
+    assert lasting.returncode == 0 and "--models" not in lasting.stderr and "--collect" not in lasting.stderr
 
 
 def test_a_resonance_installed_under_tmp_is_warned_about():
