@@ -16,7 +16,7 @@ MODELS     ?= bundles
 TRAIN_ARGS ?=
 SERVE_ARGS ?=
 
-.PHONY: install train export serve test demo lint clean jetson-check gpu-check
+.PHONY: install train export serve models-folder test demo lint clean jetson-check gpu-check
 
 STAMP      := $(VENV)/.installed-$(EXTRAS)
 
@@ -34,9 +34,12 @@ train: $(STAMP)     ## fine-tune Whisper's encoder for one patient (TRAIN_ARGS="
 export: $(STAMP)    ## merge + export the adapter to an ONNX bundle for the device
 	$(BIN)/resonance export $(if $(BASE_MODEL),--base-model $(BASE_MODEL)) --adapter $(ADAPTER) --out $(BUNDLE) --quantize $(QUANTIZE)
 
-serve: $(STAMP)     ## serve every bundle in $(MODELS) on the LAN (https), e.g. SERVE_ARGS="--auth --collect corrections"
-	@test -d "$(MODELS)" || { echo "make serve: no models folder '$(MODELS)'. Run 'make train' and 'make export' first (they write $(BUNDLE)), or name the folder that holds one bundle per patient: make serve MODELS=path/to/bundles" >&2; exit 2; }
+serve: models-folder $(STAMP)     ## serve every bundle in $(MODELS) on the LAN (https), e.g. SERVE_ARGS="--auth --collect corrections"
 	$(BIN)/resonance serve --config $(CONFIG) --models $(MODELS) $(SERVE_ARGS)
+
+# Before the install: a fresh clone has no bundles yet, and the answer should not wait for pip.
+models-folder:
+	@test -d "$(MODELS)" || { echo "make serve: no models folder '$(MODELS)'. Run 'make train' and 'make export' first (they write $(BUNDLE)), or name the folder that holds one bundle per patient: make serve MODELS=path/to/bundles" >&2; exit 2; }
 
 demo: $(STAMP)      ## the whole chain on the built-in clips, offline
 	$(BIN)/resonance demo

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import select
 import sys
 from typing import List, Optional
 
@@ -119,10 +120,22 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return _main(argv)
     except BrokenPipeError:
+        if not _stdout_reader_gone():
+            raise  # a socket's peer went away (a server, a probe): a real error, not ours to hide
         # The reader went away (`resonance data check DIR | head`): nothing of ours failed. Python would print a
         # traceback when it flushes stdout at exit, so stdout goes to devnull first (the Python docs' recipe).
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141  # 128 + SIGPIPE: what a shell reports for a writer whose reader closed the pipe
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reading end is closed (poll reports an error on the writing end)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows) or no real stdout: not provably ours
+        return False
 
 
 def _main(argv: Optional[List[str]]) -> int:

@@ -230,13 +230,18 @@ def refuse_to_overwrite(
     if path.is_dir() and not any(path.iterdir()):
         return  # an empty folder: nothing to lose
     if not force:
-        ours = not own or (path.is_dir() and not path.is_symlink() and any((path / m).is_file() for m in own))
-        kind = "folder" if path.is_dir() and not path.is_symlink() else "file"
-        named = f"{what} '{path}'" if ours else f"'{path}' (a {kind}, not {_a(what)})"
-        # Offer --force only where it would work: it never replaces a folder that is not ours.
-        offer = f", or pass {force_flag} to replace it" if force_flag and ours else " (nothing was changed)"
+        not_ours = _not_ours(path, what, own)
+        # Offer --force only where it would work: it never replaces what is not ours.
+        offer = (
+            " (nothing was changed)"
+            if not_ours or not force_flag
+            else f", or pass {force_flag} to replace it"
+        )
         raise ResonanceError(
-            f"{named} already exists; refusing to overwrite it.", f"choose another output path{offer}"
+            f"'{path}' already exists and {not_ours}; refusing to overwrite it."
+            if not_ours
+            else f"{what} '{path}' already exists; refusing to overwrite it.",
+            f"choose another output path{offer}",
         )
     if not own:
         return
@@ -253,6 +258,17 @@ def refuse_to_overwrite(
             "choose another output path; if you really want to replace that folder, move or delete it "
             "yourself first (nothing was changed)",
         )
+
+
+def _not_ours(path: Path, what: str, own: Sequence[str]) -> str:
+    """Why ``path`` is not this command's earlier output ("" when it is, or when ``own`` names nothing)."""
+    if not own:
+        return ""
+    if path.is_symlink() or not path.is_dir():
+        return f"is a {'link' if path.is_symlink() else 'file'}, not {_a(what)} made by resonance"
+    if not any((path / marker).is_file() for marker in own):
+        return f"is not {_a(what)} made by resonance (it has no {' or '.join(own)})"
+    return ""
 
 
 @contextlib.contextmanager

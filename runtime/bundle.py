@@ -44,6 +44,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -284,10 +285,7 @@ def not_a_bundle(folder: Path) -> BundleError:
             f"check the path: pass the folder `resonance export --out` made (the one holding {MANIFEST})",
         )
     if is_adapter(folder):
-        return BundleError(
-            f"'{folder}' is an adapter (made by `resonance train`), not a bundle",
-            f"export it first: {export_command(folder)}, then pass bundles/<patient>",
-        )
+        return adapter_error(folder, "a bundle", "bundles/<patient>")
     inside = bundles_in(folder)
     if inside:
         return BundleError(
@@ -305,8 +303,22 @@ def is_adapter(folder: Path) -> bool:
 
 
 def export_command(adapter: Path, out: str = "bundles/<patient>") -> str:
-    """The command that turns ``adapter`` into a bundle the runtime can use."""
-    return f"`resonance export --adapter {adapter} --out {out}`"
+    """The command that turns ``adapter`` into a bundle the runtime can use (a path with spaces quoted)."""
+    return f"`resonance export --adapter {shlex.quote(str(adapter))} --out {out}`"
+
+
+def adapter_as_models(folder: Path) -> BundleError:
+    """An adapter passed as a server's models folder (serve and doctor say the same)."""
+    return adapter_error(folder, "a folder of bundles", "--models bundles")
+
+
+def adapter_error(folder: Path, instead_of: str, then: str) -> BundleError:
+    """An adapter given where ``instead_of`` belongs (a bundle, a folder of bundles): the export to run first,
+    and what to pass ``then``. One text for transcribe, serve and doctor."""
+    return BundleError(
+        f"'{folder}' is an adapter (made by `resonance train`), not {instead_of}",
+        f"export it first: {export_command(folder)}, then pass {then}",
+    )
 
 
 def bundles_in(folder: Path) -> List[str]:

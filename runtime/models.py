@@ -32,6 +32,7 @@ from resonance.runtime.bundle import (
     MANIFEST,
     BundleError,
     Manifest,
+    adapter_as_models,
     bundles_in,
     describe_model,
     export_command,
@@ -205,10 +206,7 @@ class ModelRegistry:
         """Why this models folder gives a server no patient, saying what the folder is and what to pass."""
         folder = self.models_dir
         if is_adapter(folder):
-            return ResonanceError(
-                f"'{folder}' is an adapter (made by `resonance train`), not a folder of bundles",
-                f"export it first: {export_command(folder)}, then pass --models bundles",
-            )
+            return adapter_as_models(folder)
         failed = self.failed
         if self.single_bundle:  # served alone when it loads: here it did not
             return ResonanceError(
@@ -441,9 +439,12 @@ class ModelRegistry:
         """The folder as a BundleEntry: a valid manifest of this patient, every file present and hashed."""
         if not (folder / MANIFEST).is_file():
             if is_adapter(folder):  # copied here instead of the bundle exported from it
+                # Export refuses to write onto its own adapter, so the adapter has to leave the folder first.
+                moved = Path("adapters") / folder.name
                 raise BundleError(
                     f"'{folder.name}' is an adapter (made by `resonance train`), not a bundle",
-                    f"export it here instead: {export_command(folder, f'{self.models_dir}/<patient>')}",
+                    f"move it out of {self.models_dir} (e.g. to {moved}), then export it here: "
+                    f"{export_command(moved, str(self.models_dir / folder.name))}",
                 )
             raise BundleError(
                 f"no {MANIFEST} in '{folder}'", "copy the whole bundle folder made by `resonance export`"

@@ -79,12 +79,21 @@ def test_make_serve_without_a_models_folder_says_how_to_name_one(tmp_path):
         pytest.skip("make is not installed")
     root = Path(__file__).resolve().parents[1]
     missing = tmp_path / "no-bundles"
-    # STAMP= : no install step; the check runs before the CLI would.
-    proc = subprocess.run(
-        ["make", "-s", "serve", f"MODELS={missing}", "STAMP="], cwd=root, capture_output=True, text=True
-    )
+    # A venv not installed yet, whose install would fail at once (PYTHON=false): the check comes first.
+    venv = tmp_path / "venv"
+    make = [
+        "make",
+        "-s",
+        "serve",
+        f"MODELS={missing}",
+        f"VENV={venv}",
+        f"STAMP={venv}/.stamp",
+        "PYTHON=false",
+    ]
+    proc = subprocess.run(make, cwd=root, capture_output=True, text=True)
     assert proc.returncode == 2
     assert f"no models folder '{missing}'" in proc.stderr and "make serve MODELS=" in proc.stderr
+    assert not venv.exists()  # answered before any install
 
 
 def test_output_into_a_closed_pipe_ends_quietly(tmp_path):
@@ -103,3 +112,15 @@ def test_output_into_a_closed_pipe_ends_quietly(tmp_path):
     stderr = proc.stderr.read()
     assert proc.wait(timeout=120) == 141, stderr
     assert "Traceback" not in stderr and "BrokenPipeError" not in stderr
+
+
+def test_a_broken_pipe_that_is_not_stdout_is_not_hidden(monkeypatch):
+    """A socket's peer going away (a server, `resonance probe`) is a real error: only a closed stdout is quiet."""
+    from resonance import cli
+
+    def socket_peer_gone(argv):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(cli, "_main", socket_peer_gone)
+    with pytest.raises(BrokenPipeError):
+        cli.main([])

@@ -310,7 +310,7 @@ def test_summary_counts_only_usable_recordings(make_dataset):
     assert (summary["utterances"], summary["usable_utterances"], summary["unusable_utterances"]) == (3, 1, 2)
 
 
-def test_recordings_missing_from_labels_are_one_warning(make_dataset):
+def test_recordings_missing_from_labels_are_one_warning(make_dataset, tmp_path):
     """labels.json `[]` beside 30 recordings: one error and one warning, not 30 three-line warnings."""
     root = make_dataset(clean_entries(30))
     (root / "labels.json").write_text("[]", encoding="utf-8")
@@ -330,6 +330,13 @@ def test_recordings_missing_from_labels_are_one_warning(make_dataset):
     )
     assert warning.fix.endswith(LABELS_FROM_NAMES)  # the one text the missing-labels.json error gives too
     assert len(format_report(report, width=120).splitlines()) < 12
+    # The advice works as written: with the empty labels.json moved out, convert names all 30 from their files.
+    assert "move the empty labels.json out of the folder" in warning.fix
+    from resonance.data.convert import convert_dataset
+
+    (root / "labels.json").rename(tmp_path / "empty-labels.json")
+    result = convert_dataset(root, tmp_path / "converted", show_progress=False)
+    assert result.labels_from_names and result.utterances == 30
 
 
 def test_check_does_not_send_the_user_to_check(make_dataset):

@@ -78,7 +78,8 @@ def test_force_replaces_only_a_folder_the_command_made(tmp_path, dataset):
     with pytest.raises(ResonanceError, match="already exists") as refused:
         refuse_to_overwrite(dataset, False, "adapter", own=("train_config.json",))
     # The user's data folder is not called an adapter, and --force, which would be refused, is not offered.
-    assert "(a folder, not an adapter)" in refused.value.message and "--force" not in refused.value.hint
+    assert "is not an adapter made by resonance (it has no train_config.json)" in refused.value.message
+    assert "--force" not in refused.value.hint
     with pytest.raises(ResonanceError, match=r"not an adapter made by resonance.*train_config\.json"):
         refuse_to_overwrite(dataset, True, "adapter", own=("train_config.json",))
     file = tmp_path / "notes.txt"
@@ -92,6 +93,11 @@ def test_force_replaces_only_a_folder_the_command_made(tmp_path, dataset):
     with pytest.raises(ResonanceError) as refused:
         refuse_to_overwrite(adapter, False, "adapter", own=("train_config.json",))
     assert refused.value.message.startswith("adapter '") and "pass --force" in refused.value.hint
+    link = tmp_path / "link"
+    link.symlink_to(adapter)
+    with pytest.raises(ResonanceError, match="is a link, not an adapter made by resonance") as refused:
+        refuse_to_overwrite(link, False, "adapter", own=("train_config.json",))
+    assert "--force" not in refused.value.hint
     with pytest.raises(ResonanceError) as refused:  # a command without --force (update) never offers it
         refuse_to_overwrite(adapter, False, "adapter", own=("train_config.json",), force_flag=None)
     assert "--force" not in refused.value.hint

@@ -398,8 +398,8 @@ def test_a_wrong_bundle_folder_says_what_it_is(tmp_path, kind, said, hint):
     with pytest.raises(BundleError, match=said) as info:
         load_manifest(folder)
     assert hint in info.value.hint
-    if kind == "an adapter":  # the command to run, with this adapter in it
-        assert f"--adapter {folder} --out bundles/<patient>" in info.value.hint
+    if kind == "an adapter":  # the command to run, with this adapter in it, quoted (its name has a space)
+        assert f"--adapter '{folder}' --out bundles/<patient>" in info.value.hint
     if kind == "a folder of bundles":
         assert str(folder / "anna") in info.value.hint
 

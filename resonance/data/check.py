@@ -44,7 +44,8 @@ _NAME_WITH_TEXT = re.compile(r"^\d+[_\- ](.+?)(?:[_\- ]\d+)?$")  # 001_我想喝
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 # File names the one "not listed in labels.json" warning quotes before "… and N more".
 _SHOW_UNLABELLED = 3
-# The findings of a file no audio was read from: it adds nothing to the minutes, and is no usable utterance.
+# The findings of a file that is not a readable WAV (missing, unreadable, another format): it adds nothing to
+# the minutes, and is no usable utterance until it is converted or replaced.
 _UNREAD_CODES = frozenset({"missing-file", "unreadable", "not-wav"})
 
 
@@ -67,7 +68,8 @@ class CheckReport:
 
     @property
     def usable(self) -> int:
-        """Entries training can read: the count the summary gives."""
+        """Entries whose audio is a readable WAV file, the dataset's format (a file in another format is an error
+        to convert first, though training might decode it): the count the summary gives."""
         return self.utterances - self.unusable
 
     @property
@@ -462,7 +464,8 @@ def _unlabelled_problems(data_dir: Path, referenced: Set[Path]) -> List[Problem]
         )
         fix = f"add an entry with its text for each to labels.json, or move them out of {AUDIO_DIR}/"
     if not referenced:  # labels.json lists nothing (`[]`): making it from the file names is the quick way
-        fix += f"; {LABELS_FROM_NAMES}"
+        # ... once the empty one is out of the way: convert reads a labels.json that exists, even an empty one.
+        fix += f"; or move the empty labels.json out of the folder: {LABELS_FROM_NAMES}"
     return [Problem("warning", item, "unlabelled-audio", message, fix)]
 
 
@@ -499,7 +502,8 @@ def format_report(report: CheckReport, width: Optional[int] = None) -> str:
 def summary_line(report: CheckReport) -> str:
     errors, warnings = len(report.errors), len(report.warnings)
     verdict = "fix the errors before training" if errors else "ready for training"
-    # Only what training can read counts: a missing file is not an utterance to train on.
+    # Only readable WAV files count: a missing file is not an utterance to train on, a file in another format
+    # is an error to convert first.
     count = (
         f"{report.usable} usable utterance{'s' * (report.usable != 1)} ({report.unusable} unusable)"
         if report.unusable

@@ -488,7 +488,7 @@ def check_memory_and_disk(machine: Any, ctx: Context) -> List[Finding]:
 def check_bundles(machine: Any, ctx: Context) -> List[Finding]:
     """Load every bundle of --models as the server would; their memory against what is available."""
     from resonance.errors import ResonanceError
-    from resonance.runtime.bundle import describe_model, export_command, is_adapter
+    from resonance.runtime.bundle import adapter_as_models, describe_model, is_adapter
     from resonance.runtime.device_sessions import precision_advice
 
     if ctx.models is None:
@@ -525,16 +525,10 @@ def check_bundles(machine: Any, ctx: Context) -> List[Finding]:
         findings.append(
             Finding("bundles", FAIL, f"{folder}: the server would skip it: {why}", data={"folder": folder})
         )
-    # An adapter passed as --models: what `resonance serve` would say too (ModelRegistry.no_patient_error).
+    # An adapter passed as --models: what `resonance serve` says too (runtime/bundle.py adapter_as_models).
     if not result.loaded and is_adapter(ctx.models):
-        findings.append(
-            Finding(
-                "bundles",
-                FAIL,
-                f"'{ctx.models}' is an adapter (made by `resonance train`), not a folder of bundles",
-                f"export it first: {export_command(ctx.models)}, then pass --models bundles",
-            )
-        )
+        error = adapter_as_models(ctx.models)
+        findings.append(Finding("bundles", FAIL, error.message, error.hint))
     elif not result.loaded and not result.failed:
         findings.append(
             Finding(
