@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import re
+import shlex
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
@@ -214,11 +215,13 @@ class ModelRegistry:
                 f"fix that bundle, or pass the folder that holds the patients' bundles, e.g. --models "
                 f"{folder.parent}",
             )
-        nested = [name for name in sorted(failed) if bundles_in(folder / name)]
+        # Every visible subfolder, not only those named like a patient ("my bundles", "bundles.v2" are skipped
+        # as patients, so `failed` does not hold them).
+        nested = [c.name for c in _subfolders(folder) if bundles_in(c)]
         if nested:  # e.g. --models runs/demo (which holds bundles/demo)
             return ResonanceError(
                 f"no bundle in '{folder}' itself: its folder '{nested[0]}' holds the bundles",
-                f"pass --models {folder / nested[0]}",
+                f"pass --models {shlex.quote(str(folder / nested[0]))}",
             )
         problems = "; ".join(f"{k}: {v}" for k, v in failed.items()) or "it has no bundle folders"
         return ResonanceError(
@@ -520,3 +523,11 @@ def _with_entry_board(bundle: LoadedBundle, entry: BundleEntry) -> LoadedBundle:
 
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
+
+
+def _subfolders(folder: Path) -> List[Path]:
+    """The visible folders directly in ``folder``, by name ([] when it cannot be read)."""
+    try:
+        return sorted(c for c in folder.iterdir() if c.is_dir() and not c.name.startswith("."))
+    except OSError:
+        return []

@@ -330,6 +330,9 @@ def test_recordings_missing_from_labels_are_one_warning(make_dataset, tmp_path):
     )
     assert warning.fix.endswith(LABELS_FROM_NAMES)  # the one text the missing-labels.json error gives too
     assert len(format_report(report, width=120).splitlines()) < 12
+    # The table names three; `--json` carries every one, for a script to act on.
+    listed = report.to_json()["problems"][1]["files"]
+    assert len(listed) == 30 and listed[:2] == ["audio/000_我想喝水0.wav", "audio/001_我饿了1.wav"]
     # The advice works as written: with the empty labels.json moved out, convert names all 30 from their files.
     assert "move the empty labels.json out of the folder" in warning.fix
     from resonance.data.convert import convert_dataset

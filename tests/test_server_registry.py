@@ -203,6 +203,12 @@ def test_a_folder_above_the_bundles_names_the_one_to_pass(tmp_path, config, tiny
     error = ModelRegistry(run, config).no_patient_error()
     assert "its folder 'bundles' holds the bundles" in error.message
     assert error.hint == f"pass --models {run / 'bundles'}"
+    # ... also when that folder's name is no patient id (a space), so the registry skipped it unnamed
+    other = tmp_path / "runs" / "other"
+    copy_bundle(tiny_bundle, other / "my bundles", "p1")
+    error = ModelRegistry(other, config).no_patient_error()
+    assert "its folder 'my bundles' holds the bundles" in error.message
+    assert error.hint == f"pass --models '{other / 'my bundles'}'"  # quoted: it can be pasted as it is
 
 
 def test_an_empty_models_folder_says_it_has_no_bundle_folders(tmp_path, config):

@@ -56,6 +56,9 @@ class Problem:
     code: str  # stable identifier, e.g. "sample-rate", "silent", "duplicate-text"
     message: str
     fix: str  # what to do about it
+    # Every file a grouped problem is about, where the message names only the first few (`--json` readers
+    # need them all); empty for a problem about one item.
+    files: List[str] = field(default_factory=list)
 
 
 @dataclass
@@ -466,7 +469,11 @@ def _unlabelled_problems(data_dir: Path, referenced: Set[Path]) -> List[Problem]
     if not referenced:  # labels.json lists nothing (`[]`): making it from the file names is the quick way
         # ... once the empty one is out of the way: convert reads a labels.json that exists, even an empty one.
         fix += f"; or move the empty labels.json out of the folder: {LABELS_FROM_NAMES}"
-    return [Problem("warning", item, "unlabelled-audio", message, fix)]
+    return [
+        Problem(
+            "warning", item, "unlabelled-audio", message, fix, files=list(stray) if len(stray) > 1 else []
+        )
+    ]
 
 
 def _unlabelled_files(data_dir: Path, referenced: Set[Path]) -> List[str]:
