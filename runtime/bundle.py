@@ -321,13 +321,19 @@ def adapter_error(folder: Path, instead_of: str, then: str) -> BundleError:
     )
 
 
-def bundles_in(folder: Path) -> List[str]:
-    """The names of the bundle folders directly in ``folder`` (hidden ones, e.g. .history, left out)."""
+def visible_subfolders(folder: Path) -> List[Path]:
+    """The folders directly in ``folder`` by name, hidden ones (e.g. .history) left out; [] when unreadable
+    (nothing to name: the caller says what it knows)."""
     try:
         children = sorted(Path(folder).iterdir())
-    except OSError:  # unreadable: nothing to name, the caller says what it knows
+    except OSError:
         return []
-    return [c.name for c in children if not c.name.startswith(".") and (c / MANIFEST).is_file()]
+    return [c for c in children if not c.name.startswith(".") and c.is_dir()]
+
+
+def bundles_in(folder: Path) -> List[str]:
+    """The names of the bundle folders directly in ``folder`` (hidden ones left out)."""
+    return [c.name for c in visible_subfolders(folder) if (c / MANIFEST).is_file()]
 
 
 def _some(names: List[str], most: int = 3) -> str:

@@ -39,6 +39,7 @@ from resonance.runtime.bundle import (
     export_command,
     is_adapter,
     load_manifest,
+    visible_subfolders,
 )
 from resonance.runtime.device_config import DeviceConfig
 from resonance.runtime.device_sessions import warn_on_precision
@@ -217,7 +218,7 @@ class ModelRegistry:
             )
         # Every visible subfolder, not only those named like a patient ("my bundles", "bundles.v2" are skipped
         # as patients, so `failed` does not hold them).
-        nested = [c.name for c in _subfolders(folder) if bundles_in(c)]
+        nested = [c.name for c in visible_subfolders(folder) if bundles_in(c)]
         if nested:  # e.g. --models runs/demo (which holds bundles/demo)
             return ResonanceError(
                 f"no bundle in '{folder}' itself: its folder '{nested[0]}' holds the bundles",
@@ -523,11 +524,3 @@ def _with_entry_board(bundle: LoadedBundle, entry: BundleEntry) -> LoadedBundle:
 
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
-
-
-def _subfolders(folder: Path) -> List[Path]:
-    """The visible folders directly in ``folder``, by name ([] when it cannot be read)."""
-    try:
-        return sorted(c for c in folder.iterdir() if c.is_dir() and not c.name.startswith("."))
-    except OSError:
-        return []

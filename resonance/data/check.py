@@ -24,6 +24,7 @@ from resonance.data.labels import (
     LABELS_FILE,
     LABELS_FROM_NAMES,
     Utterance,
+    first_few,
     parse_labels,
     read_labels_json,
     referenced_paths,
@@ -459,11 +460,10 @@ def _unlabelled_problems(data_dir: Path, referenced: Set[Path]) -> List[Problem]
         item, message = stray[0], "audio file not listed in labels.json (training will not use it)"
         fix = f"add an entry with its text to labels.json, or move the file out of {AUDIO_DIR}/"
     else:
-        shown = ", ".join(stray[:_SHOW_UNLABELLED])
-        more = f" … and {len(stray) - _SHOW_UNLABELLED} more" if len(stray) > _SHOW_UNLABELLED else ""
         item = f"{AUDIO_DIR}/"
         message = (
-            f"{len(stray)} audio files not listed in labels.json (training will not use them): {shown}{more}"
+            f"{len(stray)} audio files not listed in labels.json (training will not use them): "
+            f"{first_few(stray, _SHOW_UNLABELLED)}"
         )
         fix = f"add an entry with its text for each to labels.json, or move them out of {AUDIO_DIR}/"
     if not referenced:  # labels.json lists nothing (`[]`): making it from the file names is the quick way

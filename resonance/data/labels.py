@@ -73,10 +73,9 @@ def load_labels(data_dir: Union[str, Path], check_files: bool = True) -> List[Ut
     if check_files:
         missing = [u.rel for u in utterances if not u.audio.is_file()]
         if missing:
-            shown = ", ".join(missing[:_SHOW_MISSING])
-            more = f" … and {len(missing) - _SHOW_MISSING} more" if len(missing) > _SHOW_MISSING else ""
             raise ResonanceError(
-                f"{len(missing)} audio file(s) listed in {data_dir / LABELS_FILE} do not exist: {shown}{more}",
+                f"{len(missing)} audio file(s) listed in {data_dir / LABELS_FILE} do not exist: "
+                f"{first_few(missing, _SHOW_MISSING)}",
                 "fix the paths in labels.json or copy the files into the data folder" + CHECK_LISTS_ALL,
             )
     return utterances
@@ -169,6 +168,12 @@ def append_labels(data_dir: Union[str, Path], entries: Sequence[Mapping[str, str
         raise RuntimeError(f"appending to {path} would change its entries")
     write_bytes_atomic(path, bom + updated.encode("utf-8"))
     return path
+
+
+def first_few(names: List[str], most: int) -> str:
+    """``names`` joined, the first ``most`` of them and "… and N more" for the rest (a message stays a line)."""
+    more = f" … and {len(names) - most} more" if len(names) > most else ""
+    return ", ".join(names[:most]) + more
 
 
 def shorten(text: str, limit: int = _SHOWN_CHARS) -> str:
