@@ -229,8 +229,8 @@ def refuse_to_overwrite(
         return
     if path.is_dir() and not any(path.iterdir()):
         return  # an empty folder: nothing to lose
+    not_ours = _not_ours(path, what, own)
     if not force:
-        not_ours = _not_ours(path, what, own)
         # Offer --force only where it would work: it never replaces what is not ours.
         offer = (
             " (nothing was changed)"
@@ -243,20 +243,15 @@ def refuse_to_overwrite(
             else f"{what} '{path}' already exists; refusing to overwrite it.",
             f"choose another output path{offer}",
         )
-    if not own:
-        return
-    if not path.is_dir() or path.is_symlink():
+    if not_ours:
+        # The user's own folder: they may move it aside themselves if they really mean to replace it.
+        a_folder = path.is_dir() and not path.is_symlink()
         raise ResonanceError(
-            f"'{path}' is a {'link' if path.is_symlink() else 'file'}, not {_a(what)}; only {_a(what)} made by "
-            "resonance is ever replaced (--force included)",
-            "choose another output path (nothing was changed)",
-        )
-    if not any((path / marker).is_file() for marker in own):
-        raise ResonanceError(
-            f"'{path}' is not {_a(what)} made by resonance (it has no {' or '.join(own)}); only such a folder is "
-            "ever replaced (--force included), never another",
+            f"'{path}' {not_ours}; only such a folder is ever replaced (--force included), never another",
             "choose another output path; if you really want to replace that folder, move or delete it "
-            "yourself first (nothing was changed)",
+            "yourself first (nothing was changed)"
+            if a_folder
+            else "choose another output path (nothing was changed)",
         )
 
 
