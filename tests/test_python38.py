@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import pytest
+import requests
 from helpers import Server, tone, wav, write_config
 
 try:
@@ -257,6 +258,9 @@ def test_serve_on_python38(py38, tmp_path, tiny_bundle, clip):
         assert health["providers"] == ["CPUExecutionProvider"]
         page = server.get("/")
         assert page.status_code == 200 and "<html" in page.text.lower()  # static/ made it into the wheel
+        # http:// typed before the HTTPS address: a redirect to https (the listener's own accept loop)
+        followed = requests.get(server.base.replace("https://", "http://") + "/health", verify=server.verify, timeout=30)
+        assert followed.status_code == 200 and [r.status_code for r in followed.history] == [308]
         reply = server.post(files={"file": ("clip.wav", clip.read_bytes(), "audio/wav")})
         assert reply.status_code == 200, reply.text
         assert isinstance(reply.json()["text"], str)

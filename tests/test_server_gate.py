@@ -550,3 +550,84 @@ def test_past_the_connection_cap_the_oldest_idle_connection_makes_room(small_fro
     assert idle[0].recv(10) == b""  # the oldest idle connection was closed for the newcomer
     for sock in idle:
         sock.close()
+
+
+@pytest.fixture
+def https_front(monkeypatch, tmp_path):
+    """``small_front`` over TLS (the local CA's certificate for 127.0.0.1), with a 2 s request-head deadline:
+    (port, CA file)."""
+    from resonance.runtime.server import listener
+    from resonance.runtime.server.tls import local_certificate, ssl_context
+
+    monkeypatch.setattr(listener, "MAX_CONNECTIONS", 5)
+    monkeypatch.setattr(listener, "HEAD_TIMEOUT_S", 2.0)
+    certificate = local_certificate(tmp_path / "tls", ["localhost"], ["127.0.0.1"])
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        body = scope["scheme"].encode()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"5")]})
+        await send({"type": "http.response.body", "body": body})
+
+    front = listener.Front([listener.Endpoint("127.0.0.1", 0, ssl_context(certificate))])
+    thread = threading.Thread(target=front.run, args=(app,), daemon=True)
+    thread.start()
+    time.sleep(0.5)
+    yield front.ports[0], str(certificate.ca_file)
+    front.stop()
+    thread.join(10)
+
+
+def plain_request(port: int, head: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+        conn.sendall(head)
+        reply = b""
+        while True:
+            chunk = conn.recv(4096)
+            if not chunk:
+                return reply
+            reply += chunk
+
+
+def test_plain_http_on_the_https_port_is_redirected_to_https(https_front):
+    """A caregiver typing http:// before the HTTPS address got an empty reply: now a redirect to https."""
+    port, ca = https_front
+    reply = plain_request(port, f"GET /?token=abc HTTP/1.1\r\nHost: care.lan:{port}\r\n\r\n".encode())
+    assert reply.startswith(b"HTTP/1.1 308 "), reply
+    assert f"\r\nLocation: https://care.lan:{port}/?token=abc\r\n".encode() in reply
+    # a browser follows it and lands on the same server over TLS
+    followed = requests.get(f"http://127.0.0.1:{port}/health", timeout=5, verify=ca)
+    assert followed.status_code == 200 and followed.text == "https"
+    assert [r.status_code for r in followed.history] == [308]
+    assert followed.url == f"https://127.0.0.1:{port}/health"
+    # a POST is not served over plain http: the answer is the redirect, and the body is never read
+    posted = plain_request(port, b"POST /transcribe HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 9\r\n\r\n")
+    assert posted.startswith(b"HTTP/1.1 308 ") and b"Location: https://127.0.0.1/transcribe\r\n" in posted
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET / HTTP/1.1\r\n\r\n",  # no Host
+        b"GET / HTTP/1.1\r\nHost: evil\r\nLocation: x\r\nHost: a\r\n\r\n",  # two Hosts
+        b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n",  # not a host name
+    ],
+)
+def test_plain_http_without_a_usable_host_is_told_to_use_https(https_front, head):
+    reply = plain_request(https_front[0], head)
+    assert reply.startswith(b"HTTP/1.1 400 ") and b"Location" not in reply and b"use https://" in reply
+
+
+def test_silent_connections_to_the_https_port_are_closed_and_capped(https_front):
+    port, ca = https_front
+    silent = [socket.create_connection(("127.0.0.1", port)) for _ in range(6)]
+    silent[0].settimeout(1)  # well before the request-head deadline
+    assert silent[0].recv(10) == b""  # the oldest, past the cap of 5 connections in their first phase
+    assert requests.get(f"https://127.0.0.1:{port}/", timeout=5, verify=ca).text == "https"
+    silent[-1].settimeout(5)
+    started = time.monotonic()
+    assert silent[-1].recv(10) == b""  # the request-head deadline (2 s here) closes the others
+    assert time.monotonic() - started < 5
+    for sock in silent:
+        sock.close()

@@ -9,7 +9,10 @@ The only module that knows uvicorn. What it adds to uvicorn for a hostile LAN (i
   that is not in the middle of a request is closed to make room, instead of refusing the newcomer
   (uvicorn's own ``limit_concurrency`` answers 503 to everyone once idle sockets fill it);
 * idle keep-alive connections closed after ``KEEP_ALIVE_S``;
-* a **lingering close** after refusing a body the client is still sending, so it reads the error.
+* a **lingering close** after refusing a body the client is still sending, so it reads the error;
+* on an HTTPS port, a **redirect for plain http**: a caregiver who types ``http://`` before the HTTPS
+  address gets a ``308`` to ``https://`` instead of an empty reply (asyncio's TLS layer drops a connection
+  whose first bytes are not a TLS handshake before anything could answer it).
 
 Several endpoints (sockets, each plain or TLS) can be served by one event loop, with other servers (e.g. a
 Wyoming server) beside them: ``Front([Endpoint(...), ...]).run(app, other_coroutine_function, ...)``.
@@ -21,12 +24,13 @@ import asyncio
 import contextlib
 import errno
 import logging
+import re
 import signal
 import socket
 import ssl
 import threading
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Iterator, List, Optional, Sequence
+from typing import Any, Awaitable, Callable, Dict, Iterator, List, Optional, Sequence
 
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -42,6 +46,7 @@ MAX_HEAD_BYTES = 16 * 1024  # request line + headers (h11's default; a longer he
 LINGER_IDLE_S = 2.0  # after refusing a body: drop the connection when the client pauses this long ...
 LINGER_MAX_S = 10.0  # ... or after this long in all
 SHUTDOWN_GRACE_S = 5  # on Ctrl+C, requests in flight get this long to finish
+TLS_HANDSHAKE = b"\x16"  # a TLS client's first byte (a handshake record); plain http starts with a letter
 
 
 class _LingeringTransport:
@@ -173,6 +178,120 @@ class _Server(uvicorn.Server):
         yield
 
 
+class _HttpsServer(_Server):
+    """An HTTPS endpoint that accepts its connections itself, to look at each one's first byte before TLS
+    begins: a TLS handshake goes to uvicorn's protocol over TLS, as ``create_server(ssl=...)`` would do,
+    and plain http gets a redirect to the same address over https (:func:`_redirect_to_https`).
+
+    Connections still in that first phase (no byte yet, or in the TLS handshake) are capped like open ones:
+    past ``MAX_CONNECTIONS`` the oldest of them is closed for the newcomer."""
+
+    def __init__(self, config: uvicorn.Config, ssl_context: ssl.SSLContext) -> None:
+        super().__init__(config)
+        self._ssl_context = ssl_context
+        self._accepting: Optional[asyncio.Future] = None
+        self._opening: Dict[asyncio.Future, socket.socket] = {}  # in insertion order: oldest first
+
+    async def startup(self, sockets: Optional[List[socket.socket]] = None) -> None:
+        await super().startup(sockets=[])  # uvicorn's state and lifespan, but no asyncio server of its own
+        listener = (sockets or [])[0]
+        listener.setblocking(False)
+        self._accepting = asyncio.ensure_future(self._accept(listener))
+
+    async def shutdown(self, sockets: Optional[List[socket.socket]] = None) -> None:
+        for task in [self._accepting, *self._opening]:
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(*[t for t in [self._accepting, *self._opening] if t], return_exceptions=True)
+        await super().shutdown(sockets=sockets)
+
+    async def _accept(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, _ = await loop.sock_accept(listener)
+            except OSError as exc:  # e.g. out of file descriptors: let some close, then go on
+                log.warning("cannot accept a connection: %s", exc)
+                await asyncio.sleep(0.5)
+                continue
+            conn.setblocking(False)
+            task = asyncio.ensure_future(self._open(conn))
+            self._opening[task] = conn
+            task.add_done_callback(self._opened)
+            if len(self._opening) > MAX_CONNECTIONS:
+                next(iter(self._opening)).cancel()
+
+    def _opened(self, task: asyncio.Future) -> None:
+        conn = self._opening.pop(task, None)
+        failed = task.cancelled() or task.exception() is not None
+        if failed and conn is not None:
+            conn.close()
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("connection not opened: %s", task.exception())
+
+    async def _open(self, conn: socket.socket) -> None:
+        """TLS for a TLS client, a redirect for a plain http one, nothing for one that sends nothing."""
+        loop = asyncio.get_running_loop()
+        first = await asyncio.wait_for(_peek(loop, conn), HEAD_TIMEOUT_S)
+        if first == TLS_HANDSHAKE:
+            await loop.connect_accepted_socket(
+                self._protocol, sock=conn, ssl=self._ssl_context, ssl_handshake_timeout=HEAD_TIMEOUT_S
+            )
+        else:
+            if first:
+                await asyncio.wait_for(_redirect_to_https(loop, conn), HEAD_TIMEOUT_S)
+            conn.close()
+
+    def _protocol(self) -> asyncio.Protocol:
+        """What uvicorn's ``create_server`` would make for this connection."""
+        return self.config.http_protocol_class(  # type: ignore[call-arg]
+            config=self.config, server_state=self.server_state, app_state=self.lifespan.state
+        )
+
+
+async def _peek(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> bytes:
+    """The connection's first byte, left in the socket for TLS to read (b"": closed before sending)."""
+    readable = loop.create_future()
+    loop.add_reader(conn.fileno(), lambda: readable.done() or readable.set_result(None))
+    try:
+        await readable
+    finally:
+        loop.remove_reader(conn.fileno())
+    return conn.recv(1, socket.MSG_PEEK)
+
+
+_HOST = re.compile(r"^(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?$")
+_TARGET = re.compile(r"^/[\x21-\x7e]*$")  # origin-form, printable ASCII without spaces
+
+
+async def _redirect_to_https(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> None:
+    """Read a plain http request head and answer 308 to the same host and path over https (400 when the
+    head has no usable Host). Nothing of the request is served: the body, if any, is never read."""
+    head = b""
+    while b"\r\n\r\n" not in head and len(head) < MAX_HEAD_BYTES:
+        chunk = await loop.sock_recv(conn, 4096)
+        if not chunk:
+            break
+        head += chunk
+    lines = head.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ")
+    target = parts[1] if len(parts) == 3 and _TARGET.match(parts[1]) else "/"
+    hosts = [line.split(":", 1)[1].strip() for line in lines[1:] if line.lower().startswith("host:")]
+    if len(hosts) == 1 and _HOST.match(hosts[0]):
+        location = f"https://{hosts[0]}{target}"
+        status, text = "308 Permanent Redirect", f"This port speaks HTTPS: {location}\n"
+        extra = f"Location: {location}\r\n"
+    else:
+        status, text, extra = "400 Bad Request", "This port speaks HTTPS: use https:// in the address.\n", ""
+    body = text.encode("ascii")
+    reply = (
+        f"HTTP/1.1 {status}\r\n{extra}Content-Type: text/plain; charset=utf-8\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode("ascii") + body
+    await loop.sock_sendall(conn, reply)
+    log.info("plain http on an HTTPS port: %s", status)
+
+
 @dataclass(frozen=True)
 class Endpoint:
     """One listening socket: where, and with which TLS context (None: plain http)."""
@@ -247,7 +366,8 @@ class Front:
             h11_max_incomplete_event_size=MAX_HEAD_BYTES,
         )
         config.load()
-        config.ssl = endpoint.ssl_context  # a prepared context (uvicorn would build one from file paths)
+        if endpoint.ssl_context is not None:
+            return _HttpsServer(config, endpoint.ssl_context)
         return _Server(config)
 
     def run(self, app: Any, *others: Callable[[], Awaitable[None]]) -> None:
