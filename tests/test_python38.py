@@ -259,7 +259,9 @@ def test_serve_on_python38(py38, tmp_path, tiny_bundle, clip):
         page = server.get("/")
         assert page.status_code == 200 and "<html" in page.text.lower()  # static/ made it into the wheel
         # http:// typed before the HTTPS address: a redirect to https (the listener's own accept loop)
-        followed = requests.get(server.base.replace("https://", "http://") + "/health", verify=server.verify, timeout=30)
+        followed = requests.get(
+            server.base.replace("https://", "http://") + "/health", verify=server.verify, timeout=30
+        )
         assert followed.status_code == 200 and [r.status_code for r in followed.history] == [308]
         reply = server.post(files={"file": ("clip.wav", clip.read_bytes(), "audio/wav")})
         assert reply.status_code == 200, reply.text

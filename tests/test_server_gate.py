@@ -601,8 +601,13 @@ def test_plain_http_on_the_https_port_is_redirected_to_https(https_front):
     assert followed.status_code == 200 and followed.text == "https"
     assert [r.status_code for r in followed.history] == [308]
     assert followed.url == f"https://127.0.0.1:{port}/health"
-    # a POST is not served over plain http: the answer is the redirect, and the body is never read
-    posted = plain_request(port, b"POST /transcribe HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 9\r\n\r\n")
+    # an app posting a recording over plain http: the redirect, not a reset (the body is dropped, not served)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+        conn.sendall(b"POST /transcribe HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 900000\r\n\r\n")
+        conn.sendall(b"\0" * 300_000)
+        time.sleep(0.3)  # the answer comes while the client is still sending, as curl -F does with a big file
+        conn.sendall(b"\0" * 600_000)  # a reset here, had the server closed with the body unread
+        posted = conn.recv(4096)
     assert posted.startswith(b"HTTP/1.1 308 ") and b"Location: https://127.0.0.1/transcribe\r\n" in posted
 
 

@@ -239,7 +239,7 @@ class _HttpsServer(_Server):
             )
         else:
             if first:
-                await asyncio.wait_for(_redirect_to_https(loop, conn), HEAD_TIMEOUT_S)
+                await _redirect_to_https(loop, conn)
             conn.close()
 
     def _protocol(self) -> asyncio.Protocol:
@@ -265,14 +265,9 @@ _TARGET = re.compile(r"^/[\x21-\x7e]*$")  # origin-form, printable ASCII without
 
 
 async def _redirect_to_https(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> None:
-    """Read a plain http request head and answer 308 to the same host and path over https (400 when the
-    head has no usable Host). Nothing of the request is served: the body, if any, is never read."""
-    head = b""
-    while b"\r\n\r\n" not in head and len(head) < MAX_HEAD_BYTES:
-        chunk = await loop.sock_recv(conn, 4096)
-        if not chunk:
-            break
-        head += chunk
+    """Answer a plain http request with 308 to the same host and path over https (400 when its head has no
+    usable Host). Nothing of the request is served: a body is read only to be dropped (lingering close)."""
+    head = await asyncio.wait_for(_request_head(loop, conn), HEAD_TIMEOUT_S)
     lines = head.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
     parts = lines[0].split(" ")
     target = parts[1] if len(parts) == 3 and _TARGET.match(parts[1]) else "/"
@@ -288,8 +283,34 @@ async def _redirect_to_https(loop: asyncio.AbstractEventLoop, conn: socket.socke
         f"HTTP/1.1 {status}\r\n{extra}Content-Type: text/plain; charset=utf-8\r\n"
         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
     ).encode("ascii") + body
-    await loop.sock_sendall(conn, reply)
+    await asyncio.wait_for(loop.sock_sendall(conn, reply), HEAD_TIMEOUT_S)
     log.info("plain http on an HTTPS port: %s", status)
+    await _drain_before_close(loop, conn)
+
+
+async def _request_head(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> bytes:
+    head = b""
+    while b"\r\n\r\n" not in head and len(head) < MAX_HEAD_BYTES:
+        chunk = await loop.sock_recv(conn, 4096)
+        if not chunk:
+            break
+        head += chunk
+    return head
+
+
+async def _drain_before_close(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> None:
+    """FIN after the answer, then drop what the client still sends for a while: closing a socket with
+    unread data sends a reset, and the client's TCP stack would throw away the answer it had not read."""
+    with contextlib.suppress(OSError):
+        conn.shutdown(socket.SHUT_WR)
+    deadline = loop.time() + LINGER_MAX_S
+    while loop.time() < deadline:
+        try:
+            chunk = await asyncio.wait_for(loop.sock_recv(conn, 65536), LINGER_IDLE_S)
+        except (asyncio.TimeoutError, OSError):
+            return
+        if not chunk:
+            return
 
 
 @dataclass(frozen=True)
