@@ -316,9 +316,13 @@ def adapter_error(folder: Path, instead_of: str, then: str) -> BundleError:
     """An adapter given where ``instead_of`` belongs (a bundle, a folder of bundles): the export to run first,
     and what to pass ``then``. One text for transcribe, serve and doctor."""
     return BundleError(
-        f"'{folder}' is an adapter (made by `resonance train`), not {instead_of}",
-        f"export it first: {export_command(folder)}, then pass {then}",
+        adapter_found(folder, instead_of), f"export it first: {export_command(folder)}, then pass {then}"
     )
+
+
+def adapter_found(folder: Path, instead_of: str) -> str:
+    """What was found where ``instead_of`` belongs: the one sentence every adapter refusal starts with."""
+    return f"'{folder}' is an adapter (made by `resonance train`), not {instead_of}"
 
 
 def visible_subfolders(folder: Path) -> List[Path]:

@@ -34,6 +34,7 @@ from resonance.runtime.bundle import (
     BundleError,
     Manifest,
     adapter_as_models,
+    adapter_found,
     bundles_in,
     describe_model,
     export_command,
@@ -446,7 +447,7 @@ class ModelRegistry:
                 # Export refuses to write onto its own adapter, so the adapter has to leave the folder first.
                 moved = Path("adapters") / folder.name
                 raise BundleError(
-                    f"'{folder.name}' is an adapter (made by `resonance train`), not a bundle",
+                    adapter_found(Path(folder.name), "a bundle"),
                     f"move it out of {self.models_dir} (e.g. to {moved}), then export it here: "
                     f"{export_command(moved, str(self.models_dir / folder.name))}",
                 )
