@@ -518,6 +518,7 @@ def _collect_dir(args: argparse.Namespace) -> Any:
 
 def _run_serve(args: argparse.Namespace) -> int:
     from resonance.errors import ResonanceError
+    from resonance.runtime.models import require_models_dir
     from resonance.runtime.server import ServerSettings, default_token_path, load_or_create_token, serve
     from resonance.runtime.server.auth import token_note
     from resonance.runtime.server.https import choose_certificate, plain_http_port
@@ -535,6 +536,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         raise ResonanceError(
             "--http cannot go with --cert/--key", "leave out --http to serve your certificate"
         )
+    require_models_dir(Path(args.models))
     tls = choose_certificate(config.host, args.https, args.http, args.cert, args.key, args.allow_host)
     token, note = None, ""
     if args.auth:

@@ -140,6 +140,18 @@ def board_stamp(folder: Path) -> BoardStamp:
     return stat.st_size, stat.st_mtime_ns
 
 
+def require_models_dir(models_dir: Path) -> Path:
+    """``models_dir`` if it is a folder, else the error: serve checks it before ports, certificate or token,
+    so a mistyped path is the one error of a start, not the second after a port in use."""
+    models_dir = Path(models_dir)
+    if not models_dir.is_dir():
+        raise ResonanceError(
+            f"models folder not found: {models_dir}",
+            "pass the folder that holds one bundle per patient (made by `resonance export --out <dir>/<id>`)",
+        )
+    return models_dir
+
+
 class ModelRegistry:
     """Every usable bundle under ``models_dir``, by patient id; thread-safe.
 
@@ -155,12 +167,7 @@ class ModelRegistry:
         poll_interval_s: float = 0.0,
         memory_budget_mb: Optional[float] = None,
     ) -> None:
-        self.models_dir = Path(models_dir)
-        if not self.models_dir.is_dir():
-            raise ResonanceError(
-                f"models folder not found: {self.models_dir}",
-                "pass the folder that holds one bundle per patient (made by `resonance export --out <dir>/<id>`)",
-            )
+        self.models_dir = require_models_dir(models_dir)
         # `--models bundles/grandpa` (one bundle, not the folder of bundles) is a common slip: serve that one.
         self.single_bundle = (self.models_dir / MANIFEST).is_file()
         self.device_config = device_config

@@ -9,6 +9,7 @@ import io
 import json
 import re
 import shutil
+import socket
 import stat
 import threading
 import time
@@ -413,9 +414,13 @@ def test_no_usable_bundle_is_a_clear_startup_error(tmp_path, run_cli):
     proc = run_cli("serve", "--config", write_config(tmp_path / "c.yaml"), "--models", models, "--port", "0")
     assert proc.returncode == 2
     assert "no usable bundle" in proc.stderr
-    missing = run_cli("serve", "--models", tmp_path / "nope", "--port", "0")
+    with socket.socket() as taken:  # a mistyped folder is said first, not after a port in use
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        missing = run_cli("serve", "--models", tmp_path / "nope", "--host", "127.0.0.1", "--port", port)
     assert missing.returncode == 2
-    assert "models folder not found" in missing.stderr
+    assert "models folder not found" in missing.stderr and "in use" not in missing.stderr
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     (adapter / "train_config.json").write_text("{}", encoding="utf-8")  # what `resonance train` leaves
