@@ -8,7 +8,7 @@ import warnings
 
 import pytest
 
-from resonance.train.report import phrase_rows, with_verdict, write_report
+from resonance.train.report import phrase_rows, render_text, with_verdict, write_report
 
 SAID = ["我想喝水", "帮我开灯", "我饿了", "谢谢"]
 
@@ -161,6 +161,12 @@ def test_report_text_opens_in_plain_words_zh_then_en_and_keeps_the_jargon_for_th
         assert jargon not in family, jargon
     assert "CER" in technical and "generic 0.800 -> personalised 0.300" in technical
     assert "kept the weights of step 1 of 2" in technical and "step 1: 0.500, step 2: 0.700" in technical
+    assert (
+        "the personalised model decoded greedily (the device's beam search is usually a little better)"
+        in (technical)
+    )
+    beams = render_text({**written, "settings": {**(written.get("settings") or {}), "eval_beams": 4}})
+    assert "the personalised model decoded with 4 beams, the generic one greedily" in beams
     # Each phrase once, numbered, right or wrong per model; the Traditional reply is shown in Simplified.
     assert "  1. 我想喝水 | ✗ 你想喝水 | ✓ 我想喝水" in family
     assert "  2. 帮我开灯 | ✓ 帮我开灯 | ✓ 帮我开灯。" in family

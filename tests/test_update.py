@@ -154,6 +154,15 @@ def test_the_judge_decodes_as_the_device_serving_the_bundle(monkeypatch, tmp_pat
         with pytest.raises(Stop):
             main([*common, *extra])
     assert seen == [4, 1, 3]  # pc-cpu's default, the box's greedy, the command line's choice
+    # the new adapter's report (report.txt, the bundle's metrics) decodes as the judge does
+    from resonance.update.update import UpdateOptions, training_config
+
+    paths = dict(
+        adapter=tmp_path / "a", data=None, new=tmp_path / "n", out=tmp_path / "o", bundle=tmp_path / "b"
+    )
+    for decoding, beams in ((None, DecodingOptions().beam_size), (DecodingOptions(beam_size=1), 1)):
+        config = training_config(UpdateOptions(**paths, decoding=decoding), {}, None)
+        assert config.eval_beams == beams
 
     made = []
 

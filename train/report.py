@@ -366,7 +366,7 @@ def technical_lines(report: dict) -> list[str]:
         "-" * 28,
         f"character error rate (CER, lower is better): generic {report['cer_before']:.3f} -> personalised "
         f"{report['cer_after']:.3f}, on {report['eval_source']} ({report['n_eval']} recordings); transcripts "
-        "compared in Simplified characters without punctuation",
+        f"compared in Simplified characters without punctuation; {decoding_words(report)}",
         f"trained on {report['n_train']} recordings ({report['data_seconds']} s of audio): {report['steps']} "
         f"steps in {report['train_seconds']} s on {report['device']} ({report['samples_per_second']} samples/s), "
         f"audio window {report['window_seconds']:g} s",
@@ -394,6 +394,17 @@ def technical_lines(report: dict) -> list[str]:
         lines.append("`resonance export` refuses this adapter unless --allow-worse is given.")
     lines += [f"WARNING: {w}" for w in report["warnings"]]
     return lines
+
+
+def decoding_words(report: dict) -> str:
+    """How the two models' transcripts were made (the device decodes with beam search unless configured)."""
+    beams = (report.get("settings") or {}).get("eval_beams", 1)
+    personal = (
+        "greedily (the device's beam search is usually a little better)"
+        if beams == 1
+        else f"with {beams} beams"
+    )
+    return f"the personalised model decoded {personal}, the generic one greedily"
 
 
 def _kept_best(report: dict) -> bool:

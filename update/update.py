@@ -199,6 +199,9 @@ def training_config(options: UpdateOptions, made_with: Dict[str, Any], first_n: 
             # phrase the patient recorded is learnt, the last step is kept, and the held-out recordings judge it.
             "eval_data": str(options.new),
             "val_fraction": 0.0,
+            # The report (report.txt, the bundle's metrics) measures the new model as the device decodes it,
+            # as the judge does: greedy there could say 100 % where the served model gets 92.
+            "eval_beams": (options.decoding or DecodingOptions()).beam_size,
             "max_train_samples": first_n,
             "init_adapter": str(options.adapter) if options.start == WARM else None,
             **({"epochs": float(epochs)} if epochs else {}),
