@@ -2,8 +2,8 @@
 
     <models>/<patient>/                               the bundle `resonance serve` loads
     <models>/.history/<patient>/<UTC time>-<kind>/    earlier bundles; Resonance never deletes them:
-        replaced       served until `resonance update` deployed a better one (what `rollback` brings back)
-        rolled-back    served until `resonance rollback` put an earlier one back
+        replaced       served until `resonance update` deployed a better one
+        rolled-back    served until `resonance rollback` put another one back
         not-deployed   a candidate `resonance update` judged worse than the served bundle (kept to look at,
                        or to deploy anyway with `rollback --to`)
 
@@ -21,7 +21,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import Iterator, List, Optional, Tuple
 
 from resonance.errors import ResonanceError
 from resonance.fsutil import exchange_paths
@@ -64,7 +64,7 @@ def versions(served: Path) -> List[Version]:
     if not folder.is_dir():
         return []
     found = []
-    for path in sorted(folder.iterdir(), reverse=True):
+    for path in sorted(folder.iterdir(), key=lambda p: _order(p.name), reverse=True):
         kind = next((k for k in KINDS if path.name.endswith("-" + k)), None)
         if not path.is_dir() or kind is None:
             continue
@@ -81,12 +81,20 @@ def keep(served: Path, bundle: Path, kind: str) -> Path:
     folder = history_dir(served)
     folder.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    target, n = folder / f"{stamp}-{kind}", 1
-    while target.exists():  # two in one second: never over an earlier one
-        n += 1
-        target = folder / f"{stamp}.{n}-{kind}"
+    # More than one in a second, of any kind: numbered after every one there (<stamp>.2, .3 …), so that the
+    # history orders bundles as they left service (what a plain rollback goes by), never over an earlier one.
+    same_second = [_order(p.name)[1] for p in folder.iterdir() if _order(p.name)[0] == stamp]
+    n = max(same_second, default=0) + 1
+    target = folder / f"{stamp if n == 1 else f'{stamp}.{n}'}-{kind}"
     os.rename(bundle, target)
     return target
+
+
+def _order(name: str) -> Tuple[str, int]:
+    """A history folder's place in time: its UTC stamp and its number within that second (1 when none)."""
+    label = name.split("-", 1)[0]
+    stamp, _, number = label.partition(".")
+    return stamp, int(number) if number.isdigit() else 1
 
 
 def deploy(served: Path, candidate: Path, old_kind: str = REPLACED) -> Optional[Path]:
@@ -117,7 +125,7 @@ def deploy(served: Path, candidate: Path, old_kind: str = REPLACED) -> Optional[
 
 
 def rollback(served: Path, to: Optional[str] = None) -> Version:
-    """Serve an earlier bundle again: the newest ``replaced`` one, or the history folder named ``to``. The
+    """Serve an earlier bundle again: the :func:`previous` one, or the history folder named ``to``. The
     bundle served until now is kept in the history as ``rolled-back``. Returns the version put back."""
     served = Path(served)
     if not served.is_dir():
@@ -134,14 +142,28 @@ def rollback(served: Path, to: Optional[str] = None) -> Version:
                 f"`resonance rollback --bundle {served} --list` shows them",
             )
     else:
-        chosen = next((v for v in earlier if v.kind == REPLACED and v.manifest is not None), None)
+        chosen = previous(served, earlier)
         if chosen is None:
             raise ResonanceError(
-                f"'{served}' has no earlier bundle to go back to",
-                f"`resonance rollback --bundle {served} --list` shows its history",
+                f"'{served}' has no earlier bundle to go back to (none exported before the one it serves)",
+                f"`resonance rollback --bundle {served} --list` shows its history; --to NAME serves any of them",
             )
     deploy(served, chosen.path, old_kind=ROLLED_BACK)
     return chosen
+
+
+def previous(served: Path, earlier: List[Version]) -> Optional[Version]:
+    """What a plain rollback serves: of the bundles that were served before (replaced or rolled back, not a
+    candidate never deployed), those exported before the served one, and of them the one served last. So
+    rollback after rollback walks back through older models (never forward to one just rolled back from),
+    and after a roll forward with --to it goes back to the model served before it."""
+    try:
+        now = load_manifest(served, verify=False).created
+    except BundleError:
+        now = None  # the served folder is no readable bundle: any bundle served before is earlier
+    served_before = [v for v in earlier if v.kind != NOT_DEPLOYED and v.manifest is not None]
+    older = [v for v in served_before if now is None or v.manifest.created < now]
+    return older[0] if older else None  # ``earlier`` is newest first: the last one moved out of service
 
 
 @contextlib.contextmanager

@@ -82,6 +82,13 @@ def test_deploy_keeps_the_old_bundle_and_the_caregivers_board(models, tiny_bundl
     assert rollback(served, to=name).manifest.created == "v3" and load_manifest(served).created == "v3"
     with pytest.raises(ResonanceError, match="no version 'nope'"):
         rollback(served, to="nope")
+    # After that roll forward, plain rollback goes back to the model served before it (v1, now "rolled
+    # back"), not to v2, nor does it say there is nothing earlier (a new user's audit)
+    assert rollback(served).manifest.created == "v1"
+    assert rollback(served, to=next(v.name for v in versions(served) if v.manifest.created == "v3"))
+    deploy(served, _candidate(models, tiny_bundle, "v4"))
+    assert rollback(served).manifest.created == "v3"  # the one v4 replaced, not v2 rolled back long ago
+    assert [v.manifest.created for v in versions(served)] == ["v4", "v1", "v2"]  # the order they left service
 
 
 def test_a_wrong_or_damaged_candidate_is_refused_and_nothing_moves(models, tiny_bundle, tmp_path):

@@ -37,11 +37,12 @@ writes loop.json and loop.md (the table) under --out after every round; run it a
 
 
 ROLLBACK_EXAMPLES = """\
-  resonance rollback --bundle bundles/grandpa            # serve the bundle the last update replaced
+  resonance rollback --bundle bundles/grandpa            # serve the model served before this one
   resonance rollback --bundle bundles/grandpa --list     # the patient's earlier bundles, newest first
   resonance rollback --bundle bundles/grandpa --to 20261202T051500Z-not-deployed   # a named one
-the bundle served until now is kept too (as rolled-back): nothing is deleted. A running server picks the
-change up at its next reload.
+Without --to: of the bundles served before, the last one exported before the one served now (again: the one
+before that; never forward to a newer model). The bundle served until now is kept too (as rolled-back):
+nothing is deleted. A running server picks the change up at its next reload.
 """
 
 
