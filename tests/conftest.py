@@ -106,7 +106,8 @@ def run_cli():
             text=True,
             timeout=timeout,
             cwd=cwd,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            # COLUMNS: tables wrap to the terminal's width; the same width wherever the suite runs
+            env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "120"},
         )
         if check and proc.returncode != 0:
             raise AssertionError(
