@@ -267,6 +267,25 @@ def _not_ours(path: Path, what: str, own: Sequence[str]) -> str:
 
 
 @contextlib.contextmanager
+def file_lock(path: PathLike) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if missing) while the block runs: one process at a time,
+    the others wait. Without fcntl (not Linux or macOS) nothing is locked."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
 def atomic_directory(
     final: PathLike, force: bool = False, what: str = "output", own: Sequence[str] = ()
 ) -> Iterator[Path]:

@@ -15,16 +15,15 @@ caregiver's phrase-board edits belong to the patient, not to one model, so they 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 from resonance.errors import ResonanceError
-from resonance.fsutil import exchange_paths
+from resonance.fsutil import exchange_paths, file_lock
 from resonance.runtime.board import carry_board
 from resonance.runtime.bundle import BundleError, Manifest, load_manifest
 
@@ -166,19 +165,6 @@ def previous(served: Path, earlier: List[Version]) -> Optional[Version]:
     return older[0] if older else None  # ``earlier`` is newest first: the last one moved out of service
 
 
-@contextlib.contextmanager
-def _patient_lock(served: Path) -> Iterator[None]:
+def _patient_lock(served: Path):
     """One deploy or rollback of a patient at a time (two updates finishing together must not interleave)."""
-    try:
-        import fcntl
-    except ImportError:  # not on Linux/macOS: no lock (the server devices are Linux)
-        yield
-        return
-    folder = history_dir(served)
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return file_lock(history_dir(served) / ".lock")

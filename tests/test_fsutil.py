@@ -194,3 +194,36 @@ def test_read_json_file_turns_every_bad_file_into_one_error(tmp_path):
         read_json_file(tmp_path / "missing.json", "report", "fix it")
     path.write_bytes(b"\xef\xbb\xbf" + json.dumps([{"a": 1}]).encode())  # Notepad's byte-order mark
     assert read_json_file(path, "labels file", "fix it") == [{"a": 1}]
+
+
+def test_file_lock_lets_one_process_at_a_time_in(tmp_path):
+    """Two first uses of a cached model at once (two trainings, the suite's workers) import it once."""
+    import multiprocessing
+
+    from resonance.fsutil import file_lock
+
+    lock, log = tmp_path / "sub" / ".x.lock", tmp_path / "log"
+    context = multiprocessing.get_context("fork")
+    workers = [context.Process(target=_hold, args=(lock, log, n)) for n in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(30)
+    lines = log.read_text().split()
+    assert sorted(lines) == ["in0", "in1", "out0", "out1"]
+    assert lines[0][2:] == lines[1][3:] and lines[2][2:] == lines[3][3:], lines  # never two inside at once
+    with file_lock(lock):  # released after each block
+        pass
+
+
+def _hold(lock, log, n):
+    import time
+
+    from resonance.fsutil import file_lock
+
+    with file_lock(lock):
+        with open(log, "a") as out:
+            out.write(f"in{n}\n")
+        time.sleep(0.3)
+        with open(log, "a") as out:
+            out.write(f"out{n}\n")

