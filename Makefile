@@ -44,8 +44,8 @@ models-folder:
 demo: $(STAMP)      ## the whole chain on the built-in clips, offline
 	$(BIN)/resonance demo
 
-test: $(STAMP)      ## the test suite (what CI runs)
-	$(BIN)/python -m pytest -q
+test: $(STAMP)      ## the test suite (what CI runs), on 2 workers; one test file stays on one worker
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 gpu-check: $(STAMP)      ## on a CUDA machine: train, export fp16, run and time every GPU path (else one line)
 	$(BIN)/resonance gpu-check
