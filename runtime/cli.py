@@ -291,7 +291,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "hammer a running server with good and bad clips; report throughput, latency and any 5xx",
         "  resonance loadtest http://127.0.0.1:8000 --clients 8 --requests 1000\n"
         "  resonance loadtest http://127.0.0.1:8000 --audio my_data/audio --patient grandpa --server-pid 4242\n"
-        "  resonance loadtest http://192.168.1.20:8000 --allow-remote --token $(cat ~/.config/resonance/token)\n",
+        "  resonance loadtest http://192.168.1.20:8080 --allow-remote --token $(cat ~/.config/resonance/token)"
+        "   # a LAN server's plain-http port\n",
         _run_loadtest,
     )
     p.add_argument("url", help="the server's base URL, e.g. http://127.0.0.1:8000")

@@ -248,9 +248,50 @@ def build_cases(settings: LoadtestSettings, rng: np.random.Generator) -> Tuple[L
 # -- running ------------------------------------------------------------------------------------------------------
 
 
+PLAIN_HTTP_HINT = (
+    "use the server's plain-http address: on loopback http://127.0.0.1:8000; a server on the LAN serves "
+    "HTTPS on 8000 and plain http on 8080 (`http_port` in its device config, --http-port), e.g. "
+    "http://192.168.1.20:8080"
+)
+
+
+def require_plain_http(host: str, port: int, prefix: str, headers: Dict[str, str]) -> None:
+    """One GET /health before the run, so a wrong address is one clear error instead of every request
+    counted as a failure: nothing listening, or the server's HTTPS port (it answers plain http with a
+    redirect to https://; a server from before that change drops the connection)."""
+    conn = http.client.HTTPConnection(host, port, timeout=10)
+    url = f"http://{host}:{port}{prefix}"
+    try:
+        conn.request("GET", f"{prefix}/health", headers=headers)
+        response = conn.getresponse()
+        response.read()
+    except ConnectionRefusedError as exc:
+        raise ResonanceError(
+            f"nothing answers at {url}", "is `resonance serve` running there, on that port?"
+        ) from exc
+    except (http.client.RemoteDisconnected, ConnectionResetError) as exc:
+        raise ResonanceError(
+            f"{url} closed the connection without an answer (an HTTPS port?)", PLAIN_HTTP_HINT
+        ) from exc
+    except (OSError, http.client.HTTPException) as exc:
+        raise ResonanceError(
+            f"cannot reach {url}: {exc}", "check the address and that the server runs"
+        ) from exc
+    finally:
+        conn.close()
+    if response.status in (301, 302, 307, 308) and str(response.getheader("Location", "")).startswith(
+        "https:"
+    ):
+        raise ResonanceError(
+            f"{url} is the server's HTTPS port (it redirects plain http to https)", PLAIN_HTTP_HINT
+        )
+
+
 def check_target(url: str, allow_remote: bool = False) -> Tuple[str, int, str]:
     """(host, port, path prefix) of the server; refuses non-loopback hosts unless allowed."""
     parts = urlsplit(url)
+    if parts.scheme == "https":
+        raise ResonanceError(f"{url}: this tool talks plain http, not https", PLAIN_HTTP_HINT)
     if parts.scheme != "http" or not parts.hostname:
         raise ResonanceError(f"not an http:// URL: {url}", "e.g. http://127.0.0.1:8000")
     host = parts.hostname
@@ -335,6 +376,7 @@ def _client(
 
 def run_loadtest(settings: LoadtestSettings) -> LoadtestReport:
     target = check_target(settings.url, settings.allow_remote)
+    require_plain_http(*target, _headers(settings))
     rng = np.random.default_rng(settings.seed)
     good, bad = build_cases(settings, rng)
     order = random.Random(settings.seed)

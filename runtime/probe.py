@@ -30,7 +30,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from resonance.errors import ResonanceError, require
-from resonance.runtime.loadtest import check_target, good_clips, multipart
+from resonance.runtime.loadtest import check_target, good_clips, multipart, require_plain_http
 from resonance.system import rss_mb
 
 BOMB_RSS_TARGET_MB = 100.0  # issue #12: peak RSS under the bomb at most this much over idle
@@ -224,6 +224,7 @@ class Target:
     def __init__(self, settings: ProbeSettings) -> None:
         self.settings = settings
         self.host, self.port, self.prefix = check_target(settings.url, settings.allow_remote)
+        require_plain_http(self.host, self.port, self.prefix, self.headers())
 
     def headers(self, content_type: Optional[str] = None, token: bool = True) -> Dict[str, str]:
         headers = {"Content-Type": content_type} if content_type else {}

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import socket
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -119,6 +122,44 @@ def test_remote_hosts_are_refused_unless_allowed():
         run_loadtest(LoadtestSettings(url="ftp://127.0.0.1"))
     with pytest.raises(ResonanceError):
         LoadtestSettings(url="http://127.0.0.1:1", clients=0)
+
+
+def test_a_wrong_address_is_one_clear_error_before_any_request(https_port):
+    """The LAN server's HTTPS port (it redirects plain http to https), an https:// URL, or nothing listening:
+    one error naming the plain-http port, not a run of 1000 failed requests (a new user's audit)."""
+    for url, says in (
+        (f"http://127.0.0.1:{https_port}", "is the server's HTTPS port"),
+        (f"https://127.0.0.1:{https_port}", "talks plain http, not https"),
+    ):
+        with pytest.raises(ResonanceError, match=says) as error:
+            run_loadtest(LoadtestSettings(url=url, clients=1, requests=5))
+        assert "8080" in error.value.hint
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        free = unused.getsockname()[1]
+    with pytest.raises(ResonanceError, match="nothing answers"):
+        run_loadtest(LoadtestSettings(url=f"http://127.0.0.1:{free}", clients=1, requests=5))
+
+
+@pytest.fixture
+def https_port(tmp_path):
+    """A listener serving HTTPS as `serve` does on the LAN (the plain-http redirect included)."""
+    from resonance.runtime.server import listener
+    from resonance.runtime.server.tls import local_certificate, ssl_context
+
+    certificate = local_certificate(tmp_path / "tls", ["localhost"], ["127.0.0.1"])
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    front = listener.Front([listener.Endpoint("127.0.0.1", 0, ssl_context(certificate))])
+    thread = threading.Thread(target=front.run, args=(app,), daemon=True)
+    thread.start()
+    time.sleep(0.5)
+    yield front.ports[0]
+    front.stop()
+    thread.join(10)
 
 
 def test_bounded_in_time(server):
