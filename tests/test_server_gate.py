@@ -8,6 +8,7 @@ the second half attacks a real `resonance serve` on loopback the way the issue's
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 import socket
@@ -636,3 +637,39 @@ def test_silent_connections_to_the_https_port_are_closed_and_capped(https_front)
     assert time.monotonic() - started < 5
     for sock in silent:
         sock.close()
+
+
+def test_stopping_does_not_wait_for_a_client_still_sending_a_refused_body(monkeypatch):
+    """Ctrl+C while a refused upload is still arriving (the lingering close): the server stops at once, not
+    after the 5 s graceful timeout with an ERROR in the log (a new user's audit: seen with the page open)."""
+    from resonance.runtime.server import listener
+
+    async def refuse(scope, receive, send):  # answers before reading the body, as the gate refuses
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 413, "headers": [(b"content-length", b"0")]})
+        await send({"type": "http.response.body", "body": b""})
+
+    front = listener.Front([listener.Endpoint("127.0.0.1", 0)])
+    thread = threading.Thread(target=front.run, args=(refuse,), daemon=True)
+    thread.start()
+    time.sleep(0.5)
+    sending = threading.Event()
+
+    def upload_slowly():
+        with socket.create_connection(("127.0.0.1", front.ports[0])) as conn:
+            conn.sendall(b"POST /transcribe HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000000\r\n\r\n")
+            sending.set()
+            with contextlib.suppress(OSError):
+                for _ in range(40):  # a chunk every 0.25 s keeps the linger going for its full 10 s
+                    conn.sendall(b"\0" * 1000)
+                    time.sleep(0.25)
+
+    client = threading.Thread(target=upload_slowly, daemon=True)
+    client.start()
+    sending.wait(5)
+    time.sleep(0.5)  # answered, lingering
+    started = time.monotonic()
+    front.stop()
+    thread.join(15)
+    assert not thread.is_alive() and time.monotonic() - started < 3

@@ -76,6 +76,7 @@ class GuardedH11Protocol(H11Protocol):
     def connection_made(self, transport: Any) -> None:  # type: ignore[override]
         self.raw_transport = transport
         self.lingering = False
+        self.stopping = False
         self._linger_until = 0.0
         self._linger_timer: Optional[asyncio.TimerHandle] = None
         super().connection_made(_LingeringTransport(transport, self))
@@ -92,7 +93,7 @@ class GuardedH11Protocol(H11Protocol):
         if self.lingering or transport.is_closing():
             return
         sending = self.cycle is not None and self.cycle.more_body and not self.cycle.disconnected
-        if not sending:
+        if not sending or self.stopping:
             transport.close()
             return
         self.lingering = True
@@ -108,6 +109,15 @@ class GuardedH11Protocol(H11Protocol):
             self._linger_timer.cancel()
         wait = min(LINGER_IDLE_S, self._linger_until - self.loop.time())
         self._linger_timer = self.loop.call_later(max(0.0, wait), self.raw_transport.close)
+
+    def shutdown(self) -> None:
+        """The server stops (Ctrl+C): a lingering connection closes now instead of holding the stop up to
+        the graceful timeout (the client has its answer; uvicorn would log the wait as an ERROR)."""
+        self.stopping = True
+        if self.lingering:
+            self.raw_transport.close()
+            return
+        super().shutdown()
 
     def data_received(self, data: bytes) -> None:
         if self.lingering:  # the rest of a refused body: dropped as it arrives
