@@ -226,8 +226,10 @@ def _from_mapping(data: Any, source: str) -> DeviceConfig:
 def _parse_yaml(text: str, source: str) -> DeviceConfig:
     import yaml
 
+    from resonance.yaml_text import safe_load
+
     try:
-        data = yaml.safe_load(text)
+        data = safe_load(text)
     except yaml.YAMLError as exc:
         raise ResonanceError(
             f"device config {source} is not valid YAML: {exc}", "fix the file's syntax"

@@ -85,6 +85,10 @@ def test_a_custom_file_with_the_same_schema_loads(tmp_path):
     config = load_device_config(_write(tmp_path, {"name": "my-box", "port": 9000, "max_upload_mb": 10}))
     assert (config.name, config.port, config.max_upload_bytes) == ("my-box", 9000, 10 * 1024 * 1024)
     assert config.source.endswith("custom.yaml")
+    # a number written with an exponent and no dot, as most tools accept it (YAML 1.1 makes it a string)
+    (tmp_path / "exp.yaml").write_text("max_audio_seconds: 6e1\nmax_upload_mb: 1E1\n", encoding="utf-8")
+    config = load_device_config(tmp_path / "exp.yaml")
+    assert (config.max_audio_seconds, config.max_upload_bytes) == (60.0, 10 * 1024 * 1024)
 
 
 @pytest.mark.parametrize(

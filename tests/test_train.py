@@ -236,6 +236,9 @@ def test_config_file_values_are_converted_or_refused(tmp_path):
     config = TrainConfig.from_file(path)
     assert config.lora_dropout == 0.0 and isinstance(config.lora_dropout, float) and config.force is True
     assert config.target_modules == ["q_proj", "v_proj"] and config.threads == 2
+    path.write_text("learning_rate: 5e-4\nweight_decay: 1E-2\n")  # YAML 1.1 reads these as strings
+    config = TrainConfig.from_file(path)
+    assert (config.learning_rate, config.weight_decay) == (5e-4, 1e-2)
     for bad in (
         "batch_size: 2.5",
         "augment: maybe",

@@ -303,8 +303,10 @@ def _parse(path: Path) -> dict[str, Any]:
     if path.suffix in (".yaml", ".yml"):
         import yaml
 
+        from resonance.yaml_text import safe_load
+
         try:
-            values = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
+            values = safe_load(path.read_text(encoding="utf-8-sig"))
         except (yaml.YAMLError, UnicodeDecodeError) as exc:
             raise ResonanceError(f"cannot parse {path}: {exc}", "fix the YAML syntax (UTF-8 text)") from exc
         except RecursionError as exc:  # "[" x 100000: the parser runs out of stack
