@@ -281,6 +281,18 @@ def _collected(tmp_path, n) -> Path:
     return folder
 
 
+def test_update_names_the_patient_folders_when_new_is_the_collect_root(tmp_path, capsys):
+    from resonance.cli import main
+
+    collect_root = _collected(tmp_path, 2).parent  # DIR of `serve --collect DIR`, not DIR/<patient>
+    args = ["update", "--adapter", str(tmp_path / "adapter"), "--new", str(collect_root)]
+    assert main([*args, "--bundle", str(tmp_path / "bundle"), "--out", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err
+    assert "holds data folders (p1), each with a labels.json of its own" in error
+    assert f"pass one of them, e.g. --new {collect_root / 'p1'}" in error
+    assert "data convert" not in error  # not sent to make a labels.json the collect root should not have
+
+
 def test_update_refuses_before_any_training(first_adapter, tiny_bundle, tmp_path):
     from resonance.update.update import UpdateOptions, update
 

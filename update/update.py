@@ -97,6 +97,9 @@ def update(options: UpdateOptions, progress=print) -> UpdateResult:
     from resonance.train.trainer import train
 
     started = time.perf_counter()
+    # --new first (it reads no audio): a wrong folder, e.g. the whole `serve --collect` root, is reported
+    # with the option's name before anything else is looked at.
+    new = load_labels(options.new, option="--new")
     served = Path(options.bundle)
     manifest = load_manifest(served, verify=False)  # the served bundle, before hours of work
     info = read_adapter(Path(options.adapter))
@@ -110,7 +113,6 @@ def update(options: UpdateOptions, progress=print) -> UpdateResult:
     same_data = str(Path(info.train_config.get("data", "")).resolve()) == str(data.resolve())
     first_n = info.train_config.get("max_train_samples") if same_data else None
     old = training_subset(load_labels(data), first_n, info.train_config.get("pick", "first"))
-    new = load_labels(options.new)
     heard_before = set(previously_trained(Path(options.adapter)))
     fresh = [u for u in new if _key(u) not in heard_before and _key(u) not in {_key(o) for o in old}]
     if len(fresh) < MIN_NEW:

@@ -12,6 +12,7 @@ import ntpath
 import os
 import posixpath
 import reprlib
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, List, Mapping, Sequence, Set, Tuple, Union
@@ -57,13 +58,14 @@ class LabelIssue:
     fix: str
 
 
-def load_labels(data_dir: Union[str, Path], check_files: bool = True) -> List[Utterance]:
+def load_labels(data_dir: Union[str, Path], check_files: bool = True, option: str = "") -> List[Utterance]:
     """Read ``data_dir/labels.json``; raise ResonanceError on the first problem (with a hint).
 
     With ``check_files`` every referenced audio file must exist; the error lists the first few missing.
+    ``option`` is the command-line option that named ``data_dir`` (e.g. ``--new``), for the hints.
     """
     data_dir = _existing_dir(data_dir)
-    utterances, issues = parse_labels(data_dir, _read_json(data_dir / LABELS_FILE))
+    utterances, issues = parse_labels(data_dir, _read_json(data_dir / LABELS_FILE, option))
     if issues:
         first = issues[0]
         more = f" (and {len(issues) - 1} more problems)" if len(issues) > 1 else ""
@@ -263,7 +265,29 @@ def _existing_dir(data_dir: Union[str, Path]) -> Path:
     return data_dir
 
 
-def _read_json(path: Path) -> Any:
+def _data_subfolders(folder: Path) -> List[str]:
+    """Names of ``folder``'s subfolders holding a labels.json, e.g. the patients' in `serve --collect DIR`."""
+    try:
+        return sorted(sub.name for sub in folder.iterdir() if (sub / LABELS_FILE).is_file())
+    except OSError:
+        return []
+
+
+def _folder_of_data_folders(folder: Path, subfolders: List[str], option: str) -> ResonanceError:
+    """The root of `serve --collect DIR` (one folder per patient) passed as a data folder: name the right ones."""
+    example = shlex.quote(str(folder / subfolders[0]))
+    return ResonanceError(
+        f"{folder / LABELS_FILE} not found: '{folder}' holds data folders "
+        f"({first_few(subfolders, _SHOW_MISSING)}), each with a labels.json of its own",
+        f"pass one of them, e.g. {option + ' ' if option else ''}{example} (`resonance serve --collect DIR` "
+        "keeps each patient's recordings in DIR/<patient>)",
+    )
+
+
+def _read_json(path: Path, option: str = "") -> Any:
+    subfolders = [] if path.is_file() else _data_subfolders(path.parent)
+    if subfolders:
+        raise _folder_of_data_folders(path.parent, subfolders, option)
     if not path.is_file():
         raise ResonanceError(
             f"{path} not found",
