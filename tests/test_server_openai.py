@@ -45,6 +45,26 @@ def test_models_lists_the_patient_and_the_whisper_1_alias(client):
     )
 
 
+def test_retrieve_answers_for_each_listed_model_and_not_found_in_openais_shape(client):
+    for listed in client.models.list():
+        assert client.models.retrieve(listed.id) == listed
+    with pytest.raises(openai.NotFoundError) as info:
+        client.models.retrieve("nobody")
+    body = info.value.body
+    assert (body["type"], body["code"]) == ("invalid_request_error", "model_not_found")
+    assert body["param"] == "model"
+    assert "nobody" in body["message"] and "GET /v1/models" in body["hint"]
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the openai client marks translations deprecated
+def test_translation_is_refused_in_openais_shape_saying_why(client):
+    with pytest.raises(openai.NotFoundError) as info:
+        client.audio.translations.create(model="whisper-1", file=clip())
+    body = info.value.body
+    assert (body["type"], body["code"]) == ("invalid_request_error", "translation_not_supported")
+    assert "(zh)" in body["message"] and "/v1/audio/transcriptions" in body["hint"]
+
+
 def test_json_and_text_agree(client):
     body = client.audio.transcriptions.create(model="whisper-1", file=clip())
     assert isinstance(body.text, str) and body.text
@@ -166,6 +186,12 @@ def test_two_patients_list_no_alias_and_a_token_guards_the_list(tmp_path, tiny_b
     assert web.get("/v1/models").status_code == 401
     listed = web.get("/v1/models", headers={"Authorization": "Bearer secret"}).json
     assert [m["id"] for m in listed["data"]] == ["p1", "p2"]  # no whisper-1: it would not say who
+    assert web.get("/v1/models/p2").status_code == 401
+    one = web.get("/v1/models/p2", headers={"Authorization": "Bearer secret"})
+    assert one.status_code == 200 and one.json == listed["data"][1]
+    alias = web.get("/v1/models/whisper-1", headers={"Authorization": "Bearer secret"})
+    assert alias.status_code == 404 and alias.json["error"]["code"] == "model_not_found"
+    assert "2 patients" in alias.json["error"]["hint"]  # as the transcription endpoint refuses it below
     form = {"file": (io.BytesIO(wav(tone(1.0))), "a.wav"), "model": "whisper-1"}
     refused = web.post("/v1/audio/transcriptions", data=form, headers={"Authorization": "Bearer secret"})
     assert refused.status_code == 400 and re.search(r"2 patients", refused.json["error"]["message"])

@@ -13,6 +13,8 @@ Endpoints:
   POST /v1/audio/transcriptions   OpenAI-compatible: ``file``, ``model`` = patient id, ``response_format``
                                   (json, text, srt, vtt, verbose_json), ``stream`` (server-sent events)
   GET  /v1/models                 the patients as OpenAI models (+ ``whisper-1`` when there is one)
+  GET  /v1/models/{id}            one of them (404 ``model_not_found`` for an id the list lacks)
+  POST /v1/audio/translations     refused (404 ``translation_not_supported``): a model transcribes its language
   POST /feedback                  ``file`` + ``text`` + ``patient``: the right text of a recording, kept as
                                   training data with ``serve --collect DIR`` (403 without it)
 

@@ -1,5 +1,5 @@
-"""OpenAI's transcription API, so OpenAI clients and tools work as is: ``GET /v1/models`` and
-``POST /v1/audio/transcriptions``.
+"""OpenAI's transcription API, so OpenAI clients and tools work as is: ``GET /v1/models``,
+``GET /v1/models/{id}`` and ``POST /v1/audio/transcriptions`` (``POST /v1/audio/translations`` is refused).
 
 ``model`` names the patient (``whisper-1`` or nothing: the only one); ``response_format`` picks a formatter
 from :data:`RESPONSE_FORMATS` (a new format is one function and one entry there); ``stream=true`` answers
@@ -224,11 +224,51 @@ def parse_stream(value: Optional[str]) -> bool:
 @openai.get("/v1/models")
 def models() -> Response:
     """The patients as OpenAI models (``id`` = patient id), and ``whisper-1`` when there is only one."""
+    return jsonify(object="list", data=_listed_models())
+
+
+@openai.get("/v1/models/<model_id>")
+def model(model_id: str) -> Response:
+    """One model of the list (openai's ``client.models.retrieve``): exactly the ids a transcription takes."""
+    found = next((m for m in _listed_models() if m["id"] == model_id), None)
+    if found is None:
+        raise ApiError(
+            404,
+            "model_not_found",
+            f"The model '{model_id[:64]}' does not exist",
+            _unknown_model_hint(model_id, len(server_context().registry.patients)),
+            param="model",
+        )
+    return jsonify(found)
+
+
+@openai.post("/v1/audio/translations")
+def translations() -> Response:
+    """OpenAI's translation into English: refused before the upload is read (a personal model cannot)."""
+    languages = sorted({entry.manifest.language for entry in server_context().registry.entries()})
+    spoken = f" ({', '.join(languages)})" if languages else ""
+    raise ApiError(
+        404,
+        "translation_not_supported",
+        "translation is not offered by this server: a personal model transcribes what the patient says, "
+        f"in the language it was fine-tuned on{spoken}",
+        "use POST /v1/audio/transcriptions (client.audio.transcriptions.create) for the text as spoken",
+    )
+
+
+def _listed_models() -> List[Dict[str, Any]]:
+    """What GET /v1/models lists: ``whisper-1`` only when it names one patient, as transcriptions take it."""
     entries = server_context().registry.entries()
     data = [_model(entry.patient, entry.manifest.created) for entry in entries]
     if len(entries) == 1:
         data.append(_model(OPENAI_DEFAULT_MODEL, entries[0].manifest.created))
-    return jsonify(object="list", data=data)
+    return data
+
+
+def _unknown_model_hint(model_id: str, patients: int) -> str:
+    if model_id == OPENAI_DEFAULT_MODEL and patients > 1:  # listed for one patient only: here it names nobody
+        return f"this server has {patients} patients: name one by its patient id (GET /v1/models lists them)"
+    return "GET /v1/models lists the models: the patient ids, and whisper-1 when there is only one patient"
 
 
 def _model(model_id: str, created: Any) -> Dict[str, Any]:
