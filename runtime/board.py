@@ -22,6 +22,7 @@ part of the bundle's hashed files: a running server re-reads it when it changes 
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -74,15 +75,25 @@ class Board:
         """The board as the API and the CLI show it: [{"text", "source"}, ...] (one shape for every reader)."""
         return [p.to_json() for p in self.phrases]
 
-    def edited(self, add: Sequence[str] = (), remove: Sequence[str] = ()) -> Board:
-        """This board with ``add`` put on it and ``remove`` taken off (a phrase not on it is an error)."""
+    def on_board(self, phrases: Sequence[str]) -> List[str]:
+        """Those of ``phrases`` the board has now (cleaned as the board keeps them)."""
+        on_board = set(self.texts)
+        return [p for p in clean_phrases(phrases) if p in on_board]
+
+    def edited(
+        self, add: Sequence[str] = (), remove: Sequence[str] = (), bundle_dir: Optional[Path] = None
+    ) -> Board:
+        """This board with ``add`` put on it and ``remove`` taken off (a phrase not on it is an error).
+
+        ``bundle_dir``, where the board is kept, only makes the error's hint a command to copy."""
         add, remove = clean_phrases(add), clean_phrases(remove)
         on_board = set(self.texts)
         missing = [p for p in remove if p not in on_board]
         if missing:
+            where = shlex.quote(str(bundle_dir)) if bundle_dir is not None else "<bundle folder>"
             raise ResonanceError(
                 f"not on the phrase board: {', '.join(missing)}",
-                "`resonance phrases list --bundle B` shows the board",
+                f"`resonance phrases list --bundle {where}` shows the board",
             )
         added = [t for t in self.added if t not in remove]
         removed = [t for t in self.removed if t not in add]
@@ -153,14 +164,15 @@ def edit_board(bundle_dir: Union[str, Path], add: Sequence[str] = (), remove: Se
     """Add and/or remove phrases of a bundle's board; returns the board (unchanged when nothing is given).
 
     New phrases are checked against the bundle's tokenizer before anything is written; removing a phrase that
-    is not on the board is an error (a typo would otherwise look like success).
+    is not on the board, or a blank phrase, is an error (a typo would otherwise look like success).
     """
+    refuse_blank_phrases([*add, *remove])
     bundle_dir = Path(bundle_dir)
     manifest = load_manifest(bundle_dir, verify=False)
     board = read_board(bundle_dir, manifest)
     if not add and not remove:
         return board
-    updated = board.edited(add, remove)
+    updated = board.edited(add, remove, bundle_dir)
     new = [t for t in updated.texts if t not in set(board.texts)]
     if new:
         from resonance.runtime.tokenizer import Tokenizer
@@ -171,6 +183,17 @@ def edit_board(bundle_dir: Union[str, Path], add: Sequence[str] = (), remove: Se
     if updated != board:
         write_board(bundle_dir, updated)
     return updated
+
+
+def refuse_blank_phrases(phrases: Sequence[str]) -> None:
+    """A blank phrase (``""``, spaces) is a slip in the command, e.g. an empty shell variable: never skipped
+    silently, since the phrase meant is then missing from the board."""
+    blank = [i for i, phrase in enumerate(phrases, start=1) if isinstance(phrase, str) and not phrase.strip()]
+    if blank:
+        raise ResonanceError(
+            f"phrase {blank[0]} of the {len(phrases)} given is blank",
+            'write each phrase\'s text, or leave out the empty argument (e.g. a "" or an unset $VARIABLE)',
+        )
 
 
 def carry_board(source_dir: Union[str, Path], target_dir: Union[str, Path]) -> Board:

@@ -776,7 +776,7 @@ def _run_listen(args: argparse.Namespace) -> int:
 
 
 def _run_phrases(args: argparse.Namespace) -> int:
-    from resonance.runtime.board import RECORDED, edit_board
+    from resonance.runtime.board import RECORDED, edit_board, read_board
 
     action = args.phrases_command
     given = list(getattr(args, "phrases", None) or [])
@@ -788,7 +788,11 @@ def _run_phrases(args: argparse.Namespace) -> int:
         from resonance.errors import ResonanceError
 
         raise ResonanceError(f"nothing to {action}", "name the phrases, or pass --from-file FILE")
+    # Adding what the board has changes nothing: said, so the caregiver does not look for a new phrase.
+    already = read_board(Path(args.bundle)).on_board(given) if action == "add" else []
     board = edit_board(Path(args.bundle), **({action: given} if action != "list" else {}))
+    if already:
+        print(f"already on the board: {', '.join(already)}", file=sys.stderr)
     if args.json:
         print(json.dumps(board.to_json(), ensure_ascii=False, indent=1))
     else:

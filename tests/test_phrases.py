@@ -333,6 +333,22 @@ def test_phrases_cli_edits_the_board_beside_the_bundle_and_never_the_model(run_c
     assert proc.stdout.splitlines() == ["我想喝水\trecorded", "我饿了\trecorded", "帮我开灯\tadded"]
 
 
+def test_phrases_cli_says_what_an_edit_did_not_do(run_cli, tiny_bundle, tmp_path):
+    bundle = tmp_path / "my bundles" / "p1"  # a path with a space: the hint's command must still run
+    shutil.copytree(tiny_bundle, bundle)
+    run_cli("phrases", "add", "--bundle", bundle, "我想喝水", check=True)
+
+    proc = run_cli("phrases", "add", "--bundle", bundle, " 我想喝水 ", "帮我开灯", check=True)
+    assert "already on the board: 我想喝水\n" in proc.stderr  # said, not an error: the board has it
+    assert proc.stdout.splitlines() == ["我想喝水\tadded", "帮我开灯\tadded"]
+    proc = run_cli("phrases", "add", "--bundle", bundle, "谢谢", "  ")
+    assert proc.returncode == 2 and "phrase 2 of the 2 given is blank" in proc.stderr
+    assert "谢谢" not in run_cli("phrases", "list", "--bundle", bundle, check=True).stdout  # nothing written
+    proc = run_cli("phrases", "remove", "--bundle", bundle, "开门")
+    assert proc.returncode == 2
+    assert f"`resonance phrases list --bundle '{bundle}'` shows the board" in proc.stderr  # a command to copy
+
+
 def test_transcribe_cli_mode(run_cli, bundle, tmp_path):
     clip = tmp_path / "a.wav"
     clip.write_bytes(wav(tone(1.0)))
