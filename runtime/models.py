@@ -25,7 +25,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Set, Tuple
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Set, Tuple
 
 from resonance.errors import ResonanceError
 from resonance.runtime.board import BOARD_FILE, Board, read_board
@@ -54,6 +54,8 @@ PATIENT_ID = re.compile(r"\w[\w-]{0,63}")  # used with fullmatch: `$` would acce
 Fingerprint = Tuple[Tuple[str, int, int], ...]
 BoardStamp = Optional[Tuple[int, int]]  # (size, mtime_ns) of board.json; None: the bundle has none
 TranscriberFactory = Callable[[Path, DeviceConfig], Any]
+# Between why a bundle is skipped and what to do, where both share one line (the log, the start banner).
+HINT_SEPARATOR = " — what to do: "
 
 
 class InvalidPatientId(ResonanceError):
@@ -71,6 +73,22 @@ def check_patient_id(patient: str) -> str:
             "a patient id is the bundle's folder name: letters, digits, '_' and '-' only (at most 64)",
         )
     return patient
+
+
+class SkipReason(NamedTuple):
+    """Why a bundle folder is skipped, and what to do about it ("" when the error says nothing to do)."""
+
+    why: str
+    fix: str = ""
+
+    @classmethod
+    def of(cls, exc: BaseException) -> SkipReason:
+        if isinstance(exc, ResonanceError):  # its hint kept apart: the doctor prints it on a line of its own
+            return cls(_one_line(exc.message), _one_line(exc.hint))
+        return cls(_one_line(str(exc)))
+
+    def one_line(self) -> str:
+        return f"{self.why}{HINT_SEPARATOR}{self.fix}" if self.fix else self.why
 
 
 @dataclass(frozen=True)
@@ -176,7 +194,7 @@ class ModelRegistry:
         self._factory = factory
         self._entries: Mapping[str, BundleEntry] = {}
         self._loaded: OrderedDict[str, LoadedBundle] = OrderedDict()  # least recently used first
-        self._failed: Dict[str, Tuple[Fingerprint, str]] = {}  # skipped folder -> (its fingerprint, why)
+        self._failed: Dict[str, Tuple[Fingerprint, SkipReason]] = {}  # skipped folder -> (fingerprint, why)
         self._ignored: Set[str] = set()  # folders that are not patient ids (warned about once)
         self._lock = threading.Lock()  # guards _loaded and _load_locks
         self._load_locks: Dict[str, threading.Lock] = {}  # one load at a time per patient
@@ -196,6 +214,12 @@ class ModelRegistry:
 
     @property
     def failed(self) -> Dict[str, str]:
+        """Skipped folder -> why, and what to do, on one line."""
+        return {name: why.one_line() for name, (_, why) in self._failed.items()}
+
+    @property
+    def skip_reasons(self) -> Dict[str, SkipReason]:
+        """Skipped folder -> why and what to do, apart."""
         return {name: why for name, (_, why) in self._failed.items()}
 
     def entries(self) -> List[BundleEntry]:
@@ -308,9 +332,10 @@ class ModelRegistry:
                 )
             transcriber = self._factory(entry.path, self.device_config)
         except Exception as exc:  # onnxruntime refusing a graph, a file gone ...: this bundle only
-            why = _one_line(exc)
+            reason = SkipReason.of(exc)
+            why = reason.one_line()
             with self._reload_lock:  # no longer available, until its folder changes
-                self._failed[entry.patient] = (entry.fingerprint, why)
+                self._failed[entry.patient] = (entry.fingerprint, reason)
                 self._entries = {k: v for k, v in self._entries.items() if k != entry.patient}
             trace = not isinstance(exc, (ResonanceError, OSError))
             log.error("bundle '%s' not loaded (skipped): %s", entry.patient, why, exc_info=trace)
@@ -385,12 +410,14 @@ class ModelRegistry:
                     if current is not None and self._is_loaded(name):
                         self._replace_loaded(entry)  # in use: the new version is loaded now
                 except Exception as exc:  # one broken bundle must not stop the others; logged, never hidden
-                    self._failed[name] = (stamp, _one_line(exc))
-                    report.failed[name] = _one_line(exc)
+                    reason = SkipReason.of(exc)
+                    why = reason.one_line()
+                    self._failed[name] = (stamp, reason)
+                    report.failed[name] = why
                     verb = "keeping the version already loaded" if current is not None else "skipped"
                     # An unexpected type (e.g. onnxruntime refusing a graph) keeps its traceback in the log.
                     trace = not isinstance(exc, (ResonanceError, OSError))
-                    log.error("bundle '%s' not loaded (%s): %s", name, verb, _one_line(exc), exc_info=trace)
+                    log.error("bundle '%s' not loaded (%s): %s", name, verb, why, exc_info=trace)
                     if current is not None:
                         new[name] = current
                     continue
@@ -463,10 +490,7 @@ class ModelRegistry:
             )
         manifest = load_manifest(folder, verify=False)  # the cheap checks first: no hashing a wrong folder
         if manifest.patient != folder.name:
-            raise BundleError(
-                f"bundle folder '{folder.name}' holds the model of patient '{manifest.patient}'",
-                f"rename the folder to '{manifest.patient}' (the folder name is the patient id clients send)",
-            )
+            raise _another_patients_bundle(folder, manifest.patient)
         load_manifest(folder, verify=True)
         size = sum(int(entry.get("bytes", 0)) for entry in manifest.files.values())
         board_now = board_stamp(folder)  # before reading it: an edit made meanwhile is seen at the next poll
@@ -522,6 +546,24 @@ class ModelRegistry:
                 log.exception("reloading bundles from %s failed; will retry", self.models_dir)
 
 
+def _another_patients_bundle(folder: Path, patient: str) -> BundleError:
+    """A bundle folder whose manifest names another patient: renamed, or copied for a new patient."""
+    if not (folder.parent / patient).is_dir():
+        return BundleError(
+            f"bundle folder '{folder.name}' holds the model of patient '{patient}'",
+            f"rename the folder to '{patient}' (the folder name is the patient id clients send)",
+        )
+    # `cp -r bundles/demo bundles/grandma`: renaming the copy would clash, and the model heard only 'demo'.
+    # The copy is moved away by the user, never replaced by a hint's --force (it may be their only one).
+    export = export_command(Path("adapters") / folder.name, str(folder))
+    return BundleError(
+        f"bundle folder '{folder.name}' is a copy of the bundle of patient '{patient}' (its manifest names "
+        f"'{patient}', whose own folder is beside it): a model is trained for one patient",
+        f"move the copy out of {folder.parent}, then export this patient's own from the adapter "
+        f"`resonance train` made of {folder.name}'s recordings: {export}",
+    )
+
+
 def _with_entry_board(bundle: LoadedBundle, entry: BundleEntry) -> LoadedBundle:
     """``bundle`` whose transcriber matches ``entry``'s board (sharing its sessions)."""
     with_board = getattr(bundle.transcriber, "with_board", None)  # test doubles may have no board
@@ -530,5 +572,5 @@ def _with_entry_board(bundle: LoadedBundle, entry: BundleEntry) -> LoadedBundle:
     return replace(bundle, transcriber=with_board(entry.board), board_stamp=entry.board_stamp)
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
+def _one_line(text: str) -> str:
+    return " ".join(text.split())

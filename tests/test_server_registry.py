@@ -70,7 +70,9 @@ def test_folder_name_must_match_the_manifest(models, config, tiny_bundle):
     registry = ModelRegistry(models, config)
     assert registry.patients == ["p1"]
     assert "patient 'p1'" in registry.failed["renamed"]
-    assert "rename the folder" in registry.failed["renamed"]  # the hint travels with the reason
+    # p1's folder is beside it: a copy for another patient, not a renamed folder (tests/test_skipped_bundles.py)
+    assert "is a copy of the bundle of patient 'p1'" in registry.failed["renamed"]
+    assert "move the copy out" in registry.failed["renamed"]  # the hint travels with the reason
 
 
 def test_reload_adds_updates_and_removes_with_an_atomic_swap(models, config, tiny_bundle):

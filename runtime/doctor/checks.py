@@ -522,9 +522,9 @@ def check_bundles(machine: Any, ctx: Context) -> List[Finding]:
         for advice in precision_advice(bundle.patient, manifest, ctx.config):
             findings.append(Finding("bundles", WARN, advice))
     for folder, why in sorted(result.failed.items()):
-        findings.append(
-            Finding("bundles", FAIL, f"{folder}: the server would skip it: {why}", data={"folder": folder})
-        )
+        message = f"{folder}: the server would skip it: {why}"
+        fix = result.fixes.get(folder, "")
+        findings.append(Finding("bundles", FAIL, message, fix, data={"folder": folder}))
     # An adapter passed as --models: what `resonance serve` says too (runtime/bundle.py adapter_as_models).
     if not result.loaded and is_adapter(ctx.models):
         error = adapter_as_models(ctx.models)

@@ -19,7 +19,7 @@ import socket
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, TypeVar
 
@@ -94,6 +94,7 @@ class Bundles:
     loaded: List[BundleLoad]
     failed: Dict[str, str]  # folder -> why the server would skip it
     available_before: Optional[int]  # MemAvailable (bytes) before loading them
+    fixes: Dict[str, str] = field(default_factory=dict)  # folder -> what to do about it, if it says
 
 
 def _once(method: Callable[[Any], T]) -> Callable[[Any], T]:
@@ -325,7 +326,10 @@ class Machine:
             BundleLoad(b.patient, tuple(b.transcriber.providers), grown.get(b.patient), b.manifest)
             for b in registry.bundles()
         ]
-        return Bundles(loaded, registry.failed, available)
+        skipped = registry.skip_reasons
+        failed = {name: reason.why for name, reason in skipped.items()}
+        fixes = {name: reason.fix for name, reason in skipped.items() if reason.fix}
+        return Bundles(loaded, failed, available, fixes)
 
     def lan_addresses(self) -> List[str]:
         from resonance.runtime.server.lan import lan_addresses

@@ -106,7 +106,8 @@ def banner(
     code (signed in at the first scan); only for a terminal, never for a log such as the journal. ``extra``:
     lines of the other services (Wyoming, the mDNS announcement), before the last line.
     """
-    lines = [f"Resonance {__version__} on '{device_config.name}' ({device_config.description})"]
+    described = f" ({device_config.description})" if device_config.description else ""  # optional in a config
+    lines = [f"Resonance {__version__} on '{device_config.name}'{described}"]
     loaded = {bundle.patient: bundle for bundle in registry.bundles()}
     for entry in registry.entries():
         manifest = entry.manifest
