@@ -1,10 +1,12 @@
-"""Chinese text normalisation: how people judge a transcript (script and punctuation do not count)."""
+"""Chinese text normalisation: how people judge a transcript (script and punctuation do not count), and
+the invisible characters a label must not hold."""
 
 from __future__ import annotations
 
 import functools
 import re
 import unicodedata
+from typing import List
 
 from resonance.errors import DependencyMissing
 
@@ -39,6 +41,18 @@ def to_simplified(text: str) -> str:
 def strip_punctuation(text: str) -> str:
     kept = (ch for ch in text if not unicodedata.category(ch).startswith(("P", "S")))
     return _NOT_SPOKEN.sub("", "".join(kept))
+
+
+def invisible_characters(text: str) -> List[str]:
+    """The invisible format characters in ``text`` as U+XXXX, each once: Unicode category Cf (zero-width
+    space and joiners U+200B-U+200D, U+FEFF, the word joiner U+2060 ...). Pasted in with a phrase, one makes
+    a label that looks the same as another but is not."""
+    return list(dict.fromkeys(f"U+{ord(ch):04X}" for ch in text if unicodedata.category(ch) == "Cf"))
+
+
+def strip_invisible(text: str) -> str:
+    """``text`` without invisible format characters and surrounding white space: the label as it was meant."""
+    return "".join(ch for ch in text if unicodedata.category(ch) != "Cf").strip()
 
 
 def normalize_for_cer(text: str) -> str:

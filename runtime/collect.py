@@ -31,6 +31,7 @@ from resonance.data.quality import level_findings, measure, trim_silence
 from resonance.data.record import safe_file_name
 from resonance.errors import ResonanceError
 from resonance.fsutil import write_bytes_atomic, write_bytes_new
+from resonance.text import strip_invisible
 
 FILE_MODE = 0o600  # a patient's voice: readable by the server's user only
 DIR_MODE = 0o700
@@ -57,12 +58,14 @@ class CollectionDamaged(ResonanceError):
 
 
 def check_text(text: Any) -> str:
-    """The label a correction gives, stripped; InvalidCorrection when it cannot be one."""
-    if not isinstance(text, str) or not text.strip():
+    """The label a correction gives, stripped (of invisible characters too); InvalidCorrection when it cannot
+    be one."""
+    # A zero-width space pasted in with the phrase would make it a label of its own beside the real one.
+    text = strip_invisible(text) if isinstance(text, str) else ""
+    if not text:
         raise InvalidCorrection(
             "the correction has no text", "send the right phrase in the form field 'text' (what was said)"
         )
-    text = text.strip()
     if len(text) > MAX_TEXT_CHARS:
         raise InvalidCorrection(
             f"the text is {len(text)} characters long; a label has at most {MAX_TEXT_CHARS}",

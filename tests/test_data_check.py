@@ -484,6 +484,17 @@ def test_traditional_labels_are_named_and_converted_on_request(make_dataset, run
     assert refused.returncode == 2 and "labels.traditional.json already exists" in refused.stderr
 
 
+def test_labels_with_invisible_characters_are_a_warning_naming_them(make_dataset):
+    root = make_dataset([("我想喝水", tone(1.0), 16000), ("帮我开灯", tone(1.0, freq=300), 16000)])
+    labels = json.loads((root / "labels.json").read_text(encoding="utf-8"))
+    labels[0]["text"] = "我想\u200d喝水\u200b\ufeff"  # pasted from a chat app: looks like 我想喝水
+    (root / "labels.json").write_text(json.dumps(labels, ensure_ascii=False), encoding="utf-8")
+    [warning] = [p for p in check_dataset(root) if p.code == "invisible-characters"]
+    assert warning.severity == "warning" and warning.item == labels[0]["audio"]
+    assert "U+200D, U+200B, U+FEFF" in warning.message
+    assert warning.fix == "remove the invisible character(s) from its text in labels.json"
+
+
 def test_to_simplified_on_labels_that_are_not_a_list_says_how_to_fix_them(tmp_path):
     """It said "see the report" and stopped before any report was printed."""
     from resonance.data.check import convert_labels_to_simplified

@@ -179,6 +179,18 @@ def test_feedback_keeps_the_recording_and_says_so(served):
     assert "我想喝水" not in srv.output  # the log says a correction was kept, not what it says
 
 
+def test_invisible_characters_are_not_kept_in_a_label(served):
+    srv, kept, auth = served
+    reply = post_feedback(srv, auth, text="\ufeff 我想喝水\u200b\u2060 ")  # pasted from a chat app
+    assert reply.status_code == 201, reply.text
+    assert reply.json()["audio"].endswith("_我想喝水.wav")
+    labels = json.loads((kept / "p1" / "labels.json").read_text(encoding="utf-8"))
+    assert labels[-1]["text"] == "我想喝水"  # the phrase the page showed, not a look-alike label beside it
+    before = files_under(kept)
+    assert_error(post_feedback(srv, auth, text="\u200b\u200c \u200d"), 400, "bad_text")  # nothing visible
+    assert files_under(kept) == before
+
+
 def test_feedback_refusals_write_nothing(served):
     srv, kept, auth = served
     before = files_under(kept)

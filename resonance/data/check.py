@@ -33,7 +33,7 @@ from resonance.data.labels import (
 )
 from resonance.data.quality import level_findings, measure
 from resonance.errors import AudioError, ResonanceError
-from resonance.text import normalize_for_cer, to_simplified
+from resonance.text import invisible_characters, normalize_for_cer, to_simplified
 
 TARGET_RATE = 16000
 FEW_UTTERANCES = 30  # below this training has too little to learn from; the guide asks for 50-100
@@ -125,6 +125,7 @@ def inspect_dataset(data_dir: Union[str, Path]) -> CheckReport:
     problems += _duplicate_reference_problems(utterances)
     problems += _duplicate_text_problems(utterances)
     problems += _traditional_problems(utterances, data_dir)
+    problems += _invisible_character_problems(utterances)
     file_problems, seconds, unread = _file_problems(data_dir, utterances)
     problems += file_problems
     report.total_seconds = seconds
@@ -166,6 +167,25 @@ def _traditional_problems(utterances: List[Utterance], data_dir: Path) -> List[P
             f"--to-simplified` (the original is kept as {TRADITIONAL_BACKUP})",
         )
     ]
+
+
+def _invisible_character_problems(utterances: List[Utterance]) -> List[Problem]:
+    """A label with a zero-width space (pasted from a chat app, a web page) looks like its phrase but is another
+    text: training learns an invisible token, and the phrase's recordings are counted as two phrases."""
+    problems = []
+    for utterance in utterances:
+        found = invisible_characters(utterance.text)
+        if found:
+            problems.append(
+                Problem(
+                    "warning",
+                    utterance.rel,
+                    "invisible-characters",
+                    f"the label '{shorten(utterance.text)}' holds invisible character(s) {', '.join(found)}",
+                    "remove the invisible character(s) from its text in labels.json",
+                )
+            )
+    return problems
 
 
 def convert_labels_to_simplified(data_dir: Union[str, Path]) -> int:
