@@ -27,8 +27,8 @@ the pipeline, in order (each step's --help has examples):
   resonance export --adapter adapters/grandpa --out bundles/grandpa  # ONNX bundle for the device
   resonance serve --config pc-cpu --models bundles/                  # LAN API for the caregiver app
   resonance serve --models bundles/ --collect collected/             # ... keeping the page's corrections
-  resonance update --adapter adapters/grandpa --data my_data \
-      --new collected/grandpa --bundle bundles/grandpa --out adapters/grandpa-2   # learn from them
+  resonance update --adapter adapters/grandpa --new collected/grandpa \\
+      --bundle bundles/grandpa --out adapters/grandpa-2              # learn from them
   resonance demo                                                     # all of the above on built-in clips
   resonance doctor --models bundles/                                 # is this device ready? what to fix
 """

@@ -124,3 +124,15 @@ def test_a_broken_pipe_that_is_not_stdout_is_not_hidden(monkeypatch):
     monkeypatch.setattr(cli, "_main", socket_peer_gone)
     with pytest.raises(BrokenPipeError):
         cli.main([])
+
+
+def test_example_commands_are_spaced_as_typed():
+    """A `\\` at a line's end in a help string must reach the screen: unescaped, Python joins the lines and
+    the command shows a run of spaces where the line broke."""
+    runs = []
+    for path, parser, _ in _commands(build_parser()):
+        for line in (parser.epilog or "").splitlines():
+            command = re.split(r"\s+# ", line)[0].strip()  # the aligned comment may follow a run of spaces
+            if line.startswith("  ") and "  " in command:
+                runs.append(f"{path}: {line}")
+    assert not runs, "\n".join(runs)
