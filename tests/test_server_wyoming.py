@@ -252,6 +252,7 @@ def test_wyoming_stays_on_loopback_unless_the_lan_is_asked_for(run_cli, tmp_path
 
     with pytest.raises(ResonanceError, match="--wyoming-patient needs --wyoming-port"):
         _wyoming_settings(parser.parse_args(["serve", "--models", "m", "--wyoming-patient", "p1"]), "0.0.0.0")
+    (tmp_path / "bundles").mkdir()  # a models folder (a missing one is said before any port is bound)
     with socket.socket() as taken:  # a port in use: one line before any model loads
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -259,7 +260,7 @@ def test_wyoming_stays_on_loopback_unless_the_lan_is_asked_for(run_cli, tmp_path
         proc = run_cli(
             "serve",
             "--models",
-            tmp_path / "none",
+            tmp_path / "bundles",
             "--host",
             "127.0.0.1",
             "--port",
