@@ -56,8 +56,9 @@ def strip_invisible(text: str) -> str:
 
 
 def normalize_for_cer(text: str) -> str:
-    """The form both reference and hypothesis take before CER: Simplified, no punctuation, no spaces, lower-case."""
-    return strip_punctuation(to_simplified(unicodedata.normalize("NFKC", text))).lower()
+    """The form both reference and hypothesis take before CER: Simplified, no punctuation, no spaces, no
+    invisible characters (a zero-width space is no character said), lower-case."""
+    return strip_punctuation(to_simplified(unicodedata.normalize("NFKC", strip_invisible(text)))).lower()
 
 
 def edit_distance(a: str, b: str) -> int:

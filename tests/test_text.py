@@ -46,6 +46,7 @@ def test_opencc_converts():
         "我想喝水",
     ]
     assert normalize_for_cer("開燈！") == "开灯"
+    assert normalize_for_cer("我想\u200b喝水\ufeff") == "我想喝水"  # invisible characters are not said
 
 
 def test_the_pure_python_port_gives_the_same_text_where_opencc_has_no_wheel():
