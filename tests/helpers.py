@@ -6,6 +6,7 @@ Plain functions and classes (fixtures live in conftest.py); test modules import 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -16,7 +17,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Iterator, List, Optional
 
 import numpy as np
 import requests
@@ -228,3 +229,20 @@ def random_lora_adapter(base: Path, out: Path, seed: int, **train_config) -> Pat
     made_with = {"base_model": str(base), "language": "zh", "task": "transcribe", **train_config}
     (Path(out) / "train_config.json").write_text(json.dumps(made_with), encoding="utf-8")
     return Path(out)
+
+
+@contextlib.contextmanager
+def front_in_thread(app: Any, ssl_context: Any = None) -> Iterator[int]:
+    """The server's listener (runtime/server/listener.py) on a free loopback port, serving the ASGI ``app``
+    (over TLS with ``ssl_context``) in a thread; yields the port, stops it after."""
+    from resonance.runtime.server import listener
+
+    front = listener.Front([listener.Endpoint("127.0.0.1", 0, ssl_context)])
+    thread = threading.Thread(target=front.run, args=(app,), daemon=True)
+    thread.start()
+    time.sleep(0.5)
+    try:
+        yield front.ports[0]
+    finally:
+        front.stop()
+        thread.join(15)

@@ -6,12 +6,10 @@ import json
 import re
 import shutil
 import socket
-import threading
-import time
 
 import numpy as np
 import pytest
-from helpers import Server, write_config
+from helpers import Server, front_in_thread, write_config
 
 from resonance.errors import ResonanceError
 from resonance.runtime.loadtest import LoadtestReport, LoadtestSettings, build_cases, run_loadtest
@@ -144,7 +142,6 @@ def test_a_wrong_address_is_one_clear_error_before_any_request(https_port):
 @pytest.fixture
 def https_port(tmp_path):
     """A listener serving HTTPS as `serve` does on the LAN (the plain-http redirect included)."""
-    from resonance.runtime.server import listener
     from resonance.runtime.server.tls import local_certificate, ssl_context
 
     certificate = local_certificate(tmp_path / "tls", ["localhost"], ["127.0.0.1"])
@@ -153,13 +150,8 @@ def https_port(tmp_path):
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 
-    front = listener.Front([listener.Endpoint("127.0.0.1", 0, ssl_context(certificate))])
-    thread = threading.Thread(target=front.run, args=(app,), daemon=True)
-    thread.start()
-    time.sleep(0.5)
-    yield front.ports[0]
-    front.stop()
-    thread.join(10)
+    with front_in_thread(app, ssl_context(certificate)) as port:
+        yield port
 
 
 def test_bounded_in_time(server):

@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import pytest
 import requests
-from helpers import Server, assert_error, tone, wav, write_config
+from helpers import Server, assert_error, front_in_thread, tone, wav, write_config
 
 from resonance.runtime.device_config import load_device_config
 from resonance.runtime.server import gate as gate_module
@@ -532,13 +532,8 @@ def small_front(monkeypatch):
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
         await send({"type": "http.response.body", "body": b"ok"})
 
-    front = listener.Front([listener.Endpoint("127.0.0.1", 0)])
-    thread = threading.Thread(target=front.run, args=(app,), daemon=True)
-    thread.start()
-    time.sleep(0.5)
-    yield front.ports[0]
-    front.stop()
-    thread.join(10)
+    with front_in_thread(app) as port:
+        yield port
 
 
 def test_past_the_connection_cap_the_oldest_idle_connection_makes_room(small_front):
@@ -571,13 +566,8 @@ def https_front(monkeypatch, tmp_path):
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"5")]})
         await send({"type": "http.response.body", "body": body})
 
-    front = listener.Front([listener.Endpoint("127.0.0.1", 0, ssl_context(certificate))])
-    thread = threading.Thread(target=front.run, args=(app,), daemon=True)
-    thread.start()
-    time.sleep(0.5)
-    yield front.ports[0], str(certificate.ca_file)
-    front.stop()
-    thread.join(10)
+    with front_in_thread(app, ssl_context(certificate)) as port:
+        yield port, str(certificate.ca_file)
 
 
 def plain_request(port: int, head: bytes) -> bytes:
@@ -639,10 +629,9 @@ def test_silent_connections_to_the_https_port_are_closed_and_capped(https_front)
         sock.close()
 
 
-def test_stopping_does_not_wait_for_a_client_still_sending_a_refused_body(monkeypatch):
+def test_stopping_does_not_wait_for_a_client_still_sending_a_refused_body():
     """Ctrl+C while a refused upload is still arriving (the lingering close): the server stops at once, not
     after the 5 s graceful timeout with an ERROR in the log (a new user's audit: seen with the page open)."""
-    from resonance.runtime.server import listener
 
     async def refuse(scope, receive, send):  # answers before reading the body, as the gate refuses
         if scope["type"] != "http":
@@ -650,14 +639,10 @@ def test_stopping_does_not_wait_for_a_client_still_sending_a_refused_body(monkey
         await send({"type": "http.response.start", "status": 413, "headers": [(b"content-length", b"0")]})
         await send({"type": "http.response.body", "body": b""})
 
-    front = listener.Front([listener.Endpoint("127.0.0.1", 0)])
-    thread = threading.Thread(target=front.run, args=(refuse,), daemon=True)
-    thread.start()
-    time.sleep(0.5)
     sending = threading.Event()
 
-    def upload_slowly():
-        with socket.create_connection(("127.0.0.1", front.ports[0])) as conn:
+    def upload_slowly(port: int) -> None:
+        with socket.create_connection(("127.0.0.1", port)) as conn:
             conn.sendall(b"POST /transcribe HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000000\r\n\r\n")
             sending.set()
             with contextlib.suppress(OSError):
@@ -665,11 +650,9 @@ def test_stopping_does_not_wait_for_a_client_still_sending_a_refused_body(monkey
                     conn.sendall(b"\0" * 1000)
                     time.sleep(0.25)
 
-    client = threading.Thread(target=upload_slowly, daemon=True)
-    client.start()
-    sending.wait(5)
-    time.sleep(0.5)  # answered, lingering
-    started = time.monotonic()
-    front.stop()
-    thread.join(15)
-    assert not thread.is_alive() and time.monotonic() - started < 3
+    with front_in_thread(refuse) as port:
+        threading.Thread(target=upload_slowly, args=(port,), daemon=True).start()
+        sending.wait(5)
+        time.sleep(0.5)  # answered, lingering
+        started = time.monotonic()
+    assert time.monotonic() - started < 3  # the stop (waited up to 15 s) came at once

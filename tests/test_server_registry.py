@@ -12,12 +12,19 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from helpers import copy_bundle, tone, wav, write_config
 
 from resonance.errors import ResonanceError
 from resonance.runtime.board import edit_board
 from resonance.runtime.device_config import load_device_config
-from resonance.runtime.models import InvalidPatientId, ModelRegistry, UnknownPatient, check_patient_id
+from resonance.runtime.models import (
+    HINT_SEPARATOR,
+    InvalidPatientId,
+    ModelRegistry,
+    UnknownPatient,
+    check_patient_id,
+)
 from resonance.runtime.server import (
     ServerSettings,
     create_app,
@@ -446,3 +453,59 @@ def test_the_token_is_printed_only_to_a_person_at_a_terminal(tmp_path):
     assert "s3cret" not in logged and f"cat {path}" in logged
     assert "s3cret-token-value" in token_note(path, "s3cret-token-value", created=True, interactive=True)
     assert "s3cret" not in token_note(path, "s3cret-token-value", created=False, interactive=True)
+
+
+# -- what a user reads about a skipped bundle (doctor, log, banner) ----------------------------------------------
+
+
+@pytest.fixture
+def copied(models, tiny_bundle) -> Path:
+    """p1's bundle, and `cp -r bundles/p1 bundles/grandma`: a copy made for a new patient."""
+    shutil.copytree(tiny_bundle, models / "grandma")
+    return models
+
+
+def test_a_copied_bundle_is_called_a_copy_and_the_log_line_separates_the_hint(copied, config, caplog):
+    with caplog.at_level(logging.ERROR, logger="resonance.runtime.models"):
+        registry = ModelRegistry(copied, config)
+    why = registry.failed["grandma"]
+    assert "is a copy of the bundle of patient 'p1'" in why
+    assert "rename" not in why  # a folder 'p1' exists: renaming the copy to it cannot be the advice
+    assert f"move the copy out of {copied}" in why and "--force" not in why  # never replaced by a hint
+    assert f"`resonance export --adapter adapters/grandma --out {copied / 'grandma'}`" in why
+    [logged] = [r.getMessage() for r in caplog.records if "grandma" in r.getMessage()]
+    assert HINT_SEPARATOR in logged and "' what to do:" not in logged
+
+
+def test_a_renamed_bundle_is_still_told_to_take_its_patients_name(tmp_path, tiny_bundle, config):
+    models = tmp_path / "bundles"
+    shutil.copytree(tiny_bundle, models / "renamed")  # its manifest says p1, and there is no folder p1
+    reason = ModelRegistry(models, config).skip_reasons["renamed"]
+    assert reason.fix.startswith("rename the folder to 'p1'")
+
+
+def test_the_doctor_prints_a_skipped_bundles_hint_on_its_own_line(copied, config, tmp_path):
+    from resonance.runtime.doctor import checks
+    from resonance.runtime.doctor.checks import Context
+    from resonance.runtime.doctor.findings import Report, format_report
+    from resonance.runtime.doctor.machine import Machine
+
+    findings = checks.check_bundles(Machine(), Context(config, {}, copied))
+    lines = format_report(Report("test", "--config", findings), ["bundles"]).splitlines()
+    [index] = [i for i, line in enumerate(lines) if line.startswith("  ✗ grandma: the server would skip it")]
+    assert "what to do" not in lines[index]
+    assert lines[index + 1].startswith("      → move the copy out of")
+
+
+def test_the_banner_leaves_out_a_missing_description(copied, tmp_path):
+    from resonance.runtime.server import ServerSettings
+    from resonance.runtime.server.lan import banner
+
+    path = write_config(tmp_path / "old.yaml", name="old")
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    del data["description"]  # a config written before descriptions, or by hand
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    config = load_device_config(path)
+    text = banner(ModelRegistry(copied, config), config, ServerSettings(), 8000, copied)
+    assert text.splitlines()[0].endswith("on 'old'")
+    assert "SKIPPED grandma: bundle folder 'grandma' is a copy" in text and HINT_SEPARATOR in text
