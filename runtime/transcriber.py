@@ -23,6 +23,7 @@ from resonance.constants import SAMPLE_RATE
 from resonance.errors import ResonanceError
 from resonance.runtime.board import Board, read_board
 from resonance.runtime.bundle import Manifest, load_manifest
+from resonance.runtime.chunking import window_spans
 from resonance.runtime.decoding import DecodeOutput, DecodingOptions, WindowDecoding, WindowGuards
 from resonance.runtime.device_config import DeviceConfig, load_device_config
 from resonance.runtime.device_sessions import provider_specs, session_threads, warn_on_precision
@@ -252,8 +253,8 @@ class Transcriber:
     ) -> TranscriptionResult:
         """Transcribe a path, the bytes of an audio file, or samples (``sample_rate`` is the array's rate).
 
-        Audio longer than the bundle's window is cut into window-sized pieces whose texts are joined; capping
-        the length (a server's request limit) is the caller's job. ``mode`` "phrases"/"both" also matches the
+        Audio longer than the bundle's window is cut at a pause near each window's end (``window_spans``) and
+        the pieces' texts are joined; capping the length (a server's request limit) is the caller's job. ``mode`` "phrases"/"both" also matches the
         audio against ``phrases`` (default: the bundle's board); phrases are matched on the first window.
         """
         check_mode(mode)
@@ -264,18 +265,16 @@ class Transcriber:
         plan = Plan.build(mode, self.phrase_set(phrases) if mode != "free" else None, popts)
         decoding = WindowDecoding(self.merged_decoder, opts)
         windows: List[WindowResult] = []
-        offsets: List[int] = []
-        for index, offset in enumerate(range(0, samples.size, self.window_samples)):
+        spans = window_spans(samples, self.window_samples, SAMPLE_RATE)
+        for index, (begin, end) in enumerate(spans):
             if not plan.runs_window(index):
                 break
-            window = samples[offset : offset + self.window_samples]
-            windows.append(self._transcribe_window(window, decoding, plan, index, popts))
-            offsets.append(offset)
+            windows.append(self._transcribe_window(samples[begin:end], decoding, plan, index, popts))
         tokens = [token for w in windows if w.decoded is not None for token in w.decoded.tokens]
         text = self._text(tokens, opts)
         segments = tuple(
-            self._segment(w.decoded, offset, min(offset + self.window_samples, samples.size), opts)
-            for w, offset in zip(windows, offsets)
+            self._segment(w.decoded, begin, end, opts)
+            for w, (begin, end) in zip(windows, spans)
             if w.decoded is not None and w.decoded.tokens and plan.free_text
         )
         found = plan.phrase_result(windows[0] if windows else None)

@@ -14,6 +14,7 @@ from helpers import tone
 
 from resonance.errors import ResonanceError
 from resonance.runtime.bundle import BundleError, load_manifest
+from resonance.runtime.chunking import window_spans
 from resonance.runtime.decoding import DecodingOptions, repeated_tail, suppress_mask
 from resonance.runtime.merged_decoder import MergedDecoder
 from resonance.runtime.transcriber import Transcriber, TranscriptionResult
@@ -148,6 +149,37 @@ def test_long_audio_is_split_into_windows(transcriber):
     result = transcriber.transcribe(tone(12.0), options=options)  # 5 s + 5 s + 2 s windows
     assert result.duration_s == pytest.approx(12.0)
     assert len(result.tokens) == (6 * 5 + 8) * 2 + (6 * 2 + 8)
+
+
+def _phrases_with_gaps(*parts) -> np.ndarray:
+    """Tones (seconds) and gaps (negative seconds) in turn, over faint room noise."""
+    pieces = [tone(p) if p > 0 else np.zeros(round(-p * 16000), np.float32) for p in parts]
+    audio = np.concatenate(pieces)
+    return audio + np.random.default_rng(0).normal(0, 1e-3, audio.size).astype(np.float32)
+
+
+def test_long_audio_is_cut_in_the_pauses_not_every_window():
+    # Three "phrases" with 0.5 s pauses; a blind cut every 5 s would fall inside the second and third.
+    audio = _phrases_with_gaps(4.2, -0.5, 4.2, -0.5, 3.0)  # pauses at 4.2-4.7 s and 8.9-9.4 s
+    spans = window_spans(audio, 5 * 16000, 16000)
+    cuts = [end / 16000 for _, end in spans[:-1]]
+    assert len(cuts) == 2
+    assert 4.2 < cuts[0] < 4.7 and 8.9 < cuts[1] < 9.4
+    assert [start for start, _ in spans[1:]] == [end for _, end in spans[:-1]]  # no overlap, no hole
+    assert spans[-1][1] == audio.size and all(end - start <= 5 * 16000 for start, end in spans)
+
+
+def test_audio_without_a_pause_is_cut_at_the_window_and_short_audio_is_one_window():
+    assert window_spans(tone(12.0), 80000, 16000) == [(0, 80000), (80000, 160000), (160000, 192000)]
+    assert window_spans(tone(5.0), 80000, 16000) == [(0, 80000)]
+    assert window_spans(np.zeros(0, np.float32), 80000, 16000) == []
+
+
+def test_segments_end_where_the_audio_was_cut(transcriber):
+    audio = _phrases_with_gaps(4.2, -0.5, 3.0)
+    result = transcriber.transcribe(audio, options=DecodingOptions(repetition_count=0))
+    first, second = result.segments
+    assert 4.2 < first.end_s == second.start_s < 4.7
 
 
 def test_inputs_path_bytes_and_resampled_array(transcriber, tmp_path):
