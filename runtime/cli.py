@@ -478,12 +478,27 @@ def add_config_option(p: argparse.ArgumentParser, beam: bool = True, purpose: st
     if beam:
         p.add_argument(
             "--beam-size",
-            type=int,
+            type=beam_size_arg,
             metavar="N",
             help="hypotheses kept while decoding: 1 = greedy (default: the device config's decoding.beam_size, "
             "4 unless it says otherwise); 4 beams heard recorded phrases 3.5 points better than greedy on int8 "
             "for ~+35 ms a clip on a 2-core CPU",
         )
+
+
+def beam_size_arg(text: str) -> int:
+    """--beam-size, checked where it is typed: a wrong value is the command line's, not the device config's."""
+    from resonance.runtime.decoding import MAX_BEAM_SIZE
+
+    try:
+        size = int(text)
+    except ValueError:
+        size = 0
+    if not 1 <= size <= MAX_BEAM_SIZE:
+        raise argparse.ArgumentTypeError(
+            f"must be between 1 (greedy) and {MAX_BEAM_SIZE}, got {text!r}: use 1 or e.g. 4"
+        )
+    return size
 
 
 def device_config_from_args(args: argparse.Namespace, **changes: Any):

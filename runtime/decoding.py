@@ -27,6 +27,8 @@ from resonance.runtime.bundle import TokenSpec
 from resonance.runtime.merged_decoder import MergedDecoder, NumpyStepRunner, Step, StepRunner, to_host
 from resonance.runtime.schema import check_types
 
+MAX_BEAM_SIZE = 16  # each beam is one more decoder row per step: a bound on the work a request can ask for
+
 
 @dataclass(frozen=True)
 class DecodingOptions:
@@ -71,9 +73,10 @@ class DecodingOptions:
             raise ResonanceError("no_speech_threshold is a probability in [0, 1] or None", "use e.g. 0.6")
         if self.repetition_count < 0 or self.repetition_ngram < 1:
             raise ResonanceError("repetition_count must be >= 0 and repetition_ngram >= 1", "use 4 and 8")
-        if not 1 <= self.beam_size <= 16:
+        if not 1 <= self.beam_size <= MAX_BEAM_SIZE:
             raise ResonanceError(
-                f"'beam_size' must be between 1 (greedy) and 16, got {self.beam_size}", "use 1 or e.g. 4"
+                f"'beam_size' must be between 1 (greedy) and {MAX_BEAM_SIZE}, got {self.beam_size}",
+                "use 1 or e.g. 4",
             )
 
     @classmethod

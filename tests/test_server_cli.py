@@ -93,12 +93,15 @@ def test_serve_given_one_bundle_serves_it(run_cli, tiny_bundle, tmp_path):
         srv.stop()
 
 
-def test_beam_size_from_the_command_line_is_checked_like_the_config(run_cli, tiny_bundle, clips):
+def test_beam_size_from_the_command_line_is_checked_where_it_is_typed(run_cli, tiny_bundle, clips):
     proc = run_cli("transcribe", "--bundle", tiny_bundle, "--beam-size", "3", "--json", clips[0])
     assert proc.returncode == 0, proc.stderr
     assert isinstance(json.loads(proc.stdout)["text"], str)
-    proc = run_cli("transcribe", "--bundle", tiny_bundle, "--beam-size", "0", clips[0])
-    assert proc.returncode == 2 and "'beam_size' must be between 1 (greedy) and 16" in proc.stderr
+    for wrong in ("0", "17", "four"):
+        proc = run_cli("transcribe", "--bundle", tiny_bundle, "--beam-size", wrong, clips[0])
+        assert proc.returncode == 2
+        assert f"argument --beam-size: must be between 1 (greedy) and 16, got '{wrong}'" in proc.stderr
+        assert "device config" not in proc.stderr and ".yaml" not in proc.stderr  # not the config's fault
 
 
 @pytest.mark.parametrize("command", ["serve", "transcribe", "loadtest", "probe"])
