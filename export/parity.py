@@ -17,10 +17,11 @@ import contextlib
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from resonance.constants import SAMPLE_RATE
 from resonance.data.labels import Utterance
 from resonance.errors import ResonanceError
 from resonance.progress import progress
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 DEFAULT_TOLERANCE = 0.10  # max CER between PyTorch and the runtime for int8/fp16
 PARITY_MAX_NEW_TOKENS = 48  # enough for any short phrase; a random test model runs to this limit
 MAX_CLIPS = 8  # parity is a check, not an evaluation: keep the export fast
+MIN_CLIP_SECONDS = 0.1  # shorter clips (an empty WAV, a click) are left out: the runtime hears nothing
 
 
 class ParityError(ResonanceError):
@@ -59,6 +61,7 @@ def synthetic_clips(sample_rate: int = 16000, window_seconds: float = 30.0) -> L
 class Clip:
     audio: np.ndarray
     text: Optional[str] = None  # what was said, when the clip comes from a labelled folder
+    name: Optional[str] = None  # its file, named in a parity failure (None: a synthetic clip)
 
 
 def source_path(source: Union[Path, Utterance]) -> Path:
@@ -88,10 +91,30 @@ def load_clips(
         )
     step = max(1, len(found) // limit)
     chosen = found[::step][:limit]
-    clips = [Clip(load_audio(f), text) for f, text in chosen]
+    clips = _with_audio([Clip(load_audio(f), text, str(f)) for f, text in chosen])
     labelled = " labelled" if all(c.text is not None for c in clips) else ""
     sources = ", ".join(str(source_path(p)) for p in paths)
     return clips, f"{len(clips)} of {len(found)}{labelled} clips from {sources}"
+
+
+def _with_audio(clips: List[Clip]) -> List[Clip]:
+    """The clips long enough to compare on: the runtime rightly transcribes an empty or click-short clip as
+    nothing (no model run), while PyTorch still generates, so such a clip would fail a correct export."""
+    min_samples = round(MIN_CLIP_SECONDS * SAMPLE_RATE)
+    kept = [c for c in clips if c.audio.size >= min_samples]
+    for clip in clips:
+        if clip.audio.size < min_samples:
+            seconds = clip.audio.size / SAMPLE_RATE
+            log.warning(
+                "parity: leaving out %s: %.3f s of audio (under %s s)", clip.name, seconds, MIN_CLIP_SECONDS
+            )
+    if not kept:
+        names = ", ".join(str(c.name) for c in clips)
+        raise ResonanceError(
+            f"no parity clip has {MIN_CLIP_SECONDS} s of audio or more: {names}",
+            "pass recordings of the person speaking (--parity-clips), or leave it out for the synthetic clips",
+        )
+    return kept
 
 
 def _clips_in(path: Path) -> List[Tuple[Path, Optional[str]]]:
@@ -136,8 +159,16 @@ def check_parity(
             reference = torch_generate(
                 model, features, manifest.tokens, manifest.language, manifest.task, max_new_tokens
             )
-            rows.append(Row(reference, runtime, clip.text))
-    report = judge(rows, manifest.precision, tolerance, source, transcriber.tokenizer.decode, max_new_tokens)
+            rows.append(Row(reference, runtime, clip.text, clip.name))
+    report = judge(
+        rows,
+        manifest.precision,
+        tolerance,
+        source,
+        transcriber.tokenizer.decode,
+        max_new_tokens,
+        manifest.quantization,
+    )
     return {**report, "providers": transcriber.providers}  # where the runtime really ran (after any fallback)
 
 
@@ -155,12 +186,20 @@ class Row:
     torch: List[int]  # PyTorch generate's tokens
     runtime: List[int]  # the bundle's tokens
     label: Optional[str] = None
+    name: Optional[str] = None  # the clip's file (None: a synthetic clip)
 
 
 def judge(
-    rows: Sequence[Row], precision: str, tolerance: float, source: str, decode, max_new_tokens: int
+    rows: Sequence[Row],
+    precision: str,
+    tolerance: float,
+    source: str,
+    decode,
+    max_new_tokens: int,
+    quantization: Optional[Mapping[str, Any]] = None,
 ) -> Dict[str, Any]:
-    """The parity report for ``rows``; raises ParityError when the bundle fails.
+    """The parity report for ``rows``; raises ParityError when the bundle fails. ``quantization``: the
+    manifest's int8 settings, so the advice names only options the export did not already use.
 
     fp32: every clip token-identical. int8/fp16 on labelled clips: the accuracy lost, CER(labels, runtime) -
     CER(labels, PyTorch), within ``tolerance``; on unlabelled clips: CER(PyTorch, runtime) within it. (A
@@ -205,25 +244,33 @@ def judge(
     log.info("parity (%s): %s %.3f (tolerance %.3f)", precision, report["criterion"], measured, tolerance)
     if measured > tolerance:
         other = "int8" if precision == "fp16" else "fp16 (on a GPU)"
-        int8_output = (
-            "try --int8-output fp32 (float logits) or --int8-preset per-tensor, "
-            if precision == "int8"
-            else ""
-        )
+        untried = _untried_int8_options(quantization or {}) if precision == "int8" else []
+        try_int8 = f"try {' or '.join(untried)}, " if untried else ""
         raise ParityError(
             f"the {precision} bundle {what} {measured:.3f} > tolerance {tolerance:.3f}",
-            f"{int8_output}export with --quantize none (fp32) or {other}, check on the person's own labelled "
+            f"{try_int8}export with --quantize none (fp32) or {other}, check on the person's own labelled "
             "clips (--parity-clips DATA_FOLDER), or raise --parity-tolerance",
         )
     return report
+
+
+def _untried_int8_options(quantization: Mapping[str, Any]) -> List[str]:
+    """The int8 options that can help, less those this bundle was already exported with."""
+    untried = []
+    if quantization.get("output_projection") != "fp32":
+        untried.append("--int8-output fp32 (float logits)")
+    if quantization.get("int8_preset") != "per-tensor":
+        untried.append("--int8-preset per-tensor")
+    return untried
 
 
 def _first_difference(rows: Sequence[Row]) -> str:
     index = next(i for i, r in enumerate(rows) if r.torch != r.runtime)
     ref, hyp = rows[index].torch, rows[index].runtime
     at = next((i for i, (a, b) in enumerate(zip(ref, hyp)) if a != b), min(len(ref), len(hyp)))
+    name = f" ({rows[index].name})" if rows[index].name else ""
     return (
-        f"fp32 bundle differs from PyTorch on clip {index + 1}/{len(rows)} at token {at}: "
+        f"fp32 bundle differs from PyTorch on clip {index + 1}/{len(rows)}{name} at token {at}: "
         f"PyTorch {ref[at : at + 5]} vs runtime {hyp[at : at + 5]}"
     )
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 from helpers import DEMO_DATA, random_lora_adapter, tone
 
 from resonance.errors import ResonanceError
@@ -18,7 +19,7 @@ pytest.importorskip("optimum.exporters.onnx")
 ort = pytest.importorskip("onnxruntime")
 
 from resonance.export.onnx_export import export_bundle  # noqa: E402
-from resonance.export.parity import ParityError, Row, judge  # noqa: E402
+from resonance.export.parity import ParityError, Row, judge, load_clips  # noqa: E402
 from resonance.export.quantize import count_ops, walk_nodes  # noqa: E402
 from resonance.runtime.transcriber import Transcriber  # noqa: E402
 
@@ -442,6 +443,9 @@ def test_judge_fp32_needs_identical_tokens():
     rows = [Row([1, 2, 3], [1, 2, 3]), Row([4, 5, 6], [4, 5, 7])]
     with pytest.raises(ParityError, match="clip 2/2 at token 2"):
         judge(rows, "fp32", 0.1, "test", _decode, 48)
+    named = [rows[0], Row([4, 5, 6], [4, 5, 7], None, "a/clip.flac")]
+    with pytest.raises(ParityError, match=r"clip 2/2 \(a/clip\.flac\) at token 2"):
+        judge(named, "fp32", 0.1, "test", _decode, 48)
     report = judge(rows[:1], "fp32", 0.1, "test", _decode, 48)
     assert report["passed"] and report["tokens_identical"] == 1
 
@@ -451,6 +455,37 @@ def test_judge_quantized_uses_the_cer_between_transcripts():
     assert judge(rows, "int8", 0.25, "test", _decode, 48)["cer"] == pytest.approx(0.2)
     with pytest.raises(ParityError, match=r"CER 0\.200 > tolerance 0\.100"):
         judge(rows, "int8", 0.10, "test", _decode, 48)
+
+
+@pytest.mark.parametrize(
+    "preset, output, suggested, not_suggested",
+    [
+        ("avx2", "int8", ["--int8-output fp32", "--int8-preset per-tensor"], []),
+        ("per-tensor", "int8", ["--int8-output fp32"], ["--int8-preset"]),
+        ("avx2", "fp32", ["--int8-preset per-tensor"], ["--int8-output"]),
+        ("per-tensor", "fp32", ["--quantize none"], ["--int8-output", "--int8-preset", "try"]),
+    ],
+)
+def test_int8_advice_names_only_the_options_not_already_used(preset, output, suggested, not_suggested):
+    rows = [Row([1, 2, 3, 4, 5], [1, 2, 3, 4, 9])]  # CER 0.2
+    quantization = {"int8_preset": preset, "output_projection": output}
+    with pytest.raises(ParityError) as failed:
+        judge(rows, "int8", 0.10, "test", _decode, 48, quantization)
+    assert all(option in failed.value.hint for option in suggested)
+    assert not any(option in failed.value.hint for option in not_suggested)
+
+
+def test_parity_leaves_out_clips_without_audio_and_says_so(tmp_path, caplog):
+    empty, short, clip = tmp_path / "empty.wav", tmp_path / "tiny.wav", tmp_path / "clip.flac"
+    sf.write(empty, np.zeros(0, np.float32), 16000)
+    sf.write(short, tone(0.05), 16000)
+    sf.write(clip, tone(1.0), 16000)
+    with caplog.at_level("WARNING"):
+        clips, source = load_clips([empty, short, clip])
+    assert [c.name for c in clips] == [str(clip)] and source.startswith("1 of 3 clips")
+    assert f"leaving out {empty}" in caplog.text and f"leaving out {short}" in caplog.text
+    with pytest.raises(ResonanceError, match=r"no parity clip has 0\.1 s of audio"):
+        load_clips([empty])
 
 
 def test_judge_quantized_on_labelled_clips_uses_the_accuracy_loss():
