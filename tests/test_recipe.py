@@ -352,12 +352,12 @@ def test_curve_rows_of_several_seeds_become_mean_and_sd():
     assert "**69 %** (81)" in single and "seeds" not in single  # one seed: the table as before
 
 
-def test_curve_runs_each_size_and_seed_once_and_keeps_finished_runs(tmp_path, monkeypatch):
+def test_curve_runs_each_size_and_seed_once_and_keeps_finished_runs(demo_data, tmp_path, monkeypatch):
     """--seeds N trains seeds seed..seed+N-1 per size; runs an interrupted curve already has are kept."""
     from resonance.train import trainer
     from resonance.train.curve import learning_curve, summarise
 
-    trained = []
+    trained, out = [], tmp_path / "curve"
 
     def fake_train(config, generic_cache):
         trained.append((config.max_train_samples, config.seed, config.out))
@@ -372,15 +372,28 @@ def test_curve_runs_each_size_and_seed_once_and_keeps_finished_runs(tmp_path, mo
         }
 
     monkeypatch.setattr(trainer, "train", fake_train)
-    base = TrainConfig(data="d", eval_data="e", out=str(tmp_path), seed=5)
-    kept = {"size": 30, "seed": 5, **summarise(fake_train(base, {})), "marker": True}
+    base = TrainConfig(data=str(demo_data), eval_data="e", out=str(out), seed=5)
+    kept = {"size": 5, "seed": 5, **summarise(fake_train(base, {})), "marker": True}
     trained.clear()
-    rows = learning_curve(base, [30, 50], tmp_path, seeds=2, done=[kept])
-    assert [(size, seed) for size, seed, _ in trained] == [(30, 6), (50, 5), (50, 6)]
-    assert trained[0][2] == str(tmp_path / "adapter-30-seed6")
-    assert rows[0] is kept and [(r["size"], r["seed"]) for r in rows] == [(30, 5), (30, 6), (50, 5), (50, 6)]
-    assert json.loads((tmp_path / "curve.json").read_text())[0]["marker"] is True
-    assert (tmp_path / "curve.md").is_file() and (tmp_path / "curve.png").is_file()
+    rows = learning_curve(base, [5, 10], out, seeds=2, done=[kept])
+    assert [(size, seed) for size, seed, _ in trained] == [(5, 6), (10, 5), (10, 6)]
+    assert trained[0][2] == str(out / "adapter-5-seed6")
+    assert rows[0] is kept and [(r["size"], r["seed"]) for r in rows] == [(5, 5), (5, 6), (10, 5), (10, 6)]
+    assert json.loads((out / "curve.json").read_text())[0]["marker"] is True
+    assert (out / "curve.md").is_file() and (out / "curve.png").is_file()
+
+
+def test_curve_refuses_a_size_above_the_data_before_training(demo_data, tmp_path, monkeypatch):
+    """The demo take has 26 recordings: a row "100" would be a run on 26 (less validation) under a false name."""
+    from resonance.train import trainer
+    from resonance.train.curve import learning_curve
+
+    monkeypatch.setattr(trainer, "train", lambda *a: pytest.fail("trained before refusing the size"))
+    base = TrainConfig(data=str(demo_data), eval_data="e", out=str(tmp_path / "c"))
+    with pytest.raises(ResonanceError, match=r"--sizes 100: the data has only 26 recordings") as refused:
+        learning_curve(base, [10, 100], tmp_path / "c")
+    assert "use sizes up to 26" in refused.value.hint
+    assert not (tmp_path / "c").exists()
 
 
 @pytest.mark.parametrize("keep, steps, kept_step", [("last", 8, 8), ("best", 6, 2)])

@@ -14,6 +14,7 @@ import statistics
 import time
 from pathlib import Path
 
+from resonance.errors import ResonanceError
 from resonance.fsutil import (
     atomic_file,
     refuse_overlap,
@@ -47,6 +48,7 @@ def learning_curve(
     """
     from resonance.train.trainer import train, training_inputs
 
+    refuse_sizes_above_the_data(sizes, base.data)
     # The folder holds the curve's own adapters, each replaced by the next curve: never the data, and never a
     # folder of something else (curve.json, written first, marks it as a curve's).
     refuse_overlap(out, "learning-curve folder", training_inputs(base))
@@ -84,6 +86,21 @@ def learning_curve(
     plot(aggregate(rows), out / "curve.png")
     stages.done(f"{out / 'curve.md'}")
     return rows
+
+
+def refuse_sizes_above_the_data(sizes: list[int], data: str) -> None:
+    """Refuse a size the data cannot fill, before any training: a run "on 100 recordings" that trained on all
+    26 would put a row in the table that claims what was never measured."""
+    from resonance.data.labels import load_labels
+
+    available = len(load_labels(data))
+    too_big = [size for size in sizes if size > available]
+    if too_big:
+        recordings = "recording" if available == 1 else "recordings"
+        raise ResonanceError(
+            f"--sizes {','.join(map(str, too_big))}: the data has only {available} {recordings}",
+            f"use sizes up to {available}, or record more",
+        )
 
 
 def summarise(report: dict) -> dict:
