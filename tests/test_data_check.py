@@ -79,6 +79,8 @@ def test_load_labels_accepts_bom_and_windows_separators(make_dataset):
         ('[{"audio": "/etc/passwd", "text": "x"}]', "is absolute"),
         ('[{"audio": "C:\\\\data\\\\a.wav", "text": "x"}]', "is absolute"),
         ('[{"audio": "audio/000_我想喝水.wav", "text": "  "}]', "is empty"),
+        ('[{"audio": "audio/000_我想喝水.wav", "text": "。！"}]', "is only punctuation: '。！'"),
+        ('[{"audio": "audio/000_我想喝水.wav", "text": "\u200b, ?"}]', "is only punctuation"),
         ("[]", "no entries"),
     ],
 )
@@ -133,6 +135,16 @@ def test_clean_dataset_has_no_problems(make_dataset):
 def test_real_speech_clips_pass(demo_data):
     """The built-in demo recordings (real speech): no errors, and only the 'few utterances' warning."""
     assert codes(check_dataset(demo_data)) == {("dataset", "few-utterances")}
+
+
+def test_check_refuses_a_label_of_only_punctuation(demo_data):
+    """A label with no word scores CER 0 whatever the model says: training on it would report 100 % right."""
+    labels = json.loads((demo_data / "labels.json").read_text(encoding="utf-8"))
+    labels[3]["text"] = "。！"
+    (demo_data / "labels.json").write_text(json.dumps(labels, ensure_ascii=False), encoding="utf-8")
+    errors = [p for p in check_dataset(demo_data) if p.severity == "error"]
+    assert [(p.item, p.code) for p in errors] == [("labels.json[3]", "empty-text")]
+    assert "only punctuation" in errors[0].message
 
 
 def test_check_finds_each_problem(make_dataset):

@@ -13,6 +13,7 @@ import os
 import posixpath
 import reprlib
 import shlex
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, List, Mapping, Sequence, Set, Tuple, Union
@@ -233,7 +234,25 @@ def _parse_entry(root: Path, entry: Any) -> Utterance:
             f"text of '{shorten(rel)}' is empty",
             "write what is said in the recording, or remove the entry",
         )
+    if says_nothing(text):
+        raise _EntryError(
+            "empty-text",
+            f"text of '{shorten(rel)}' is only punctuation: {_brief(text.strip())}",
+            "write the words said in the recording, or remove the entry",
+        )
     return Utterance(audio=_inside_folder(root, _safe_relative_path(rel), rel), text=text.strip(), rel=rel)
+
+
+def says_nothing(text: str) -> bool:
+    """Whether a label has no character the CER counts (only punctuation, spaces or invisible characters).
+
+    Such a label scores CER 0 whatever the model writes, so a run on it reports "100 % right" for nothing.
+    The same stripping as resonance.text.normalize_for_cer, less the Simplified conversion (it needs OpenCC,
+    and it maps a character to a character, so it never empties a label).
+    """
+    from resonance.text import strip_invisible, strip_punctuation
+
+    return not strip_punctuation(unicodedata.normalize("NFKC", strip_invisible(text))).strip()
 
 
 def _inside_folder(root: Path, norm: str, rel: str) -> Path:
