@@ -500,3 +500,57 @@ def test_label_smoothing_at_zero_is_whispers_own_loss_and_above_zero_spreads_it(
     smoothed = smoothed_loss(output.logits, labels, TrainConfig(data="d", out="o", label_smoothing=0.1))
     torch.testing.assert_close(plain, output.loss)
     assert not torch.isclose(smoothed, plain)
+
+
+def test_a_cut_short_recording_is_named_with_what_to_do_about_the_data(demo_data):
+    """The audio loader speaks to an upload ("send the whole recording again"); training names the file."""
+    from types import SimpleNamespace
+
+    from resonance.data.labels import load_labels
+    from resonance.train.data import load_examples
+
+    utterances = load_labels(demo_data)
+    cut = utterances[3].audio
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+
+    def tokenizer(text):
+        return SimpleNamespace(input_ids=[0, 1, 2])
+
+    with pytest.raises(ResonanceError) as refused:
+        load_examples(utterances, tokenizer)
+    assert refused.value.message.startswith(f"{utterances[3].rel}: the WAV file is cut short")
+    assert "remove it from labels.json" in refused.value.hint and "data check" in refused.value.hint
+    assert "send the whole recording again" not in str(refused.value)
+
+
+def test_testing_on_the_training_recordings_is_flagged_as_optimistic(tiny_whisper, demo_data, tmp_path):
+    """--eval-data the training folder itself (spelt another way): each test recording trained on is counted
+    and the report warns the family and the technician. The validation split's are not trained on."""
+    from resonance.train.trainer import train
+
+    config = TrainConfig(
+        data=str(demo_data),
+        eval_data=f"{demo_data}/../{demo_data.name}/",
+        out=str(tmp_path / "a"),
+        base_model=str(tiny_whisper),
+        max_steps=1,
+        batch_size=4,
+        window_seconds=5,
+        threads=2,
+    )
+    report = train(config)
+    assert report["n_eval"] == 26 and report["n_eval_trained_on"] == report["n_train"] > 0
+    expected = f"{report['n_train']} of the 26 test recordings were trained on: the measure is optimistic"
+    assert any(w.startswith(expected) for w in report["warnings"])
+    assert any("也用来训练过" in a["zh"] for a in report["advice"])
+
+
+def test_a_missing_eval_data_folder_names_the_option(demo_data, tmp_path):
+    """train reads two folders alike: the message says which option holds the wrong one."""
+    from resonance.train.data import Recordings
+
+    config = TrainConfig(data=str(demo_data), eval_data=str(tmp_path / "nope"), out=str(tmp_path / "a"))
+    with pytest.raises(ResonanceError, match=r"^--eval-data: data folder '.*nope' does not exist"):
+        Recordings.of(config)
+    with pytest.raises(ResonanceError, match=r"^--data: data folder '.*nope' does not exist"):
+        Recordings.of(TrainConfig(data=str(tmp_path / "nope"), out=str(tmp_path / "a")))

@@ -289,3 +289,26 @@ def test_overfitting_warning_only_when_an_earlier_step_was_kept():
     # A later evaluation within the margin would have been kept: these numbers are not over-fitting.
     assert overfitting_warning([[24, 0.30], [48, 0.35]], kept_step=24, margin=0.088) is None
     assert overfitting_warning([], kept_step=0, margin=0.0) is None
+
+
+def test_test_recordings_that_were_trained_on_make_the_measure_optimistic(tmp_path):
+    written = write_report(tmp_path, _report(n_eval_trained_on=2))
+    assert "2 of the 3 test recordings were trained on: the measure is optimistic" in " ".join(
+        written["warnings"]
+    )
+    assert any("检验用的 3 句录音里有 2 句也用来训练过" in a["zh"] for a in written["advice"])
+    assert (
+        "2 of the 3 recordings used to check were also used to train" in (tmp_path / "report.txt").read_text()
+    )
+    assert not any(
+        "trained on" in w for w in write_report(tmp_path, _report(n_eval_trained_on=0))["warnings"]
+    )
+
+
+def test_one_recording_is_not_written_as_recordings(tmp_path):
+    written = write_report(tmp_path, _report(n_train=1, n_validation=0, n_eval=1, n_eval_trained_on=1))
+    text = (tmp_path / "report.txt").read_text(encoding="utf-8")
+    assert "Only 1 recording was used to check" in text and "Only 1 recording: record" in text
+    assert "over 1 phrase:" in text and "trained on 1 recording (" in text
+    assert "1 of the 1 test recording was trained on" in " ".join(written["warnings"])
+    assert not any(f"1 {noun}s" in text for noun in ("recording", "phrase", "test recording"))

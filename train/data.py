@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -35,10 +37,18 @@ class Recordings:
     @classmethod
     def of(cls, config: TrainConfig) -> Recordings:
         """``config.data`` (``max_train_samples`` of it, see ``--pick``) and ``config.eval_data``, labels checked."""
-        train = training_subset(load_labels(config.data), config.max_train_samples, config.pick)
+        train = training_subset(_labels_of(config.data, "--data"), config.max_train_samples, config.pick)
         if not config.eval_data:
             return cls(train)
-        return cls(train, load_labels(config.eval_data), config.eval_data)
+        return cls(train, _labels_of(config.eval_data, "--eval-data"), config.eval_data)
+
+
+def _labels_of(folder: str, option: str) -> list[Utterance]:
+    """``folder``'s checked labels; a problem names the option, since train reads two folders alike."""
+    try:
+        return load_labels(folder)
+    except ResonanceError as exc:
+        raise ResonanceError(f"{option}: {exc.message}", exc.hint) from exc
 
 
 def training_subset(utterances: list[Utterance], count: int | None, pick: str = "first") -> list[Utterance]:
@@ -60,6 +70,7 @@ class Example:
     audio: np.ndarray  # float32 mono 16 kHz
     label_ids: list[int]  # <|zh|><|transcribe|><|notimestamps|> text <|endoftext|>, without the leading SOT
     rel: str = ""
+    path: Path | None = None  # the audio file, to tell a test recording that was also trained on
 
     @property
     def seconds(self) -> float:
@@ -77,8 +88,28 @@ def load_examples(utterances: list[Utterance], tokenizer, max_tokens: int | None
                 "for one recording",
                 "write only what is said in that recording (`resonance data check` flags such labels)",
             )
-        examples.append(Example(utt.text, load_audio(utt.audio), ids[1:], utt.rel))
+        examples.append(Example(utt.text, _load_recording(utt), ids[1:], utt.rel, Path(utt.audio)))
     return examples
+
+
+def _load_recording(utt: Utterance) -> np.ndarray:
+    """The clip's audio; a bad file named, with what to do about a dataset (the loader speaks of uploads)."""
+    try:
+        return load_audio(utt.audio)
+    except ResonanceError as exc:
+        raise ResonanceError(
+            f"{utt.rel}: {exc.message}",
+            "copy the recording again, or remove it from labels.json; `resonance data check` on the data "
+            "folder lists every such file",
+        ) from exc
+
+
+def count_trained_on(train_set: list[Example], eval_set: list[Example]) -> int:
+    """How many test recordings are recordings trained on (``--eval-data`` the training data, or sharing its
+    files): the model heard those very clips, so its score on them says little about the next time.
+    Compared by resolved path, so "take1" and "./take1/" or a link to it are the same recordings."""
+    trained = {os.path.realpath(e.path) for e in train_set if e.path is not None}
+    return sum(e.path is not None and os.path.realpath(e.path) in trained for e in eval_set)
 
 
 def split_examples(

@@ -125,7 +125,7 @@ def verdict(report: dict) -> Verdict:
             True,
             f"认得更准了：{s.n_eval} 句检验录音里，现在完全听对 {s.phrases_after} 句（原来 {s.phrases_before} 句）；"
             f"字的准确率从 {s.chars_before:.0f}% 提高到 {s.chars_after:.0f}%。",
-            f"Understands better: of {s.n_eval} test recordings, {s.phrases_after} now come out exactly right "
+            f"Understands better: of {counted(s.n_eval, 'test recording')}, {s.phrases_after} now come out exactly right "
             f"(before: {s.phrases_before}); characters right went from {s.chars_before:.0f}% to "
             f"{s.chars_after:.0f}%.",
             BETTER,
@@ -155,18 +155,33 @@ def advice(report: dict) -> list[Advice]:
         found.append(
             Advice(
                 f"录音只有 {n} 段：请至少录 {GOOD_RECORDINGS} 段（最好 100 段）短句。",
-                f"Only {n} recordings: record at least {GOOD_RECORDINGS} (better 100) short phrases.",
-                f"Only {n} recordings: record at least {GOOD_RECORDINGS} (better 100) short phrases.",
+                f"Only {counted(n, 'recording')}: record at least {GOOD_RECORDINGS} (better 100) short phrases.",
+                f"Only {counted(n, 'recording')}: record at least {GOOD_RECORDINGS} (better 100) short phrases.",
             )
         )
     if report["n_eval"] < FEW_EVAL_RECORDINGS:
         found.append(
             Advice(
                 f"只用了 {report['n_eval']} 句录音来检验，上面的结果只是粗略估计：把这些句子再录一遍用来检验，结果更可靠。",
-                f"Only {report['n_eval']} recordings were used to check: the result above is a rough guess. "
+                f"Only {counted(report['n_eval'], 'recording')} {'was' if report['n_eval'] == 1 else 'were'} "
+                "used to check: the result above is a rough guess. "
                 "Record the phrases once more to check with.",
-                f"Only {report['n_eval']} evaluation recordings: the accuracy above is a rough guess. "
+                f"Only {counted(report['n_eval'], 'evaluation recording')}: the accuracy above is a rough guess. "
                 "Record a second take of the phrases and pass it as --eval-data.",
+            )
+        )
+    trained_on = report.get("n_eval_trained_on") or 0
+    if trained_on:
+        found.append(
+            Advice(
+                f"检验用的 {report['n_eval']} 句录音里有 {trained_on} 句也用来训练过，所以上面的结果偏乐观："
+                "把句子再录一遍用来检验更公平。",
+                f"{trained_on} of the {counted(report['n_eval'], 'recording')} used to check "
+                f"{'was' if trained_on == 1 else 'were'} also used to train, so "
+                "the result above is optimistic: record the phrases once more to check with.",
+                f"{trained_on} of the {counted(report['n_eval'], 'test recording')} "
+                f"{'was' if trained_on == 1 else 'were'} trained on: the measure is "
+                "optimistic; test on another take (a second recording of the phrases as --eval-data).",
             )
         )
     if len(report["train_texts"]) < max(3, report["n_train"] // 4):
@@ -212,6 +227,11 @@ def advice(report: dict) -> list[Advice]:
             )
         )
     return found
+
+
+def counted(n: int, noun: str) -> str:
+    """ "1 recording", "26 recordings": a report on one recording is read too (a retest, a tiny eval set)."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def overfitting_warning(val: list[list[float]], kept_step: int, margin: float) -> str | None:
@@ -291,7 +311,7 @@ def model_card(report: dict, made_with: dict, name: str) -> str:
             f"- base model: `{made_with['base_model']}`, language `{made_with['language']}`, "
             f"audio window {window:g} s",
             recipe,
-            f"- trained on {report['n_train']} recordings of `{made_with['data']}`; CER "
+            f"- trained on {counted(report['n_train'], 'recording')} of `{made_with['data']}`; CER "
             f"{report['cer_before']:.3f} -> {report['cer_after']:.3f} on {report['eval_source']}",
             "- details: report.txt, report.json, report.png; every option used: train_config.json",
             "",
@@ -365,9 +385,9 @@ def technical_lines(report: dict) -> list[str]:
         "技术细节 / Technical details",
         "-" * 28,
         f"character error rate (CER, lower is better): generic {report['cer_before']:.3f} -> personalised "
-        f"{report['cer_after']:.3f}, on {report['eval_source']} ({report['n_eval']} recordings); transcripts "
+        f"{report['cer_after']:.3f}, on {report['eval_source']} ({counted(report['n_eval'], 'recording')}); transcripts "
         f"compared in Simplified characters without punctuation; {decoding_words(report)}",
-        f"trained on {report['n_train']} recordings ({report['data_seconds']} s of audio): {report['steps']} "
+        f"trained on {counted(report['n_train'], 'recording')} ({report['data_seconds']} s of audio): {report['steps']} "
         f"steps in {report['train_seconds']} s on {report['device']} ({report['samples_per_second']} samples/s), "
         f"audio window {report['window_seconds']:g} s",
         kept_step_line(report),
@@ -386,7 +406,7 @@ def technical_lines(report: dict) -> list[str]:
             "interval (an exact sign-flip test's smallest p-value is 2/2^n)"
         )
     lines.append(
-        f"personal vs generic, paired bootstrap over {c['n_phrases']} phrases: character accuracy "
+        f"personal vs generic, paired bootstrap over {counted(c['n_phrases'], 'phrase')}: character accuracy "
         f"{100 * c['change']:+.1f} points, 95 % interval {100 * c['low']:+.1f} to {100 * c['high']:+.1f}: "
         f"{c['result']}{why}"
     )

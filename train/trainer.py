@@ -27,7 +27,15 @@ from resonance.fsutil import (
 from resonance.text import normalize_for_cer
 from resonance.train import adaptation
 from resonance.train.config import ADAPTER_FILES, TRAIN_CONFIG_FILE, WINDOW_CHOICES, TrainConfig
-from resonance.train.data import Augmenter, Example, Recordings, collate, load_examples, split_examples
+from resonance.train.data import (
+    Augmenter,
+    Example,
+    Recordings,
+    collate,
+    count_trained_on,
+    load_examples,
+    split_examples,
+)
 from resonance.train.distill import GenericDecoderTeacher, kl_to_teacher
 from resonance.train.evaluate import as_rows, score, transcribe_batch
 from resonance.train.phones import PHONE_HEAD_LEARNING_RATE, PhoneCTC
@@ -353,6 +361,7 @@ def train(
         "n_train": len(train_set),
         "n_validation": len(val_set),
         "n_eval": len(eval_set),
+        "n_eval_trained_on": count_trained_on(train_set, eval_set),
         "train_texts": sorted({e.text for e in train_set}),
         # Every phrase recorded (training and validation splits): the phrase board export writes.
         "phrases": recordings.recorded_phrases(),
