@@ -465,16 +465,7 @@ def test_eval_beams_decode_the_personal_model_and_the_generic_one_stays_greedy(
         return real(model, fe, tokenizer, examples, *args, num_beams=num_beams, **kwargs)
 
     monkeypatch.setattr(trainer, "transcribe_batch", recording)
-    config = TrainConfig(
-        data=str(demo_data),
-        out=str(tmp_path / "a"),
-        base_model=str(tiny_whisper),
-        max_steps=1,
-        batch_size=4,
-        window_seconds=5.0,
-        threads=2,
-        eval_beams=4,
-    )
+    config = one_step_config(tiny_whisper, demo_data, tmp_path / "a", eval_beams=4)
     report = trainer.train(config)
     n_eval = report["n_eval"]  # no --eval-data: the validation phrases are also the eval set
     assert decoded[0] == (n_eval, 1) and decoded[-1] == (n_eval, 4)  # generic before, personal after
@@ -528,15 +519,8 @@ def test_testing_on_the_training_recordings_is_flagged_as_optimistic(tiny_whispe
     and the report warns the family and the technician. The validation split's are not trained on."""
     from resonance.train.trainer import train
 
-    config = TrainConfig(
-        data=str(demo_data),
-        eval_data=f"{demo_data}/../{demo_data.name}/",
-        out=str(tmp_path / "a"),
-        base_model=str(tiny_whisper),
-        max_steps=1,
-        batch_size=4,
-        window_seconds=5,
-        threads=2,
+    config = one_step_config(
+        tiny_whisper, demo_data, tmp_path / "a", eval_data=f"{demo_data}/../{demo_data.name}/"
     )
     report = train(config)
     assert report["n_eval"] == 26 and report["n_eval_trained_on"] == report["n_train"] > 0
@@ -554,3 +538,9 @@ def test_a_missing_eval_data_folder_names_the_option(demo_data, tmp_path):
         Recordings.of(config)
     with pytest.raises(ResonanceError, match=r"^--data: data folder '.*nope' does not exist"):
         Recordings.of(TrainConfig(data=str(tmp_path / "nope"), out=str(tmp_path / "a")))
+
+
+def one_step_config(tiny_whisper: Path, data: Path, out: Path, **changes) -> TrainConfig:
+    """One training step of the tiny model on ``data`` at a 5 s window: for tests of what is measured."""
+    options = dict(max_steps=1, batch_size=4, window_seconds=5.0, threads=2)
+    return TrainConfig(data=str(data), out=str(out), base_model=str(tiny_whisper), **{**options, **changes})
