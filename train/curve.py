@@ -92,13 +92,13 @@ def refuse_sizes_above_the_data(sizes: list[int], data: str) -> None:
     """Refuse a size the data cannot fill, before any training: a run "on 100 recordings" that trained on all
     26 would put a row in the table that claims what was never measured."""
     from resonance.data.labels import load_labels
+    from resonance.train.report import counted
 
     available = len(load_labels(data))
     too_big = [size for size in sizes if size > available]
     if too_big:
-        recordings = "recording" if available == 1 else "recordings"
         raise ResonanceError(
-            f"--sizes {','.join(map(str, too_big))}: the data has only {available} {recordings}",
+            f"--sizes {','.join(map(str, too_big))}: the data has only {counted(available, 'recording')}",
             f"use sizes up to {available}, or record more",
         )
 
